@@ -1,0 +1,117 @@
+"""The `qlcode` command: one thin function per verb (parse, call, print).
+
+Library code raises QlcodeError for problems a user can fix; here they become one red line and
+exit code 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qlcode import __version__
+from qlcode.errors import QlcodeError
+
+app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, driven by YAML recipes.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+recipes_app = typer.Typer(help="Check and inspect recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+out = Console()
+err = Console(stderr=True)
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.max_steps=20 lora.r=16.", show_default=False)]
+
+
+def user_errors(fn):
+    """Print QlcodeError as a message and exit 2; let bugs raise."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QlcodeError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"qlcode {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
+    """qlcode: QLoRA/LoRA fine-tuning for code models."""
+    # bitsandbytes logs at import that an optional Hub-downloaded CPU kernel is absent; it changes nothing.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/quickstart.yaml.")],
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's newest checkpoint.")] = False,
+) -> None:
+    """Train a LoRA adapter as the recipe says; the run lands in adapters/<name>/."""
+    from qlcode.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    from qlcode.train import train as run  # heavy imports after the recipe is known to be valid
+
+    err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}")
+    result = run(loaded, resume=resume)
+    table = Table(title="run summary", show_header=False)
+    rows = [
+        ("steps", str(result.steps)),
+        ("time", f"{result.seconds:.1f} s"),
+        ("tokens/s", f"{result.tokens_per_s:,.0f}" if result.tokens_per_s else "-"),
+        ("peak memory", f"{result.peak_memory_gb:.2f} GB"),
+        ("eval loss before", f"{result.eval_loss_before:.4f}" if result.eval_loss_before is not None else "-"),
+        ("eval loss after", f"{result.eval_loss_after:.4f}" if result.eval_loss_after is not None else "-"),
+        ("adapter", result.run_dir),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+
+
+@recipes_app.command("validate")
+@user_errors
+def recipes_validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files to check.")]) -> None:
+    """Check recipes without training; every problem is reported with file, line and key."""
+    from qlcode.recipe import load_recipe
+
+    failed = []
+    for path in recipes:
+        try:
+            load_recipe(path)
+            out.print(f"[green]ok[/] {path}")
+        except QlcodeError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            failed.append(path)
+    if failed:
+        raise typer.Exit(2)
+
+
+@recipes_app.command("show")
+@user_errors
+def recipes_show(recipe: Annotated[Path, typer.Argument(help="Recipe file.")], overrides: Overrides = None) -> None:
+    """Print the resolved recipe: overrides applied, every default filled in."""
+    from qlcode.recipe import load_recipe
+
+    sys.stdout.write(load_recipe(recipe, overrides or []).to_yaml())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,415 @@
+"""Recipes: the YAML schema, loading, command-line overrides, and messages that point at the fix.
+
+A recipe is the whole description of a run. Every key has a default here (and in the README's
+reference, which a test keeps in step with this file), so `qlcode recipes show` prints a complete,
+reproducible recipe. Errors name the file, the line, the dotted key path and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qlcode.errors import RecipeError
+
+DType = Literal["auto", "bf16", "fp16", "fp32"]
+DpoLoss = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+]
+Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference"]
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+class Section(BaseModel):
+    """A recipe section: unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RopeScaling(Section):
+    type: Literal["linear", "dynamic", "yarn", "llama3"] = Field(description="RoPE scaling method.")
+    factor: float = Field(gt=1.0, description="Context extension factor.")
+
+
+class ModelSection(Section):
+    base: str = Field(
+        description="Base model: a Hub id (codellama/CodeLlama-7b-Python-hf), a local directory, "
+        "or builtin:micro-codellama."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base.")
+    dtype: DType = Field(
+        "auto",
+        description="dtype of the unquantized weights; auto = bf16 on GPUs that support it, "
+        "fp16 on other GPUs, fp32 on CPU.",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
+        "sdpa", description="Attention kernel passed to transformers."
+    )
+    rope_theta: float | None = Field(
+        None, gt=0, description="Override the RoPE base (Code Llama's long-context fine-tuning uses 1e6)."
+    )
+    rope_scaling: RopeScaling | None = Field(None, description="RoPE scaling: {type, factor}.")
+    max_position_embeddings: int | None = Field(None, gt=0, description="Override the model's max positions.")
+
+
+class QuantSection(Section):
+    bits: Literal[4, 8, None] = Field(4, description="4 (QLoRA), 8, or none (plain LoRA over a full base).")
+    type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the 4-bit block scales too (saves ~0.4 bit/param).")
+    compute_dtype: DType = Field("auto", description="dtype of the 4-bit matmuls; auto = model.dtype's choice.")
+    storage_dtype: Literal["uint8", "bf16", "fp16", "fp32"] = Field(
+        "uint8", description="Container dtype of packed 4-bit weights (bf16 for FSDP)."
+    )
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def _none_word(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.lower() == "none" else v
+
+
+class LoraSection(Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="Modules to adapt: all-linear or a list such as [q_proj, v_proj]."
+    )
+    rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
+    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter (e.g. [lm_head])."
+    )
+    adapter: str | None = Field(
+        None, description="Continue training this existing adapter directory (e.g. DPO after SFT) instead of a new one."
+    )
+
+
+class DatasetSpec(Section):
+    source: str = Field(
+        description="A Hub dataset id, a local .jsonl/.json/.parquet/.csv file, or builtin:stdlib-python-instruct."
+    )
+    subset: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str = Field("train", description="Split to train on.")
+    format: Format = Field(description="Row format: alpaca, prompt-completion, messages, text or preference.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map the format's fields to this dataset's columns, e.g. {instruction: question}.",
+    )
+    max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (after shuffling with data.seed).")
+
+
+class DataSection(Section):
+    datasets: list[DatasetSpec] = Field(min_length=1, description="One or more datasets, concatenated.")
+    template: Literal["codellama-instruct", "completion", "raw"] = Field(
+        "codellama-instruct",
+        description="codellama-instruct = <s>[INST] ... [/INST] answer</s>; completion = the prompt as code "
+        "followed by its completion; raw = rows used as they are.",
+    )
+    max_length: int = Field(2048, gt=0, description="Tokens per training sequence; longer rows are truncated.")
+    packing: bool = Field(False, description="Pack several rows into each sequence (best-fit decreasing).")
+    train_on_completions_only: bool = Field(
+        True, description="Loss on the response tokens and eos only, not on the prompt."
+    )
+    validation: float | str = Field(
+        0.05,
+        description="Held-out data: a fraction of the training rows (0 = none), or the name of a split of each dataset.",
+    )
+    seed: int = Field(42, description="Seed for shuffling, max_rows and the validation split.")
+
+    @field_validator("validation")
+    @classmethod
+    def _fraction_range(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not 0.0 <= v < 1.0:
+            raise ValueError(f"a validation fraction must be in [0, 1), got {v}")
+        return v
+
+
+class TrainSection(Section):
+    method: Literal["sft", "dpo"] = Field("sft", description="Supervised fine-tuning or Direct Preference Optimization.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    micro_batch_size: int = Field(1, gt=0, description="Sequences per forward pass.")
+    gradient_accumulation_steps: int = Field(8, gt=0, description="Micro batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup: float = Field(0.03, ge=0, description="Warmup: a fraction of the steps if < 1, else a number of steps.")
+    optimizer: Literal["paged_adamw_8bit", "adamw_8bit", "adamw_torch"] = Field(
+        "paged_adamw_8bit", description="Optimizer; the 8-bit ones keep Adam state in 8 bits (bitsandbytes)."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune embedding noise (e.g. 5); off when unset.")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO: strength of the pull towards the reference.")
+    dpo_loss: list[DpoLoss] = Field(
+        default_factory=lambda: ["sigmoid"], description="DPO: TRL loss type(s); several are summed (e.g. [sigmoid, sft])."
+    )
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (always before and after training).")
+    save_steps: int = Field(100, gt=0, description="Write a checkpoint every N steps.")
+    logging_steps: int = Field(10, gt=0, description="Log loss, learning rate and tokens/s every N steps.")
+    keep_checkpoints: int = Field(3, gt=0, description="Keep only the last K checkpoints.")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
+    seed: int = Field(42, description="Seed for model init, dropout and data order.")
+
+    @field_validator("dpo_loss", mode="before")
+    @classmethod
+    def _one_loss(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class OutputSection(Section):
+    name: str = Field(description="Run name (default: the recipe file's name).")
+    dir: str | None = Field(None, description="Run directory (default: adapters/<name>).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[\w.-]+", v):
+            raise ValueError(f"a run name may hold letters, digits, '.', '_' and '-' only, got {v!r}")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.dir) if self.dir else Path("adapters") / self.name
+
+
+class HubSection(Section):
+    repo_id: str | None = Field(None, description="Hub repository user/name for the adapter.")
+    private: bool = Field(True, description="Create the Hub repository as private.")
+    push: bool = Field(False, description="Push the adapter to repo_id when training ends.")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_form(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", v):
+            raise ValueError(f"a Hub repo id has the form user/name, got {v!r}")
+        return v
+
+
+class Recipe(Section):
+    model: ModelSection
+    quant: QuantSection = Field(default_factory=QuantSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    output: OutputSection
+    hub: HubSection = Field(default_factory=HubSection)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "model": ModelSection,
+    "quant": QuantSection,
+    "lora": LoraSection,
+    "data": DataSection,
+    "data.datasets[]": DatasetSpec,
+    "train": TrainSection,
+    "output": OutputSection,
+    "hub": HubSection,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Located:
+    """Where each key of a YAML document sits, so errors can name a line."""
+
+    def __init__(self, source: str, node: yaml.Node | None):
+        self.source = source
+        self.lines: dict[tuple, int] = {}
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: tuple) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if path + (key.value,) in self.lines:
+                    first = self.lines[path + (key.value,)]
+                    raise RecipeError(f"{self.source}:{key.start_mark.line + 1}: {dotted(path + (key.value,))}: "
+                                      f"duplicate key (first at line {first}); YAML would silently keep only the last")
+                self.lines[path + (key.value,)] = key.start_mark.line + 1
+                self._walk_child(value, path + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, path + (i,))
+
+    def _walk_child(self, node: yaml.Node, path: tuple) -> None:
+        key_line = self.lines[path]
+        self._walk(node, path)
+        self.lines[path] = key_line
+
+    def line(self, path: tuple) -> int | None:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path)
+
+
+def dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _section_at(path: tuple) -> type[Section]:
+    key = dotted(tuple("[]" if isinstance(p, int) else p for p in path)).replace(".[]", "[]")
+    key = re.sub(r"\[\]\[\]", "[]", key)
+    return SECTIONS.get(key, Recipe) if path else Recipe
+
+
+# Names users bring from axolotl, PEFT, TRL and transformers, mapped to ours.
+ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+    "lora_target_modules": "target_modules", "use_dora": "dora", "use_rslora": "rslora",
+    "num_epochs": "epochs", "num_train_epochs": "epochs", "lr": "learning_rate", "optim": "optimizer",
+    "batch_size": "micro_batch_size", "per_device_train_batch_size": "micro_batch_size",
+    "scheduler": "lr_scheduler", "lr_scheduler_type": "lr_scheduler", "warmup_ratio": "warmup",
+    "warmup_steps": "warmup", "save_total_limit": "keep_checkpoints", "beta": "dpo_beta",
+    "loss_type": "dpo_loss", "neftune": "neftune_noise_alpha", "sequence_len": "max_length",
+    "seq_len": "max_length", "max_seq_length": "max_length", "sample_packing": "packing",
+    "base_model": "base", "model_name": "base", "torch_dtype": "dtype", "path": "source",
+    "load_in_4bit": "bits", "bnb_4bit_quant_type": "type", "use_double_quant": "double_quant",
+}
+
+
+def _unknown_key_hint(path: tuple) -> str:
+    valid = list(_section_at(path[:-1]).model_fields)
+    alias = ALIASES.get(str(path[-1]))
+    close = [alias] if alias in valid else difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
+    prefix = dotted(path[:-1])
+    if close:
+        return f"did you mean {prefix + '.' if prefix else ''}{close[0]}?"
+    return "valid keys: " + ", ".join(valid)
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # pydantic adds union member tags such as "list[str]" or "literal['all-linear']" to locations.
+    return tuple(p for p in loc if isinstance(p, int) or not re.search(r"[\[\]()'-]", p) or p.isidentifier())
+
+
+def _messages(err: ValidationError, where) -> list[str]:
+    out, seen = [], set()
+    for e in err.errors():
+        path = _clean_loc(tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            text = f"unknown key ({_unknown_key_hint(path)})"
+        elif e["type"] == "missing":
+            text = "required key is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            text = msg if e["type"] == "value_error" else f"{msg[0].lower()}{msg[1:]} (got {e['input']!r})"
+        line = f"{where(path)}: {dotted(path)}: {text}"
+        if line not in seen:
+            seen.add(line)
+            out.append(line)
+    return out
+
+
+def parse_override(item: str) -> tuple[tuple, Any]:
+    """`train.max_steps=20` -> (("train", "max_steps"), 20); the value is read as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"command line: {item!r}: an override has the form key.path=value (e.g. train.max_steps=20)")
+    path = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return path, parsed
+
+
+def _set(tree: dict, path: tuple, value: Any) -> None:
+    node: Any = tree
+    for part, nxt in zip(path, path[1:]):
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise RecipeError(f"command line: {dotted(path)}: no list item {part} here")
+            node = node[part]
+            continue
+        if not isinstance(node.get(part), (dict, list)):
+            node[part] = [] if isinstance(nxt, int) else {}
+        node = node[part]
+    if isinstance(node, list) and not (isinstance(path[-1], int) and path[-1] < len(node)):
+        raise RecipeError(f"command line: {dotted(path)}: no list item {path[-1]} here")
+    node[path[-1]] = value
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem becomes one RecipeError naming its place."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file (qlcode ships recipes/quickstart.yaml to start from)")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}:1: a recipe is a mapping of sections (model, quant, lora, data, train, output, hub)")
+    located = _Located(str(path), node)
+    overridden: dict[tuple, str] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set(tree, key, value)
+        overridden[key] = item
+    tree.setdefault("output", {})
+    if isinstance(tree["output"], dict):
+        tree["output"].setdefault("name", path.stem)
+
+    def where(p: tuple) -> str:
+        for k, item in overridden.items():
+            if p[: len(k)] == k:
+                return f"command line ({item})"
+        line = located.line(p)
+        return f"{path}:{line}" if line else str(path)
+
+    try:
+        recipe = Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise RecipeError("\n".join(_messages(err, where))) from None
+    _check_consistency(recipe, where)
+    return recipe
+
+
+def _check_consistency(recipe: Recipe, where) -> None:
+    """Rules that span sections or touch the filesystem; each names the key to change."""
+    problems = []
+    for i, ds in enumerate(recipe.data.datasets):
+        key = ("data", "datasets", i, "format")
+        if recipe.train.method == "dpo" and ds.format != "preference":
+            problems.append((key, f"train.method dpo needs preference data (chosen/rejected), got {ds.format}"))
+        if recipe.train.method == "sft" and ds.format == "preference":
+            problems.append((key, "preference data trains with train.method: dpo"))
+        src = ("data", "datasets", i, "source")
+        if ds.source.endswith(LOCAL_DATA_SUFFIXES) and not Path(ds.source).is_file():
+            problems.append((src, f"no such file {ds.source!r} (paths are relative to the current directory)"))
+        elif not ds.source.startswith("builtin:") and not ds.source.endswith(LOCAL_DATA_SUFFIXES):
+            if not HUB_ID.match(ds.source):
+                problems.append((src, f"{ds.source!r} is neither a Hub dataset id, a .jsonl/.json/.parquet/.csv file, nor builtin:NAME"))
+    base = recipe.model.base
+    if not base.startswith("builtin:") and (base.startswith((".", "/", "~")) or not HUB_ID.match(base)):
+        if not Path(base).expanduser().is_dir():
+            problems.append((("model", "base"), f"no such model directory {base!r}"))
+    if recipe.hub.push and not recipe.hub.repo_id:
+        problems.append((("hub", "push"), "pushing needs hub.repo_id (user/name)"))
+    if problems:
+        raise RecipeError("\n".join(f"{where(k)}: {dotted(k)}: {msg}" for k, msg in problems))

@@ -1,0 +1,221 @@
+"""One training run: recipe -> model and data -> TRL trainer -> adapters/<name>/.
+
+Run directory layout:
+    recipe.yaml          the resolved recipe (every default filled in)
+    metrics.jsonl        one JSON object per log event; step 0 holds the eval loss before training
+    checkpoints/         checkpoint-N/ every train.save_steps, the last train.keep_checkpoints kept
+    adapter_config.json  the final PEFT adapter, tokenizer and README.md model card, moved in
+    adapter_model.safetensors   from a temporary directory when training ends, weights last
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_callback import PrinterCallback
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+from qlcode.callbacks import MetricsLog, ProgressBar, Throughput, console, peak_memory_gb, read_metrics
+from qlcode.data import build_datasets
+from qlcode.errors import QlcodeError
+from qlcode.files import move_files_into, write_text_atomic
+from qlcode.model_card import adapter_card
+from qlcode.models import load_base, load_tokenizer, placement, with_lora
+from qlcode.recipe import Recipe
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    steps: int
+    seconds: float
+    tokens_per_s: float | None
+    peak_memory_gb: float
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+    train_loss: float | None
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint; the trainer writes trainer_state.json last."""
+    done = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _prepare_run_dir(recipe: Recipe, resume: bool) -> Path | None:
+    """Check the run directory against --resume; returns the checkpoint to resume from, if any."""
+    run_dir = recipe.output.run_dir
+    checkpoints = run_dir / "checkpoints"
+    if (run_dir / ADAPTER_WEIGHTS).exists():
+        raise QlcodeError(f"{run_dir} already holds a finished adapter; pick another name (output.name=...) or delete it")
+    ckpt = latest_checkpoint(checkpoints) if checkpoints.is_dir() else None
+    if not resume and (ckpt is not None or (run_dir / "metrics.jsonl").exists()):
+        raise QlcodeError(f"{run_dir} holds an unfinished run; continue it with --resume, or delete it to start over")
+    if resume and ckpt is None:
+        logging.getLogger("qlcode").warning("no complete checkpoint in %s: starting from step 0", checkpoints)
+    return ckpt
+
+
+def _precision(recipe: Recipe) -> dict:
+    place = placement(recipe.model, recipe.quant)
+    if place.device.type != "cuda":
+        return {"use_cpu": True, "bf16": False, "fp16": False}
+    return {"bf16": place.compute_dtype == torch.bfloat16, "fp16": place.compute_dtype == torch.float16}
+
+
+def trainer_args(recipe: Recipe, conversational: bool) -> SFTConfig | DPOConfig:
+    t, data = recipe.train, recipe.data
+    common = dict(
+        output_dir=str(recipe.output.run_dir / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup,
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="steps" if t.eval_steps else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.keep_checkpoints,
+        logging_steps=t.logging_steps,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        seed=t.seed,
+        data_seed=t.seed,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        max_length=data.max_length,
+        **_precision(recipe),
+    )
+    if t.method == "dpo":
+        return DPOConfig(**common, beta=t.dpo_beta, loss_type=list(t.dpo_loss))
+    return SFTConfig(
+        **common,
+        packing=data.packing,
+        completion_only_loss=data.train_on_completions_only,
+        assistant_only_loss=data.train_on_completions_only and conversational,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+    )
+
+
+def _quiet_libraries() -> None:
+    """Our progress bar and summary replace the libraries' per-step bars and chatter."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*(gradient_checkpointing|use_cache=True|torch_dtype|kernels).*")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop log rows written after the checkpoint: the resumed run writes them again."""
+    rows = [r for r in read_metrics(path) if r["step"] <= step]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -> tuple[SFTTrainer | DPOTrainer, Throughput]:
+    set_seed(recipe.train.seed)
+    tokenizer = load_tokenizer(recipe.model, recipe.data.template)
+    train_ds, eval_ds = build_datasets(recipe.data)
+    console.print(f"data: {len(train_ds)} training rows, {len(eval_ds) if eval_ds else 0} validation rows")
+    console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {placement(recipe.model, recipe.quant).device}")
+    model = with_lora(load_base(recipe), recipe)
+    args = trainer_args(recipe, conversational="messages" in train_ds.column_names or recipe.data.template == "codellama-instruct")
+    cls = DPOTrainer if recipe.train.method == "dpo" else SFTTrainer
+    throughput = Throughput()
+    metrics = MetricsLog(recipe.output.run_dir / "metrics.jsonl", throughput)
+    trainer = cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[throughput, metrics, ProgressBar(throughput), *extra_callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer, throughput
+
+
+def _eval_loss(trainer) -> float | None:
+    if trainer.eval_dataset is None:
+        return None
+    return trainer.evaluate()["eval_loss"]
+
+
+def _save_adapter(trainer, recipe: Recipe, results: dict) -> None:
+    run_dir = recipe.output.run_dir
+    tmp = run_dir / ".adapter.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+    trainer.processing_class.save_pretrained(tmp)
+    (tmp / "README.md").write_text(adapter_card(recipe, results))
+    move_files_into(tmp, run_dir, last=ADAPTER_WEIGHTS)
+
+
+def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCallback] = ()) -> RunResult:
+    """Run the recipe; with resume, continue from the newest complete checkpoint."""
+    _quiet_libraries()
+    run_dir = recipe.output.run_dir
+    checkpoint = _prepare_run_dir(recipe, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    metrics_path = run_dir / "metrics.jsonl"
+    if checkpoint is not None:
+        _trim_metrics(metrics_path, int(checkpoint.name.split("-")[1]))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    trainer, throughput = build_trainer(recipe, extra_callbacks)
+    start = time.perf_counter()
+    before = next((r["eval_loss"] for r in read_metrics(metrics_path) if r["step"] == 0 and "eval_loss" in r), None)
+    if checkpoint is None:
+        before = _eval_loss(trainer)  # logged to metrics.jsonl as step 0
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
+        raise QlcodeError(f"training stopped at step {trainer.state.global_step}; continue with --resume")
+    after = _eval_loss(trainer)
+    result = RunResult(
+        run_dir=str(run_dir),
+        steps=trainer.state.global_step,
+        seconds=time.perf_counter() - start,
+        tokens_per_s=throughput.mean_tokens_per_s,
+        peak_memory_gb=peak_memory_gb(),
+        eval_loss_before=before,
+        eval_loss_after=after,
+        train_loss=output.training_loss if math.isfinite(output.training_loss) else None,
+    )
+    card_results = {
+        "steps": result.steps,
+        "eval loss before": _fmt(before),
+        "eval loss after": _fmt(after),
+        "final train loss": _fmt(result.train_loss),
+    }
+    _save_adapter(trainer, recipe, card_results)
+    write_text_atomic(run_dir / "summary.json", json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def _fmt(x: float | None) -> str | None:
+    return None if x is None else f"{x:.4f}"
