@@ -113,5 +113,13 @@ def recipes_show(recipe: Annotated[Path, typer.Argument(help="Recipe file.")], o
     sys.stdout.write(load_recipe(recipe, overrides or []).to_yaml())
 
 
+@recipes_app.command("keys")
+def recipes_keys() -> None:
+    """Print every recipe key with its type, default and meaning (Markdown)."""
+    from qlcode.recipe import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+
+
 if __name__ == "__main__":
     app()

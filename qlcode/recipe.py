@@ -167,13 +167,13 @@ class TrainSection(Section):
 
 
 class OutputSection(Section):
-    name: str = Field(description="Run name (default: the recipe file's name).")
-    dir: str | None = Field(None, description="Run directory (default: adapters/<name>).")
+    name: str | None = Field(None, description="Run name; unset = the recipe file's name.")
+    dir: str | None = Field(None, description="Run directory; unset = adapters/<name>.")
 
     @field_validator("name")
     @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[\w.-]+", v):
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[\w.-]+", v):
             raise ValueError(f"a run name may hold letters, digits, '.', '_' and '-' only, got {v!r}")
         return v
 
@@ -201,7 +201,7 @@ class Recipe(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
-    output: OutputSection
+    output: OutputSection = Field(default_factory=OutputSection)
     hub: HubSection = Field(default_factory=HubSection)
 
     def to_yaml(self) -> str:
@@ -371,9 +371,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         key, value = parse_override(item)
         _set(tree, key, value)
         overridden[key] = item
-    tree.setdefault("output", {})
-    if isinstance(tree["output"], dict):
-        tree["output"].setdefault("name", path.stem)
+    if isinstance(tree.setdefault("output", {}), dict) and tree["output"].get("name") is None:
+        tree["output"]["name"] = path.stem
 
     def where(p: tuple) -> str:
         for k, item in overridden.items():
@@ -413,3 +412,23 @@ def _check_consistency(recipe: Recipe, where) -> None:
         problems.append((("hub", "push"), "pushing needs hub.repo_id (user/name)"))
     if problems:
         raise RecipeError("\n".join(f"{where(k)}: {dotted(k)}: {msg}" for k, msg in problems))
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("qlcode.recipe.", "")
+    text = re.sub(r"<class '(\w+)'>", r"\1", text)
+    return text.replace("NoneType", "None").replace("Literal", "one of ").replace("|", "or")
+
+
+def reference_markdown() -> str:
+    """The table of every recipe key, its type, default and meaning (README.md carries a copy)."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for prefix, section in SECTIONS.items():
+        for name, field in section.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+                continue
+            default = "required" if field.is_required() else field.get_default(call_default_factory=True)
+            default = "required" if default == "required" else yaml.safe_dump(
+                default.model_dump() if isinstance(default, BaseModel) else default, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"| `{prefix}.{name}` | {_type_name(field.annotation)} | `{default}` | {field.description or ''} |")
+    return "\n".join(lines) + "\n"

@@ -154,7 +154,21 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
         callbacks=[throughput, metrics, ProgressBar(throughput), *extra_callbacks],
     )
     trainer.remove_callback(PrinterCallback)
+    keep_adapter_in_fp32(trainer.model)
     return trainer, throughput
+
+
+def keep_adapter_in_fp32(model: torch.nn.Module) -> None:
+    """Undo TRL's cast of QLoRA adapter weights to bf16.
+
+    TRL 1.16 casts the trainable weights of any quantized model to bf16, whatever the device: on
+    CPU (fp32 compute) and on GPUs without bf16 that is wrong, and everywhere it rounds away small
+    optimizer updates. We keep fp32 master weights (a few MB for LoRA); on GPUs the trainer's
+    autocast still runs the LoRA matmuls in bf16/fp16. The optimizer is built later, in train().
+    """
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def _eval_loss(trainer) -> float | None:
@@ -177,6 +191,8 @@ def _save_adapter(trainer, recipe: Recipe, results: dict) -> None:
 def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCallback] = ()) -> RunResult:
     """Run the recipe; with resume, continue from the newest complete checkpoint."""
     _quiet_libraries()
+    if recipe.hub.push:
+        console.print("[yellow]hub.push is set, but this version of qlcode cannot push yet: the adapter stays local")
     run_dir = recipe.output.run_dir
     checkpoint = _prepare_run_dir(recipe, resume)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,7 @@ def make_recipe(tmp_path: Path, base: Path, data_file: Path, fmt: str = "alpaca"
         "output": {"name": "run", "dir": str(tmp_path / "run")},
     }
     tree = merge(tree, sections)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tree))
     return load_recipe(path)
