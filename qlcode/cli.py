@@ -67,10 +67,19 @@ def train(
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
+    import torch
+
     from qlcode.train import train as run  # heavy imports after the recipe is known to be valid
 
     err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}")
-    result = run(loaded, resume=resume)
+    try:
+        result = run(loaded, resume=resume)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: continue from the last checkpoint with  qlcode train {recipe} --resume")
+        raise typer.Exit(130) from None
+    except torch.cuda.OutOfMemoryError:
+        raise QlcodeError("the GPU ran out of memory: lower train.micro_batch_size or data.max_length, "
+                          "or set train.gradient_checkpointing: true") from None
     table = Table(title="run summary", show_header=False)
     rows = [
         ("steps", str(result.steps)),

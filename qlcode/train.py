@@ -10,6 +10,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -74,8 +75,14 @@ def _precision(recipe: Recipe) -> dict:
     return {"bf16": place.compute_dtype == torch.bfloat16, "fp16": place.compute_dtype == torch.float16}
 
 
+def _check_tracker(name: str) -> None:
+    if name != "none" and importlib.util.find_spec(name) is None:
+        raise QlcodeError(f"train.report_to: {name} is not installed; pip install {name}, or set train.report_to: none")
+
+
 def trainer_args(recipe: Recipe, conversational: bool) -> SFTConfig | DPOConfig:
     t, data = recipe.train, recipe.data
+    _check_tracker(t.report_to)
     common = dict(
         output_dir=str(recipe.output.run_dir / "checkpoints"),
         num_train_epochs=t.epochs,
@@ -143,6 +150,7 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
     model = with_lora(load_base(recipe), recipe)
     args = trainer_args(recipe, conversational="messages" in train_ds.column_names or recipe.data.template == "codellama-instruct")
     cls = DPOTrainer if recipe.train.method == "dpo" else SFTTrainer
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     throughput = Throughput()
     metrics = MetricsLog(recipe.output.run_dir / "metrics.jsonl", throughput)
     trainer = cls(
@@ -154,21 +162,22 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
         callbacks=[throughput, metrics, ProgressBar(throughput), *extra_callbacks],
     )
     trainer.remove_callback(PrinterCallback)
-    keep_adapter_in_fp32(trainer.model)
+    restore_trainable(trainer.model, trainable)
     return trainer, throughput
 
 
-def keep_adapter_in_fp32(model: torch.nn.Module) -> None:
-    """Undo TRL's cast of QLoRA adapter weights to bf16.
+def restore_trainable(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Undo TRL's cast of QLoRA adapter weights to bf16, bit for bit.
 
     TRL 1.16 casts the trainable weights of any quantized model to bf16, whatever the device: on
-    CPU (fp32 compute) and on GPUs without bf16 that is wrong, and everywhere it rounds away small
-    optimizer updates. We keep fp32 master weights (a few MB for LoRA); on GPUs the trainer's
-    autocast still runs the LoRA matmuls in bf16/fp16. The optimizer is built later, in train().
+    CPU (fp32 compute) and on GPUs without bf16 that is wrong, everywhere it rounds away small
+    optimizer updates, and for DPO it makes the policy differ from TRL's fp32 copy of it used as the
+    reference. We keep the fp32 master weights as they were; on GPUs the trainer's autocast still
+    runs the LoRA matmuls in bf16/fp16. The optimizer is built later, in train().
     """
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+    for name, p in model.named_parameters():
+        if name in saved:
+            p.data = saved[name]
 
 
 def _eval_loss(trainer) -> float | None:

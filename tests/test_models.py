@@ -112,3 +112,26 @@ def test_quantization_choices_load_and_train(tmp_path, tiny_base, alpaca_file, b
     assert any(g.abs().sum() > 0 for k, g in grads.items() if "lora_B" in k)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(tmp_path, tiny_base, alpaca_file):
+    grads = []
+    for gc in (False, True):
+        recipe = make_recipe(tmp_path, tiny_base, alpaca_file, train={"gradient_checkpointing": gc})
+        model = with_lora(load_base(recipe), recipe)
+        _randomize_lora_b(model)
+        assert model.base_model.model.is_gradient_checkpointing == gc
+        grads.append(_lora_grads(model.train(), _ids(load_tokenizer(recipe.model))))
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_hub_base_is_a_clear_error(tmp_path, alpaca_file, monkeypatch):
+    from qlcode.errors import ModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = make_recipe(tmp_path, "nobody-here/no-such-model", alpaca_file)
+    with pytest.raises(ModelError, match=r"^model.base: cannot load a tokenizer from 'nobody-here/no-such-model'"):
+        load_tokenizer(recipe.model)
+    with pytest.raises(ModelError, match=r"^model.base: cannot load 'nobody-here/no-such-model'"):
+        load_base(recipe)

@@ -156,3 +156,43 @@ def test_resume_after_a_kill_ends_with_the_same_adapter(tmp_path, tiny_base, row
     assert lb == pytest.approx(la, abs=1e-6) and len(lb) == 6
     with pytest.raises(QlcodeError, match="already holds a finished adapter"):
         train(broken, resume=True)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_8bit", "paged_adamw_8bit"])
+def test_8bit_optimizers_train_on_cpu(tmp_path, tiny_base, rows_file, optimizer):
+    recipe = make_recipe(tmp_path, tiny_base, rows_file, train={"optimizer": optimizer, "max_steps": 4},
+                         data={"validation": 0})
+    trainer, _ = build_trainer(recipe)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    opt = trainer.optimizer.optimizer
+    assert type(opt).__module__.startswith("bitsandbytes.optim") and opt.args.optim_bits == 8
+    assert all(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if "lora_A" in n)
+
+
+def test_dpo_after_sft_uses_the_sft_adapter_as_reference(tmp_path, tiny_base, rows_file):
+    sft = make_recipe(tmp_path / "sft", tiny_base, rows_file, train={"max_steps": 6})
+    train(sft)
+    pref = [{"prompt": f"Return {i}.", "chosen": f"def f():\n    return {i}\n", "rejected": "pass"} for i in range(16)]
+    f = write_jsonl(tmp_path / "pref.jsonl", pref)
+    dpo = make_recipe(tmp_path / "dpo", tiny_base, f, fmt="preference", lora={"adapter": str(tmp_path / "sft" / "run")},
+                      train={"method": "dpo", "max_steps": 4})
+    result = train(dpo)
+    # the policy starts as the SFT adapter; ln 2 means the reference is that adapter, not the bare base
+    assert result.eval_loss_before == pytest.approx(math.log(2), abs=1e-6)
+    sft_weights = load_file(tmp_path / "sft" / "run" / "adapter_model.safetensors")
+    dpo_weights = load_file(tmp_path / "dpo" / "run" / "adapter_model.safetensors")
+    assert sft_weights.keys() == dpo_weights.keys()
+    assert any(not torch.equal(sft_weights[k], dpo_weights[k]) for k in sft_weights)
+
+
+def test_missing_tracker_and_missing_adapter_are_clear(tmp_path, tiny_base, rows_file):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        recipe = make_recipe(tmp_path, tiny_base, rows_file, train={"report_to": "wandb"})
+        with pytest.raises(QlcodeError, match=r"^train.report_to: wandb is not installed; pip install wandb"):
+            build_trainer(recipe)
+    recipe = make_recipe(tmp_path, tiny_base, rows_file, lora={"adapter": str(tmp_path / "nowhere")})
+    with pytest.raises(QlcodeError, match=r"^lora.adapter: '.*nowhere' holds no adapter_config.json; train that adapter first"):
+        build_trainer(recipe)
