@@ -43,6 +43,19 @@ def user_errors(fn):
     return wrapper
 
 
+def quiet_libraries() -> None:
+    """Our progress bar and summary replace the libraries' own bars and chatter on the terminal."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message=".*(gradient_checkpointing|use_cache=True|torch_dtype|kernels).*")
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"qlcode {__version__}")
@@ -71,6 +84,7 @@ def train(
 
     from qlcode.train import train as run  # heavy imports after the recipe is known to be valid
 
+    quiet_libraries()
     err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}")
     try:
         result = run(loaded, resume=resume)
@@ -93,6 +107,36 @@ def train(
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+FILL = "<FILL>"
+
+
+@app.command()
+@user_errors
+def infill(
+    file: Annotated[Path, typer.Argument(help=f"A source file with one {FILL} marker where the code is missing; - for stdin.")],
+    model: Annotated[str | None, typer.Option("--model", help="Base: Hub id, directory or builtin:NAME (default: the adapter's base, else builtin:micro-codellama).")] = None,
+    adapter: Annotated[str | None, typer.Option("--adapter", help="An adapter run directory, e.g. adapters/quickstart.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest middle to generate.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    spm: Annotated[bool, typer.Option("--spm", help="Suffix-prefix-middle prompt order instead of prefix-suffix-middle.")] = False,
+) -> None:
+    """Fill in the missing middle of a file with Code Llama's <PRE> <SUF> <MID> infilling; prints the file filled in."""
+    text = sys.stdin.read() if str(file) == "-" else (file.read_text() if file.is_file() else None)
+    if text is None:
+        raise QlcodeError(f"{file}: no such file")
+    if text.count(FILL) != 1:
+        raise QlcodeError(f"{file}: put exactly one {FILL} where the missing code goes (found {text.count(FILL)})")
+    prefix, suffix = text.split(FILL)
+    from qlcode.infill import generate_middle
+    from qlcode.models import load_for_inference
+
+    quiet_libraries()
+    lm, tok = load_for_inference(model or (None if adapter else "builtin:micro-codellama"), adapter)
+    middle = generate_middle(lm, tok, prefix, suffix, max_new_tokens, spm=spm, temperature=temperature)
+    err.print(f"[dim]middle ({len(middle)} characters):[/]")
+    sys.stdout.write(prefix + middle + suffix)
 
 
 @recipes_app.command("validate")

@@ -104,9 +104,8 @@ def disable_cpu_repacking(model: torch.nn.Module) -> int:
     return len(layers)
 
 
-def load_base(recipe: Recipe) -> PreTrainedModel:
+def load_base(model: ModelSection, quant: QuantSection) -> PreTrainedModel:
     """The base model as the recipe asks: quantized or not, with its RoPE overrides applied."""
-    model, quant = recipe.model, recipe.quant
     place = placement(model, quant)
     path = base_path(model.base)
     try:
@@ -164,3 +163,26 @@ def with_lora(base: PreTrainedModel, recipe: Recipe) -> PeftModel:
     torch.manual_seed(recipe.train.seed)
     return get_peft_model(base, config)
 
+
+
+def load_for_inference(base: str | None, adapter: str | None, bits: int | None = 4) -> tuple[PreTrainedModel, AutoTokenizer]:
+    """A base (and optionally an adapter run directory on it) ready to generate.
+
+    With an adapter and no base, the base is the one named in the adapter's recipe.yaml; the
+    tokenizer is the adapter's own (it carries the chat template it was trained with).
+    """
+    from qlcode.recipe import read_run_recipe
+
+    model_section = ModelSection(base=base) if base else None
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelError(f"--adapter: {adapter!r} holds no adapter_config.json (a finished run directory has one)")
+        trained = read_run_recipe(Path(adapter) / "recipe.yaml")
+        model_section = model_section or trained.model
+    if model_section is None:
+        raise ModelError("give a base model (--model) or an adapter (--adapter)")
+    model = load_base(model_section, QuantSection(bits=bits))
+    tok = load_tokenizer(ModelSection(base=adapter) if adapter else model_section)
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval(), tok

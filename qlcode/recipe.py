@@ -22,7 +22,7 @@ DpoLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 ]
-Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference"]
+Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference", "repository"]
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -97,12 +97,21 @@ class DatasetSpec(Section):
     )
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split to train on.")
-    format: Format = Field(description="Row format: alpaca, prompt-completion, messages, text or preference.")
+    format: Format = Field(
+        description="Row format: alpaca, prompt-completion, messages, text, preference, or repository "
+        "(a directory of projects, or builtin:stdlib-packages, one sequence stream per project)."
+    )
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Map the format's fields to this dataset's columns, e.g. {instruction: question}.",
     )
     max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (after shuffling with data.seed).")
+
+
+class FimSection(Section):
+    rate: float = Field(0.5, ge=0.0, le=1.0, description="Share of training rows turned into infilling examples of their code.")
+    spm_rate: float = Field(0.5, ge=0.0, le=1.0, description="Share of those in suffix-prefix-middle order (the rest prefix-suffix-middle).")
+    unit: Literal["line", "char"] = Field("line", description="Split points fall between lines or between characters.")
 
 
 class DataSection(Section):
@@ -121,7 +130,10 @@ class DataSection(Section):
         0.05,
         description="Held-out data: a fraction of the training rows (0 = none), or the name of a split of each dataset.",
     )
-    seed: int = Field(42, description="Seed for shuffling, max_rows and the validation split.")
+    fim: FimSection | None = Field(
+        None, description="Infilling-aware fine-tuning: {rate, spm_rate, unit}; unset = off."
+    )
+    seed: int = Field(42, description="Seed for shuffling, max_rows, the validation split and infilling.")
 
     @field_validator("validation")
     @classmethod
@@ -214,6 +226,7 @@ SECTIONS: dict[str, type[Section]] = {
     "lora": LoraSection,
     "data": DataSection,
     "data.datasets[]": DatasetSpec,
+    "data.fim": FimSection,
     "train": TrainSection,
     "output": OutputSection,
     "hub": HubSection,
@@ -389,6 +402,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return recipe
 
 
+def read_run_recipe(path: Path) -> Recipe:
+    """The recipe.yaml a run wrote: schema-checked only, since its data files may have moved since."""
+    try:
+        return Recipe.model_validate(yaml.safe_load(Path(path).read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as e:
+        raise RecipeError(f"{path}: not a recipe written by qlcode train ({e})") from None
+
+
 def _check_consistency(recipe: Recipe, where) -> None:
     """Rules that span sections or touch the filesystem; each names the key to change."""
     problems = []
@@ -399,6 +420,12 @@ def _check_consistency(recipe: Recipe, where) -> None:
         if recipe.train.method == "sft" and ds.format == "preference":
             problems.append((key, "preference data trains with train.method: dpo"))
         src = ("data", "datasets", i, "source")
+        if ds.format == "repository":
+            if not recipe.data.packing:
+                problems.append((key, "repository data is cut into max_length pieces: set data.packing: true"))
+            if ds.source != "builtin:stdlib-packages" and not Path(ds.source).is_dir():
+                problems.append((src, f"repository data is a directory of projects or builtin:stdlib-packages; {ds.source!r} is not a directory"))
+            continue
         if ds.source.endswith(LOCAL_DATA_SUFFIXES) and not Path(ds.source).is_file():
             problems.append((src, f"no such file {ds.source!r} (paths are relative to the current directory)"))
         elif not ds.source.startswith("builtin:") and not ds.source.endswith(LOCAL_DATA_SUFFIXES):
@@ -408,6 +435,8 @@ def _check_consistency(recipe: Recipe, where) -> None:
     if not base.startswith("builtin:") and (base.startswith((".", "/", "~")) or not HUB_ID.match(base)):
         if not Path(base).expanduser().is_dir():
             problems.append((("model", "base"), f"no such model directory {base!r}"))
+    if recipe.data.fim is not None and recipe.train.method == "dpo":
+        problems.append((("data", "fim"), "infilling examples train with train.method: sft, not dpo"))
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append((("hub", "push"), "pushing needs hub.repo_id (user/name)"))
     if problems:

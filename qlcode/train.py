@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import math
 import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from qlcode.callbacks import MetricsLog, ProgressBar, Throughput, console, peak_memory_gb, read_metrics
 from qlcode.data import build_datasets
+from qlcode.data.fim import with_infilling
 from qlcode.errors import QlcodeError
 from qlcode.files import move_files_into, write_text_atomic
 from qlcode.model_card import adapter_card
@@ -64,7 +63,7 @@ def _prepare_run_dir(recipe: Recipe, resume: bool) -> Path | None:
     if not resume and (ckpt is not None or (run_dir / "metrics.jsonl").exists()):
         raise QlcodeError(f"{run_dir} holds an unfinished run; continue it with --resume, or delete it to start over")
     if resume and ckpt is None:
-        logging.getLogger("qlcode").warning("no complete checkpoint in %s: starting from step 0", checkpoints)
+        console.print(f"no complete checkpoint in {checkpoints}: starting from step 0")
     return ckpt
 
 
@@ -117,22 +116,12 @@ def trainer_args(recipe: Recipe, conversational: bool) -> SFTConfig | DPOConfig:
     return SFTConfig(
         **common,
         packing=data.packing,
+        # repository rows are longer than max_length: split them into pieces instead of truncating
+        packing_strategy="bfd_split" if any(d.format == "repository" for d in data.datasets) else "bfd",
         completion_only_loss=data.train_on_completions_only,
         assistant_only_loss=data.train_on_completions_only and conversational,
         neftune_noise_alpha=t.neftune_noise_alpha,
     )
-
-
-def _quiet_libraries() -> None:
-    """Our progress bar and summary replace the libraries' per-step bars and chatter."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*(gradient_checkpointing|use_cache=True|torch_dtype|kernels).*")
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -147,8 +136,10 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
     train_ds, eval_ds = build_datasets(recipe.data)
     console.print(f"data: {len(train_ds)} training rows, {len(eval_ds) if eval_ds else 0} validation rows")
     console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {placement(recipe.model, recipe.quant).device}")
-    model = with_lora(load_base(recipe), recipe)
-    args = trainer_args(recipe, conversational="messages" in train_ds.column_names or recipe.data.template == "codellama-instruct")
+    if recipe.data.fim is not None:
+        train_ds = with_infilling(train_ds, tokenizer, recipe.data.fim, recipe.data.seed)
+    model = with_lora(load_base(recipe.model, recipe.quant), recipe)
+    args = trainer_args(recipe, conversational="messages" in train_ds.column_names)
     cls = DPOTrainer if recipe.train.method == "dpo" else SFTTrainer
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     throughput = Throughput()
@@ -191,6 +182,7 @@ def _save_adapter(trainer, recipe: Recipe, results: dict) -> None:
     tmp = run_dir / ".adapter.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
+    trainer.model.peft_config["default"].base_model_name_or_path = recipe.model.base  # not a local cache path
     trainer.model.save_pretrained(tmp, selected_adapters=["default"])
     trainer.processing_class.save_pretrained(tmp)
     (tmp / "README.md").write_text(adapter_card(recipe, results))
@@ -199,7 +191,6 @@ def _save_adapter(trainer, recipe: Recipe, results: dict) -> None:
 
 def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCallback] = ()) -> RunResult:
     """Run the recipe; with resume, continue from the newest complete checkpoint."""
-    _quiet_libraries()
     if recipe.hub.push:
         console.print("[yellow]hub.push is set, but this version of qlcode cannot push yet: the adapter stays local")
     run_dir = recipe.output.run_dir

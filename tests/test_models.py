@@ -50,7 +50,7 @@ def _reference(tiny_base, qmodel) -> torch.nn.Module:
 def _check_against_reference(tmp_path, tiny_base, alpaca_file, keep_fix: bool) -> float:
     recipe = make_recipe(tmp_path, tiny_base, alpaca_file)
     tok = load_tokenizer(recipe.model)
-    model = with_lora(load_base(recipe), recipe)
+    model = with_lora(load_base(recipe.model, recipe.quant), recipe)
     if not keep_fix:
         for m in model.modules():
             if isinstance(m, bnb.nn.Linear4bit):
@@ -94,7 +94,7 @@ def test_long_context_keys_reach_the_model_config(tmp_path, tiny_base, alpaca_fi
     recipe = make_recipe(tmp_path, tiny_base, alpaca_file, quant={"bits": None},
                          model={"rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 4.0},
                                 "max_position_embeddings": 4096})
-    cfg = load_base(recipe).config
+    cfg = load_base(recipe.model, recipe.quant).config
     assert cfg.rope_parameters["rope_theta"] == 500000.0
     assert cfg.rope_parameters["rope_type"] == "linear" and cfg.rope_parameters["factor"] == 4.0
     assert cfg.max_position_embeddings == 4096
@@ -103,7 +103,7 @@ def test_long_context_keys_reach_the_model_config(tmp_path, tiny_base, alpaca_fi
 @pytest.mark.parametrize("bits,layer", [(4, bnb.nn.Linear4bit), (8, bnb.nn.Linear8bitLt), (None, torch.nn.Linear)])
 def test_quantization_choices_load_and_train(tmp_path, tiny_base, alpaca_file, bits, layer):
     recipe = make_recipe(tmp_path, tiny_base, alpaca_file, quant={"bits": bits})
-    model = with_lora(load_base(recipe), recipe)
+    model = with_lora(load_base(recipe.model, recipe.quant), recipe)
     proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(proj.base_layer) is layer
     tok = load_tokenizer(recipe.model)
@@ -118,7 +118,7 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tmp_path, tiny_bas
     grads = []
     for gc in (False, True):
         recipe = make_recipe(tmp_path, tiny_base, alpaca_file, train={"gradient_checkpointing": gc})
-        model = with_lora(load_base(recipe), recipe)
+        model = with_lora(load_base(recipe.model, recipe.quant), recipe)
         _randomize_lora_b(model)
         assert model.base_model.model.is_gradient_checkpointing == gc
         grads.append(_lora_grads(model.train(), _ids(load_tokenizer(recipe.model))))
@@ -134,4 +134,4 @@ def test_unknown_hub_base_is_a_clear_error(tmp_path, alpaca_file, monkeypatch):
     with pytest.raises(ModelError, match=r"^model.base: cannot load a tokenizer from 'nobody-here/no-such-model'"):
         load_tokenizer(recipe.model)
     with pytest.raises(ModelError, match=r"^model.base: cannot load 'nobody-here/no-such-model'"):
-        load_base(recipe)
+        load_base(recipe.model, recipe.quant)

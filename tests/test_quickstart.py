@@ -33,7 +33,7 @@ def test_quickstart_trains_an_adapter_that_beats_the_base(tmp_path):
     assert "train ━" in res.stderr and "tok/s" in res.stderr  # the progress bar
 
     recipe = load_recipe(run / "recipe.yaml")
-    model = PeftModel.from_pretrained(load_base(recipe), str(run)).eval()
+    model = PeftModel.from_pretrained(load_base(recipe.model, recipe.quant), str(run)).eval()
     tok = load_tokenizer(recipe.model, recipe.data.template)
     ids = tok.apply_chat_template([{"role": "user", "content": "Write a Python function `f(x)`."}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]

@@ -98,7 +98,7 @@ def test_sft_lowers_the_loss_and_writes_a_complete_run(tmp_path, tiny_base, rows
     # the saved adapter reloads onto a fresh base to the same logits
     tok = load_tokenizer(recipe.model)
     ids = tok(["def add(a, b):\n    return a + b\n"], return_tensors="pt")["input_ids"]
-    reloaded = PeftModel.from_pretrained(load_base(recipe), str(run)).eval()
+    reloaded = PeftModel.from_pretrained(load_base(recipe.model, recipe.quant), str(run)).eval()
     with torch.no_grad():
         want = keep.model.eval()(input_ids=ids).logits
         got = reloaded(input_ids=ids).logits

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datasets import Dataset, concatenate_datasets
 
 from qlcode.data.formats import canonical
+from qlcode.data.repository import repository_dataset
 from qlcode.data.sources import load_source
 from qlcode.data.templates import comment_prompt
 from qlcode.errors import DataError
@@ -46,6 +47,9 @@ def render(row: dict, fmt: str, template: str) -> dict:
 
 
 def _prepared(spec: DatasetSpec, split: str, data: DataSection, key: str) -> Dataset:
+    if spec.format == "repository":
+        ds = repository_dataset(spec.source, key)
+        return ds.select(range(min(spec.max_rows, len(ds)))) if spec.max_rows else ds
     ds = load_source(spec, split, key)
     if spec.max_rows is not None and split == spec.split:
         ds = ds.shuffle(seed=data.seed).select(range(min(spec.max_rows, len(ds))))

@@ -1,0 +1,112 @@
+"""Code Llama infilling: a document split into prefix, middle and suffix, laid out as Code Llama does.
+
+Token layouts (Rozière et al. 2023, section 2.3; the codellama reference `infilling_prompt_tokens`):
+    PSM: <s> <PRE> prefix <SUF> suffix <MID> middle <EOT>
+    SPM: <s> <PRE> <SUF> suffix <MID> prefix middle <EOT>
+Each part is encoded on its own (no special tokens), so training sees exactly the token boundaries
+a prompt has at inference, where the middle is generated after <MID> (PSM) or after the prefix
+(SPM) until <EOT>.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from datasets import Dataset
+
+from qlcode.errors import QlcodeError
+from qlcode.recipe import FimSection
+
+FIM_TOKENS = ("<PRE>", "<SUF>", "<MID>", "<EOT>")
+
+
+@dataclass(frozen=True)
+class FimIds:
+    bos: int
+    pre: int
+    suf: int
+    mid: int
+    eot: int
+
+
+def fim_ids(tokenizer) -> FimIds:
+    """The infilling token ids of a Code Llama tokenizer (`<PRE>`, or `▁<PRE>` in the Hub's SentencePiece ones)."""
+    vocab = tokenizer.get_vocab()
+    found = []
+    for name in FIM_TOKENS:
+        tid = vocab.get(name, vocab.get("▁" + name))
+        if tid is None:
+            raise QlcodeError(f"this tokenizer has no {name} token: infilling needs a Code Llama-family base "
+                              "(its tokenizer carries <PRE> <SUF> <MID> <EOT>)")
+        found.append(tid)
+    return FimIds(tokenizer.bos_token_id, *found)
+
+
+def split_points(text: str, rng: random.Random, unit: str) -> tuple[str, str, str]:
+    """Two random cut points, between characters or between lines: (prefix, middle, suffix)."""
+    if unit == "line":
+        lines = text.splitlines(keepends=True)
+        i, j = sorted(rng.randint(0, len(lines)) for _ in range(2))
+        return "".join(lines[:i]), "".join(lines[i:j]), "".join(lines[j:])
+    i, j = sorted(rng.randint(0, len(text)) for _ in range(2))
+    return text[:i], text[i:j], text[j:]
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def infill_prompt(tokenizer, ids: FimIds, prefix: str, suffix: str, spm: bool = False) -> list[int]:
+    """The tokens a model continues with the middle (and then <EOT>)."""
+    if spm:
+        return [ids.bos, ids.pre, ids.suf, *encode(tokenizer, suffix), ids.mid, *encode(tokenizer, prefix)]
+    return [ids.bos, ids.pre, *encode(tokenizer, prefix), ids.suf, *encode(tokenizer, suffix), ids.mid]
+
+
+def fim_example(tokenizer, ids: FimIds, prefix: str, middle: str, suffix: str, spm: bool) -> tuple[list[int], int]:
+    """(tokens, prompt length): the prompt is everything before the middle's first token."""
+    prompt = infill_prompt(tokenizer, ids, prefix, suffix, spm)
+    return prompt + encode(tokenizer, middle) + [ids.eot], len(prompt)
+
+
+def _code_of(row: dict) -> str:
+    """The code in a rendered row: the last answer of a conversation, a completion, or a text."""
+    if "messages" in row:
+        return next(m["content"] for m in reversed(row["messages"]) if m["role"] == "assistant")
+    return row["completion"] if "completion" in row else row["text"]
+
+
+def _plain(tokenizer, row: dict) -> tuple[list[int], list[int]]:
+    """A row tokenized as TRL would: (input_ids, completion_mask)."""
+    if "messages" in row:
+        out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        return out["input_ids"], out["assistant_masks"]
+    if "text" in row:
+        ids = tokenizer(row["text"])["input_ids"] + [tokenizer.eos_token_id]
+        return ids, [1] * len(ids)
+    prompt = tokenizer(row["prompt"])["input_ids"]
+    ids = tokenizer(row["prompt"] + row["completion"])["input_ids"] + [tokenizer.eos_token_id]
+    n = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), len(prompt))
+    return ids, [0] * n + [1] * (len(ids) - n)
+
+
+def with_infilling(ds: Dataset, tokenizer, fim: FimSection, seed: int) -> Dataset:
+    """Turn a share of the rows into infilling examples of their code; tokenize every row.
+
+    The others are tokenized exactly as TRL would tokenize them. Every row gets a completion_mask
+    (1 = trained when train_on_completions_only): for an infilling example, the middle and <EOT>.
+    """
+    ids = fim_ids(tokenizer)
+    rng = random.Random(seed)
+
+    def convert(row: dict) -> dict:
+        code = _code_of(row)
+        if rng.random() < fim.rate and code.strip():
+            tokens, n = fim_example(tokenizer, ids, *split_points(code, rng, fim.unit), spm=rng.random() < fim.spm_rate)
+            return {"input_ids": tokens, "completion_mask": [0] * n + [1] * (len(tokens) - n)}
+        tokens, mask = _plain(tokenizer, row)
+        return {"input_ids": tokens, "completion_mask": mask}
+
+    return ds.map(convert, remove_columns=ds.column_names)

@@ -1,0 +1,47 @@
+"""Infilling with a Code Llama-family model: generate the middle between a prefix and a suffix."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from qlcode.data.fim import fim_ids, infill_prompt
+
+
+@torch.no_grad()
+def generate_middle(model, tokenizer, prefix: str, suffix: str, max_new_tokens: int = 64, spm: bool = False,
+                    temperature: float = 0.0, seed: int = 0) -> str:
+    """The middle the model writes, up to <EOT> (or eos, or max_new_tokens)."""
+    ids = fim_ids(tokenizer)
+    prompt = torch.tensor([infill_prompt(tokenizer, ids, prefix, suffix, spm)], device=model.device)
+    torch.manual_seed(seed)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
+    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                         eos_token_id=[ids.eot, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id, **sampling)
+    new = [t for t in out[0, prompt.shape[1]:].tolist() if t not in (ids.eot, tokenizer.eos_token_id)]
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def line_cases(sources: list[str], n: int, seed: int = 0, context: int = 800) -> list[tuple[str, str, str]]:
+    """(prefix, line, suffix) cases: one indented code line held out from each sampled place."""
+    rng = random.Random(seed)
+    candidates = []
+    for si, src in enumerate(sources):
+        lines = src.splitlines(keepends=True)
+        for li, line in enumerate(lines):
+            body = line.strip()
+            if line.startswith((" ", "\t")) and len(body) >= 8 and not body.startswith(("#", '"', "'")) and line.endswith("\n"):
+                candidates.append((si, li))
+    cases = []
+    for si, li in rng.sample(candidates, min(n, len(candidates))):
+        lines = sources[si].splitlines(keepends=True)
+        prefix, suffix = "".join(lines[:li]), "".join(lines[li + 1 :])
+        cases.append((prefix[-context:], lines[li], suffix[: context // 2]))
+    return cases
+
+
+def exact_match(model, tokenizer, cases: list[tuple[str, str, str]], max_new_tokens: int = 48) -> float:
+    """Share of cases whose generated middle equals the held-out line (whitespace-stripped), greedy."""
+    hits = sum(generate_middle(model, tokenizer, p, s, max_new_tokens).strip() == m.strip() for p, m, s in cases)
+    return hits / len(cases)
