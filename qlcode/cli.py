@@ -23,6 +23,8 @@ app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 recipes_app = typer.Typer(help="Check and inspect recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+adapters_app = typer.Typer(help="Inspect trained adapters.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
 out = Console()
 err = Console(stderr=True)
 
@@ -137,6 +139,44 @@ def infill(
     middle = generate_middle(lm, tok, prefix, suffix, max_new_tokens, spm=spm, temperature=temperature)
     err.print(f"[dim]middle ({len(middle)} characters):[/]")
     sys.stdout.write(prefix + middle + suffix)
+
+
+@app.command()
+@user_errors
+def merge(
+    adapter: Annotated[Path, typer.Argument(help="An adapter run directory, e.g. adapters/quickstart.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the merged model to (must not exist).")],
+    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "bf16",
+    device: Annotated[str, typer.Option(help="cpu or cuda: where the merge arithmetic runs.")] = "cpu",
+    tolerance: Annotated[float | None, typer.Option(help="Max |logit difference| allowed (default: 1e-4 fp32, 5e-2 fp16, 0.25 bf16).")] = None,
+) -> None:
+    """Merge an adapter into its base in full precision and check the result against base + adapter."""
+    if dtype not in ("bf16", "fp16", "fp32") or device not in ("cpu", "cuda"):
+        raise QlcodeError(f"--dtype is bf16, fp16 or fp32 and --device cpu or cuda (got {dtype}, {device})")
+    from qlcode.export.merge import merge as run
+
+    quiet_libraries()
+    report = run(adapter, out_dir, dtype=dtype, device=device, tolerance=tolerance)
+    table = Table(title="merge", show_header=False)
+    for k, v in [("merged model", report.out), ("dtype", report.dtype), ("shards", str(report.shards)),
+                 ("max |logit diff| vs base + adapter", f"{report.max_logit_diff:.3g} (tolerance {report.tolerance:g})"),
+                 ("top-1 agreement", f"{100 * report.top1_agreement:.1f}%")]:
+        table.add_row(k, v)
+    out.print(table)
+
+
+@adapters_app.command("list")
+def adapters_list(root: Annotated[Path, typer.Option(help="Where runs land.")] = Path("adapters")) -> None:
+    """The runs under adapters/: base, method, steps, eval loss before and after, date."""
+    from qlcode.runs import list_runs
+
+    table = Table(title=f"runs in {root}")
+    for col in ("name", "base", "method", "status", "steps", "eval loss before", "eval loss after", "date"):
+        table.add_column(col)
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    for r in list_runs(root):
+        table.add_row(r.name, r.base, r.method, r.status, str(r.steps or "-"), fmt(r.eval_loss_before), fmt(r.eval_loss_after), r.date)
+    out.print(table)
 
 
 @recipes_app.command("validate")

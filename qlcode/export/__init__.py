@@ -1,0 +1,1 @@
+"""Exporting trained adapters: merged checkpoints (and, later, GGUF files and Hub pushes)."""

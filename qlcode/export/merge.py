@@ -1,0 +1,191 @@
+"""Merge a LoRA adapter into its base in full precision, shard by shard, and prove the merge.
+
+Merging into a 4-bit base re-quantizes the weights and degrades the model (the most reported
+pitfall of QLoRA exports), so the base is read in full precision from its safetensors shards.
+Each shard is read, merged (W + scale * B @ A, computed in fp32) and written before the next one is
+read: peak memory is one shard plus the adapter, never two copies of the model. The result is
+checked against the adapter applied to the same base in the same dtype, on a probe batch, one
+model in memory at a time; a merge beyond the tolerance is deleted and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from qlcode.errors import QlcodeError
+from qlcode.files import write_text_atomic
+from qlcode.models import DTYPES, base_path
+from qlcode.recipe import read_run_recipe
+
+# max |logit difference| allowed between the merged model and base + adapter, per dtype
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2.5e-1}
+PROBES = [
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "import os\n\nfor root, dirs, files in os.walk('.'):\n",
+    "<s>[INST] Write a function that reverses a string. [/INST]",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n",
+]
+COPIED = ("config.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "tokenizer.model")
+
+
+@dataclass
+class MergeReport:
+    out: str
+    dtype: str
+    max_logit_diff: float
+    top1_agreement: float
+    tolerance: float
+    shards: int
+
+
+def local_base(spec: str, revision: str | None) -> Path:
+    """The base's files on disk: a local directory, or the Hub snapshot (safetensors, configs)."""
+    path = Path(base_path(spec))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, revision=revision, allow_patterns=["*.safetensors", "*.json"]))
+    except Exception as e:  # network, auth, not found: huggingface_hub raises many types
+        raise QlcodeError(f"cannot fetch base {spec!r} from the Hub: {e}") from None
+
+
+def _shards(base: Path) -> list[str]:
+    index = base / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    if (base / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    raise QlcodeError(f"{base}: no model.safetensors or model.safetensors.index.json; merging needs safetensors weights")
+
+
+def lora_deltas(adapter: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor], float]:
+    """(base key -> (A, B), base key -> replaced tensor for modules_to_save, scale)."""
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    if cfg.get("use_dora"):
+        raise QlcodeError("merging DoRA adapters is not supported yet: its magnitude vector needs the whole weight")
+    scale = cfg["lora_alpha"] / (math.sqrt(cfg["r"]) if cfg.get("use_rslora") else cfg["r"])
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    replaced = {}
+    for key, t in load_file(adapter / "adapter_model.safetensors").items():
+        name = key.removeprefix("base_model.model.")
+        if ".lora_A." in name or ".lora_B." in name:
+            module, part = (name.split(".lora_A.")[0], "A") if ".lora_A." in name else (name.split(".lora_B.")[0], "B")
+            pairs.setdefault(f"{module}.weight", {})[part] = t
+        else:
+            replaced[name] = t
+    return {k: (v["A"], v["B"]) for k, v in pairs.items()}, replaced, scale
+
+
+def merge_shard(tensors: dict[str, torch.Tensor], deltas, replaced, scale: float, dtype: torch.dtype,
+                device: torch.device) -> tuple[dict[str, torch.Tensor], set[str]]:
+    out, used = {}, set()
+    for key, w in tensors.items():
+        if key in deltas:
+            a, b = deltas[key]
+            w = w.to(device, torch.float32) + scale * (b.to(device, torch.float32) @ a.to(device, torch.float32))
+            used.add(key)
+        elif key in replaced:
+            w = replaced[key]
+            used.add(key)
+        out[key] = w.to(dtype).contiguous().cpu()
+    return out, used
+
+
+@torch.no_grad()
+def _probe_logits(model, tokenizer, device: torch.device) -> torch.Tensor:
+    batch = tokenizer(PROBES, return_tensors="pt", padding=True).to(device)
+    return model(**batch).logits.float().cpu() * batch["attention_mask"].cpu()[..., None]
+
+
+def _check(adapter: Path, base: Path, merged: Path, dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged)
+    tok.pad_token = tok.pad_token or tok.unk_token or tok.eos_token
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter))
+    want = _probe_logits(reference.to(device).eval(), tok, device)
+    del reference
+    got = _probe_logits(AutoModelForCausalLM.from_pretrained(merged, dtype=dtype).to(device).eval(), tok, device)
+    mask = want.abs().sum(-1) > 0
+    return (got - want).abs().max().item(), (got.argmax(-1)[mask] == want.argmax(-1)[mask]).float().mean().item()
+
+
+def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device: str = "cpu",
+          tolerance: float | None = None) -> MergeReport:
+    """Write base + adapter merged to `out`; nothing is left at `out` unless the check passes."""
+    adapter, out = Path(adapter_dir), Path(out)
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise QlcodeError(f"{adapter}: no adapter_model.safetensors (a finished run directory has one)")
+    if out.exists():
+        raise QlcodeError(f"{out} already exists; choose another --out or delete it")
+    recipe = read_run_recipe(adapter / "recipe.yaml")
+    base = local_base(recipe.model.base, recipe.model.revision)
+    torch_dtype, dev = DTYPES[dtype], torch.device(device)
+    deltas, replaced, scale = lora_deltas(adapter)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        used: set[str] = set()
+        weight_map, total = {}, 0
+        shards = _shards(base)
+        for shard in shards:
+            merged, hit = merge_shard(load_file(base / shard), deltas, replaced, scale, torch_dtype, dev)
+            used |= hit
+            save_file(merged, tmp / shard, metadata={"format": "pt"})
+            weight_map.update({k: shard for k in merged})
+            total += sum(t.numel() * t.element_size() for t in merged.values())
+        missing = (set(deltas) | set(replaced)) - used
+        if missing:
+            raise QlcodeError(f"the adapter touches weights the base does not have: {sorted(missing)[:3]} (is it the right base?)")
+        if len(shards) > 1:
+            write_text_atomic(tmp / "model.safetensors.index.json",
+                              json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        for name in COPIED:
+            if (base / name).is_file():
+                shutil.copy(base / name, tmp / name)
+        config = json.loads((tmp / "config.json").read_text())
+        config["dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+        write_text_atomic(tmp / "config.json", json.dumps(config, indent=2))
+        for name in TOKENIZER_FILES:
+            if (adapter / name).is_file():
+                shutil.copy(adapter / name, tmp / name)
+        diff, top1 = _check(adapter, base, tmp, torch_dtype, dev)
+        limit = TOLERANCE[dtype] if tolerance is None else tolerance
+        if not diff <= limit:
+            raise QlcodeError(f"merge check failed: max |logit difference| {diff:.3g} > tolerance {limit:g} ({dtype}); "
+                              f"nothing was written to {out}")
+        report = MergeReport(str(out), dtype, diff, top1, limit, len(shards))
+        write_text_atomic(tmp / "README.md", _card(recipe, adapter, report))
+        tmp.rename(out)
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _card(recipe, adapter: Path, r: MergeReport) -> str:
+    return f"""---
+base_model: {recipe.model.base}
+tags: [qlcode, code-llama, merged-lora]
+pipeline_tag: text-generation
+---
+
+# {recipe.output.name} (merged)
+
+`{recipe.model.base}` with the LoRA adapter `{adapter.name}` merged in, saved in {r.dtype}.
+Merged in full precision (never into a 4-bit base), shard by shard.
+
+Check against base + adapter in {r.dtype} on a probe batch: max |logit difference| {r.max_logit_diff:.3g}
+(tolerance {r.tolerance:g}), top-1 agreement {100 * r.top1_agreement:.1f}%.
+"""

@@ -1,0 +1,94 @@
+"""qlcode merge: full-precision, shard-by-shard merging, proven against base + adapter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from qlcode.errors import QlcodeError
+from qlcode.export.merge import PROBES, merge
+from qlcode.train import train
+
+from conftest import REPO, make_recipe, write_jsonl
+from test_train import ROWS
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_base):
+    """A tiny adapter trained enough to change the model; its base saved in 3 shards."""
+    tmp = tmp_path_factory.mktemp("merge")
+    sharded = tmp / "sharded-base"
+    AutoModelForCausalLM.from_pretrained(tiny_base).save_pretrained(sharded, max_shard_size="400KB")
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(sharded)
+    rows = write_jsonl(tmp / "rows.jsonl", ROWS)
+    recipe = make_recipe(tmp, sharded, rows, train={"max_steps": 8, "learning_rate": 2e-2}, data={"validation": 0})
+    train(recipe)
+    return tmp / "run", sharded
+
+
+def _logits(model, tok) -> torch.Tensor:
+    tok.pad_token = tok.pad_token or tok.unk_token
+    batch = tok(PROBES, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits * batch["attention_mask"][..., None]
+
+
+def test_fp32_merge_matches_base_plus_adapter(tmp_path, trained):
+    adapter, base = trained
+    assert len(list(base.glob("model-*.safetensors"))) >= 2, "the base is sharded"
+    report = merge(adapter, tmp_path / "merged", dtype="fp32")
+    assert report.max_logit_diff < 1e-5 and report.top1_agreement == 1.0 and report.shards >= 2
+    out = tmp_path / "merged"
+    for name in ("config.json", "model.safetensors.index.json", "tokenizer.json", "chat_template.jinja", "README.md"):
+        assert (out / name).is_file(), name
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter)).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    want, got = _logits(ref, tok), _logits(merged, tok)
+    assert (got - want).abs().max() < 1e-5
+    with ref.disable_adapter():
+        assert (_logits(ref, tok) - want).abs().max() > 1e-3, "the adapter matters, so the check is not vacuous"
+    assert "max |logit difference|" in (out / "README.md").read_text()
+
+
+def test_a_merge_that_fails_its_check_leaves_nothing(tmp_path, trained):
+    adapter, _ = trained
+    with pytest.raises(QlcodeError, match=r"merge check failed: max \|logit difference\| .* > tolerance 0 \(bf16\)"):
+        merge(adapter, tmp_path / "merged", dtype="bf16", tolerance=0.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bf16_merge_within_its_tolerance_and_cli(tmp_path, trained):
+    adapter, _ = trained
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "merge", str(adapter), "--out", str(tmp_path / "m")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "top-1 agreement" in res.stdout and (tmp_path / "m" / "config.json").is_file()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").dtype == torch.bfloat16
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "merge", str(adapter), "--out", str(tmp_path / "m")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "already exists" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_adapters_list_shows_finished_and_unfinished_runs(tmp_path, trained):
+    import shutil
+
+    from qlcode.runs import list_runs
+
+    adapter, base = trained
+    shutil.copytree(adapter, tmp_path / "done")
+    (tmp_path / "half").mkdir()
+    shutil.copy(adapter / "recipe.yaml", tmp_path / "half" / "recipe.yaml")
+    runs = {r.name: r for r in list_runs(tmp_path)}
+    assert runs["done"].status == "finished" and runs["done"].steps == 8 and runs["done"].base == str(base)
+    assert runs["done"].eval_loss_before is None  # validation 0: no eval
+    assert runs["half"].status == "unfinished" and runs["half"].steps is None
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "adapters", "list", "--root", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0 and "done" in res.stdout and "unfinished" in res.stdout

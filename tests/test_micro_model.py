@@ -1,0 +1,49 @@
+"""The embedded micro Code Llama: pretrained weights beat their initialisation; infilling from the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from transformers import AutoTokenizer
+
+from qlcode.builtin import MODELS
+from qlcode.builtin.evaluate_micro_codellama import first_statement, perplexity, pretrained_model, untrained_model
+from qlcode.builtin.pretrain_micro_codellama import documents
+
+from conftest import REPO
+
+
+def test_pretrained_weights_beat_the_untrained_model_on_held_out_code():
+    tok = AutoTokenizer.from_pretrained(MODELS["micro-codellama"])
+    docs = documents(held_out=True)[:24]
+    trained, untrained = perplexity(pretrained_model(), tok, docs), perplexity(untrained_model(), tok, docs)
+    assert untrained > 3000 and trained < untrained / 50, (trained, untrained)
+    record = json.loads((MODELS["micro-codellama"] / "pretraining.json").read_text())
+    assert record["tokens_seen"] > 5_000_000 and record["fim_rate"] == 0.9
+
+
+def test_package_weights_stay_small():
+    assert (MODELS["micro-codellama"] / "model.safetensors").stat().st_size < 25 * 2**20
+
+
+def test_first_statement_cuts_at_the_next_top_level_line():
+    assert first_statement("    return x\n\ndef g():\n    pass\n") == "    return x\n\n"
+
+
+def _infill(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qlcode.cli", "infill", *args], cwd=REPO, input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_qlcode_infill_fills_the_marker(tmp_path):
+    src = tmp_path / "f.py"
+    src.write_text("def square(x):\n    <FILL>\n\nprint(square(3))\n")
+    res = _infill(str(src), "--max-new-tokens", "12")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("def square(x):\n    ") and res.stdout.endswith("\n\nprint(square(3))\n")
+    assert "<FILL>" not in res.stdout
+    res = _infill("-", stdin="x = 1\n")
+    assert res.returncode == 2 and "put exactly one <FILL> where the missing code goes (found 0)" in res.stderr
+    assert "Traceback" not in res.stderr
