@@ -165,6 +165,31 @@ def merge(
     out.print(table)
 
 
+@app.command()
+@user_errors
+def export(
+    path: Annotated[Path, typer.Argument(help="A model directory: a merged model (qlcode merge), or builtin:micro-codellama.")],
+    format: Annotated[str, typer.Option("--format", help="Export format: gguf.")] = "gguf",
+    type: Annotated[str, typer.Option("--type", help="Weight type: f16 or q8_0.")] = "f16",
+    out_file: Annotated[Path | None, typer.Option("--out", help="Output file (default: PATH/model-TYPE.gguf).")] = None,
+) -> None:
+    """Write a GGUF file for llama.cpp and Ollama, then read it back and check every tensor."""
+    if format != "gguf":
+        raise QlcodeError(f"--format: only gguf is supported, not {format!r}")
+    from qlcode.export.gguf_export import export_gguf
+    from qlcode.models import base_path
+
+    source = Path(base_path(str(path)))
+    if not source.is_dir():
+        raise QlcodeError(f"{path}: no such model directory")
+    report = export_gguf(source, out_file or source / f"model-{type}.gguf", type)
+    table = Table(title="gguf export", show_header=False)
+    for k, v in [("file", report.path), ("type", report.type), ("tensors", str(report.tensors)),
+                 ("tensor bytes", f"{report.bytes:,}"), ("max |error| vs source weights", f"{report.max_abs_error:.3g}")]:
+        table.add_row(k, v)
+    out.print(table)
+
+
 @adapters_app.command("list")
 def adapters_list(root: Annotated[Path, typer.Option(help="Where runs land.")] = Path("adapters")) -> None:
     """The runs under adapters/: base, method, steps, eval loss before and after, date."""

@@ -92,3 +92,70 @@ def test_adapters_list_shows_finished_and_unfinished_runs(tmp_path, trained):
     res = subprocess.run([sys.executable, "-m", "qlcode.cli", "adapters", "list", "--root", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0 and "done" in res.stdout and "unfinished" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def merged_fp32(tmp_path_factory, trained):
+    out = tmp_path_factory.mktemp("merged") / "m"
+    merge(trained[0], out, dtype="fp32")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+def test_gguf_round_trip(tmp_path, merged_fp32, kind):
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from qlcode.export.gguf_export import export_gguf, gguf_name, permute
+
+    out = tmp_path / f"m-{kind}.gguf"
+    report = export_gguf(merged_fp32, out, kind)
+    assert out.is_file() and not (tmp_path / f".m-{kind}.gguf.tmp").exists()
+    r = gguf.GGUFReader(out)
+    f = lambda k: r.fields[k].contents()  # noqa: E731
+    assert f("general.architecture") == "llama" and f("llama.rope.freq_base") == 1e6
+    assert f("llama.attention.head_count") == 2 and f("llama.block_count") == 2
+    tok = AutoTokenizer.from_pretrained(merged_fp32)
+    tokens = f("tokenizer.ggml.tokens")
+    assert len(tokens) == len(tok) and tokens[:7] == ["<unk>", "<s>", "</s>", "<PRE>", "<SUF>", "<MID>", "<EOT>"]
+    assert (f("tokenizer.ggml.bos_token_id"), f("tokenizer.ggml.eos_token_id")) == (1, 2)
+    assert [f(f"tokenizer.ggml.{k}") for k in ("fim_pre_token_id", "fim_suf_token_id", "fim_mid_token_id", "eot_token_id")] == [3, 4, 5, 6]
+    assert "[INST]" in f("tokenizer.chat_template")
+    weights = {k: v for p in merged_fp32.glob("model-*.safetensors") for k, v in load_file(p).items()}
+    tensors = {t.name: t for t in r.tensors}
+    assert len(tensors) == len(weights) == report.tensors
+    for name, w in weights.items():
+        t = tensors[gguf_name(name)]
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            w = permute(w, 2)  # 2 heads, 2 kv heads
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
+        if w.ndim == 1:
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32 and np.array_equal(got, w.numpy())
+        elif kind == "f16":
+            assert t.tensor_type == gguf.GGMLQuantizationType.F16
+            assert np.array_equal(got, w.numpy().astype(np.float16))  # every tensor exact in f16
+        else:
+            assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+            scale = np.abs(w.numpy()).max()
+            # half a q8 step, plus the rounding of each block scale to f16 (127 * 2**-11 of a step)
+            assert np.abs(got - w.numpy()).max() <= scale / 127 * 0.57
+    assert report.max_abs_error == (0.0 if kind == "f16" else report.max_abs_error)
+
+
+def test_qk_permutation_is_llama_cpps():
+    from qlcode.export.gguf_export import permute
+
+    # head_dim 4: HF rows [r0 r1 | r2 r3] (rotate-half pairs (0,2), (1,3)) -> interleaved [r0 r2 r1 r3]
+    w = torch.arange(8.0).reshape(4, 2)
+    assert permute(w, 1).tolist() == [[0, 1], [4, 5], [2, 3], [6, 7]]
+
+
+def test_export_refuses_what_it_cannot_write(tmp_path, trained):
+    adapter, _ = trained
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "export", str(adapter), "--format", "gguf"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no config.json; export a merged model directory (qlcode merge ADAPTER --out DIR)" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "export", str(adapter), "--type", "q4"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr

@@ -1,0 +1,197 @@
+"""Export a Llama-architecture model directory to GGUF (llama.cpp, Ollama) with the `gguf` package.
+
+What llama.cpp needs of a Code Llama: the Llama metadata (lengths, heads, RMS-norm epsilon, RoPE
+base, RoPE scaling), the tokenizer (SentencePiece-style "llama" vocab with scores, or byte-level
+BPE "gpt2" vocab with merges) with bos/eos/unk and Code Llama's infilling tokens
+(<PRE> <SUF> <MID> <EOT>) named as such, and the weights under GGUF's names with the query and key
+projections permuted from Hugging Face's rotate-half layout back to Meta's interleaved one, as
+llama.cpp's own converter does. Tensors stream shard by shard: the header is written from the
+shapes alone, then each shard is read, converted and written, so memory holds one shard.
+The file is written to a temporary path, read back and verified, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from qlcode.data.fim import fim_ids
+from qlcode.errors import QlcodeError
+from qlcode.export.merge import _shards
+
+TYPES = ("f16", "q8_0")
+LAYER_NAMES = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+
+
+@dataclass
+class GgufReport:
+    path: str
+    type: str
+    tensors: int
+    bytes: int
+    max_abs_error: float  # against the source weights, after the q/k permutation (0 for f16 means exact)
+
+
+def gguf_name(hf_name: str) -> str:
+    if hf_name in TOP_NAMES:
+        return TOP_NAMES[hf_name]
+    parts = hf_name.split(".")
+    if parts[:2] != ["model", "layers"] or parts[-1] != "weight":
+        raise QlcodeError(f"unexpected tensor {hf_name!r} for the Llama architecture")
+    return f"blk.{parts[2]}.{LAYER_NAMES['.'.join(parts[3:-1])]}.weight"
+
+
+def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Hugging Face's rotate-half q/k rows -> the interleaved pairs llama.cpp's RoPE expects."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _config(model_dir: Path) -> dict:
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise QlcodeError(f"{model_dir}: no config.json; export a merged model directory (qlcode merge ADAPTER --out DIR)")
+    cfg = json.loads(cfg_path.read_text())
+    if "LlamaForCausalLM" not in cfg.get("architectures", []):
+        raise QlcodeError(f"{model_dir}: GGUF export supports the Llama architecture (Code Llama), not {cfg.get('architectures')}")
+    return cfg
+
+
+def _source_tensor(name: str, w: torch.Tensor, cfg: dict) -> np.ndarray:
+    w = w.float()
+    if name.endswith("self_attn.q_proj.weight"):
+        w = permute(w, cfg["num_attention_heads"])
+    elif name.endswith("self_attn.k_proj.weight"):
+        w = permute(w, cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
+    return w.numpy()
+
+
+def _converted(data: np.ndarray, kind: str):
+    """(array to write, ggml type): 1-D tensors (norms) stay F32, as llama.cpp's converter keeps them."""
+    import gguf
+
+    if data.ndim == 1:
+        return data.astype(np.float32), gguf.GGMLQuantizationType.F32
+    if kind == "q8_0":
+        return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+
+
+def _add_tokenizer(writer, model_dir: Path) -> None:
+    import logging
+
+    import gguf
+
+    logging.getLogger("gguf").setLevel(logging.ERROR)  # it warns about the pair template's second <s>
+    from transformers import AutoTokenizer
+
+    try:
+        vocab = gguf.vocab.LlamaHfVocab(model_dir)  # Code Llama's SentencePiece-style BPE with byte fallback
+        pre = "default"
+    except FileNotFoundError:
+        vocab = gguf.vocab.BpeVocab(model_dir)  # byte-level BPE (the micro model)
+        pre = "gpt-2"
+    tokens, scores, types = zip(*vocab.all_tokens())
+    writer.add_tokenizer_model(vocab.tokenizer_model)
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(list(tokens))
+    writer.add_token_scores(list(scores))
+    writer.add_token_types(list(types))
+    gguf.SpecialVocab(model_dir, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=len(tokens)).add_to_gguf(writer)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = fim_ids(tok)
+    K = gguf.Keys.Tokenizer
+    for key, value in ((K.FIM_PRE_ID, ids.pre), (K.FIM_SUF_ID, ids.suf), (K.FIM_MID_ID, ids.mid), (K.EOT_ID, ids.eot)):
+        writer.add_uint32(key, value)
+
+
+def export_gguf(model_dir: str | Path, out: str | Path, kind: str = "f16") -> GgufReport:
+    import gguf
+
+    model_dir, out = Path(model_dir), Path(out)
+    if kind not in TYPES:
+        raise QlcodeError(f"--type is one of {', '.join(TYPES)}, not {kind!r}")
+    cfg = _config(model_dir)
+    shards = _shards(model_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    writer = gguf.GGUFWriter(tmp, "llama")
+    writer.add_name(model_dir.name)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    rope = cfg.get("rope_parameters") or {"rope_theta": cfg.get("rope_theta", 10000.0)}
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_rope_freq_base(rope["rope_theta"])
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if kind == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    _add_tokenizer(writer, model_dir)
+
+    # pass 1: shapes only, for the header
+    order: list[tuple[str, str]] = []
+    for shard in shards:
+        with safe_open(model_dir / shard, "pt") as f:
+            for name in sorted(f.keys()):
+                shape = f.get_slice(name).get_shape()
+                data, qtype = _converted(np.zeros(shape, dtype=np.float32), kind)
+                writer.add_tensor_info(gguf_name(name), data.shape, data.dtype, data.nbytes, raw_dtype=qtype)
+                order.append((shard, name))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    # pass 2: the data, one shard in memory at a time
+    for shard in shards:
+        with safe_open(model_dir / shard, "pt") as f:
+            for s, name in order:
+                if s == shard:
+                    writer.write_tensor_data(_converted(_source_tensor(name, f.get_tensor(name), cfg), kind)[0])
+    writer.close()
+    report = verify(tmp, model_dir, kind)
+    tmp.replace(out)
+    report.path = str(out)
+    return report
+
+
+def verify(path: Path, model_dir: Path, kind: str) -> GgufReport:
+    """Read the file back: metadata, every tensor's name, shape and type, and its values against the source."""
+    import gguf
+
+    cfg = _config(model_dir)
+    reader = gguf.GGUFReader(path)
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    expect = {"general.architecture": "llama", "llama.block_count": cfg["num_hidden_layers"],
+              "llama.embedding_length": cfg["hidden_size"], "llama.context_length": cfg["max_position_embeddings"]}
+    for key, value in expect.items():
+        if field(key) != value:
+            raise QlcodeError(f"GGUF check failed: {key} is {field(key)!r}, expected {value!r}")
+    tensors = {t.name: t for t in reader.tensors}
+    worst, total = 0.0, 0
+    for shard in _shards(model_dir):
+        with safe_open(model_dir / shard, "pt") as f:
+            for name in f.keys():
+                t = tensors.get(gguf_name(name))
+                src = _source_tensor(name, f.get_tensor(name), cfg)
+                if t is None:
+                    raise QlcodeError(f"GGUF check failed: {gguf_name(name)} is missing")
+                got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(src.shape)
+                if kind == "f16" and src.ndim == 2:
+                    src = src.astype(np.float16).astype(np.float32)
+                worst = max(worst, float(np.abs(got.astype(np.float32) - src).max()))
+                total += int(t.n_bytes)
+    return GgufReport(str(path), kind, len(tensors), total, worst)
