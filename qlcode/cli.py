@@ -190,6 +190,21 @@ def export(
     out.print(table)
 
 
+@app.command()
+@user_errors
+def push(
+    path: Annotated[Path, typer.Argument(help="An adapter run directory or a merged model directory.")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub repository user/name (created if missing).")],
+    private: Annotated[bool, typer.Option("--private/--public", help="Visibility of a newly created repository.")] = True,
+    revision: Annotated[str | None, typer.Option(help="Branch to push to (created if missing); default main.")] = None,
+) -> None:
+    """Upload an adapter or a merged model to the Hugging Face Hub with its model card (token: HF_TOKEN or hf auth login)."""
+    from qlcode.export.push import push as run
+
+    report = run(path, repo, private=private, revision=revision)
+    out.print(f"pushed {len(report.files)} files to {report.repo_id}@{report.revision}: {report.commit_url}")
+
+
 @adapters_app.command("list")
 def adapters_list(root: Annotated[Path, typer.Option(help="Where runs land.")] = Path("adapters")) -> None:
     """The runs under adapters/: base, method, steps, eval loss before and after, date."""

@@ -8,7 +8,15 @@ from qlcode import __version__
 from qlcode.recipe import Recipe
 
 
-def adapter_card(recipe: Recipe, results: dict[str, float | int | str | None]) -> str:
+def license_of(base: str) -> str:
+    """The licence the weights inherit: Code Llama's, ours for the builtin model, else unknown."""
+    if base.startswith(("codellama/", "meta-llama/")):
+        return "llama2"
+    return "apache-2.0" if base.startswith("builtin:") else "other"
+
+
+def adapter_card(recipe: Recipe, summary: dict) -> str:
+    """The adapter's README.md; `summary` is the run's summary.json (steps, eval losses, ...)."""
     hub_datasets = [d.source for d in recipe.data.datasets if not d.source.startswith("builtin:") and "/" in d.source and not d.source.endswith((".jsonl", ".json", ".parquet", ".csv"))]
     meta = {
         "base_model": recipe.model.base,
@@ -18,6 +26,21 @@ def adapter_card(recipe: Recipe, results: dict[str, float | int | str | None]) -
     }
     if hub_datasets:
         meta["datasets"] = hub_datasets
+    meta["license"] = license_of(recipe.model.base)
+    if summary.get("eval_loss_after") is not None:
+        validation = recipe.data.validation
+        meta["model-index"] = [{"name": recipe.output.name, "results": [{
+            "task": {"type": "text-generation"},
+            "dataset": {"name": ", ".join(d.source for d in recipe.data.datasets), "type": "code",
+                        "split": validation if isinstance(validation, str) else f"{validation:g} held out"},
+            "metrics": [{"type": "loss", "name": "eval loss", "value": round(summary["eval_loss_after"], 4)}],
+        }]}]
+    results = {
+        "steps": summary.get("steps"),
+        "eval loss before": _fmt(summary.get("eval_loss_before")),
+        "eval loss after": _fmt(summary.get("eval_loss_after")),
+        "final train loss": _fmt(summary.get("train_loss")),
+    }
     quant = f"{recipe.quant.bits}-bit {recipe.quant.type if recipe.quant.bits == 4 else 'int8'}" if recipe.quant.bits else "none (full-precision base)"
     rows = [
         ("method", recipe.train.method.upper()),
@@ -70,3 +93,7 @@ model = PeftModel.from_pretrained(base, "PATH_OR_REPO_OF_THIS_ADAPTER")
 tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO_OF_THIS_ADAPTER")
 ```
 """
+
+
+def _fmt(x: float | None) -> str | None:
+    return None if x is None else f"{x:.4f}"

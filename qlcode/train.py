@@ -177,7 +177,7 @@ def _eval_loss(trainer) -> float | None:
     return trainer.evaluate()["eval_loss"]
 
 
-def _save_adapter(trainer, recipe: Recipe, results: dict) -> None:
+def _save_adapter(trainer, recipe: Recipe, summary: dict) -> None:
     run_dir = recipe.output.run_dir
     tmp = run_dir / ".adapter.tmp"
     if tmp.exists():
@@ -185,14 +185,12 @@ def _save_adapter(trainer, recipe: Recipe, results: dict) -> None:
     trainer.model.peft_config["default"].base_model_name_or_path = recipe.model.base  # not a local cache path
     trainer.model.save_pretrained(tmp, selected_adapters=["default"])
     trainer.processing_class.save_pretrained(tmp)
-    (tmp / "README.md").write_text(adapter_card(recipe, results))
+    (tmp / "README.md").write_text(adapter_card(recipe, summary))
     move_files_into(tmp, run_dir, last=ADAPTER_WEIGHTS)
 
 
 def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCallback] = ()) -> RunResult:
     """Run the recipe; with resume, continue from the newest complete checkpoint."""
-    if recipe.hub.push:
-        console.print("[yellow]hub.push is set, but this version of qlcode cannot push yet: the adapter stays local")
     run_dir = recipe.output.run_dir
     checkpoint = _prepare_run_dir(recipe, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -222,16 +220,19 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
         eval_loss_after=after,
         train_loss=output.training_loss if math.isfinite(output.training_loss) else None,
     )
-    card_results = {
-        "steps": result.steps,
-        "eval loss before": _fmt(before),
-        "eval loss after": _fmt(after),
-        "final train loss": _fmt(result.train_loss),
-    }
-    _save_adapter(trainer, recipe, card_results)
+    _save_adapter(trainer, recipe, asdict(result))
     write_text_atomic(run_dir / "summary.json", json.dumps(asdict(result), indent=2) + "\n")
+    if recipe.hub.push:
+        _push(recipe)
     return result
 
 
-def _fmt(x: float | None) -> str | None:
-    return None if x is None else f"{x:.4f}"
+def _push(recipe: Recipe) -> None:
+    from qlcode.export.push import push
+
+    run_dir, repo = recipe.output.run_dir, recipe.hub.repo_id
+    try:
+        report = push(run_dir, repo, private=recipe.hub.private)
+    except QlcodeError as e:
+        raise QlcodeError(f"{e}\nthe adapter is saved in {run_dir}; push it later with  qlcode push {run_dir} --repo {repo}") from None
+    console.print(f"pushed {len(report.files)} files to {report.commit_url}")
