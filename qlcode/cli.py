@@ -149,6 +149,7 @@ def merge(
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "bf16",
     device: Annotated[str, typer.Option(help="cpu or cuda: where the merge arithmetic runs.")] = "cpu",
     tolerance: Annotated[float | None, typer.Option(help="Max |logit difference| allowed (default: 1e-4 fp32, 5e-2 fp16, 0.25 bf16).")] = None,
+    quantize: Annotated[str | None, typer.Option(help="nf4: save the checked merge re-quantized to bitsandbytes 4-bit.")] = None,
 ) -> None:
     """Merge an adapter into its base in full precision and check the result against base + adapter."""
     if dtype not in ("bf16", "fp16", "fp32") or device not in ("cpu", "cuda"):
@@ -156,12 +157,15 @@ def merge(
     from qlcode.export.merge import merge as run
 
     quiet_libraries()
-    report = run(adapter, out_dir, dtype=dtype, device=device, tolerance=tolerance)
+    report = run(adapter, out_dir, dtype=dtype, device=device, tolerance=tolerance, quantize=quantize)
     table = Table(title="merge", show_header=False)
     for k, v in [("merged model", report.out), ("dtype", report.dtype), ("shards", str(report.shards)),
                  ("max |logit diff| vs base + adapter", f"{report.max_logit_diff:.3g} (tolerance {report.tolerance:g})"),
                  ("top-1 agreement", f"{100 * report.top1_agreement:.1f}%")]:
         table.add_row(k, v)
+    if report.quantized:
+        table.add_row(f"{report.quantized} vs full-precision merge: max |logit diff|", f"{report.quantized_logit_diff:.3g}")
+        table.add_row(f"{report.quantized} vs full-precision merge: top-1 agreement", f"{100 * report.quantized_top1_agreement:.1f}%")
     out.print(table)
 
 

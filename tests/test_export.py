@@ -159,3 +159,21 @@ def test_export_refuses_what_it_cannot_write(tmp_path, trained):
     res = subprocess.run([sys.executable, "-m", "qlcode.cli", "export", str(adapter), "--type", "q4"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_merge_requantized_to_nf4_loads_and_reports_its_cost(tmp_path, trained):
+    import bitsandbytes as bnb
+
+    adapter, _ = trained
+    report = merge(adapter, tmp_path / "q", dtype="fp32", quantize="nf4")
+    assert report.max_logit_diff < 1e-5 and report.quantized == "nf4"
+    assert 1e-3 < report.quantized_logit_diff < 5.0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "q", device_map={"": "cpu"})
+    assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    full = merge(adapter, tmp_path / "full", dtype="fp32")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "q")
+    gap = (_logits(model.eval(), tok) - _logits(AutoModelForCausalLM.from_pretrained(full.out).eval(), tok)).abs().max()
+    # the reloaded model may take another bitsandbytes CPU kernel (bf16 GEMV), hence 1% rather than exact
+    assert abs(gap.item() - report.quantized_logit_diff) < 0.01 * report.quantized_logit_diff
+    assert "re-quantized to bitsandbytes nf4" in (tmp_path / "q" / "README.md").read_text()
+    assert list(tmp_path.glob(".*")) == []

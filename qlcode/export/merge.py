@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from qlcode.errors import QlcodeError
 from qlcode.files import write_text_atomic
+from qlcode.model_card import license_of
 from qlcode.models import DTYPES, base_path
 from qlcode.recipe import read_run_recipe
 
@@ -44,6 +45,9 @@ class MergeReport:
     top1_agreement: float
     tolerance: float
     shards: int
+    quantized: str | None = None
+    quantized_logit_diff: float | None = None  # the re-quantized model against the full-precision merge
+    quantized_top1_agreement: float | None = None
 
 
 def local_base(spec: str, revision: str | None) -> Path:
@@ -121,14 +125,36 @@ def _check(adapter: Path, base: Path, merged: Path, dtype: torch.dtype, device: 
     return (got - want).abs().max().item(), (got.argmax(-1)[mask] == want.argmax(-1)[mask]).float().mean().item()
 
 
+def _requantize(merged: Path, dest: Path, dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    """Save the merge re-quantized to bitsandbytes NF4; returns its logit gap to the full-precision merge."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    tok = AutoTokenizer.from_pretrained(merged)
+    tok.pad_token = tok.pad_token or tok.unk_token or tok.eos_token
+    want = _probe_logits(AutoModelForCausalLM.from_pretrained(merged, dtype=dtype).to(device).eval(), tok, device)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype)
+    quantized = AutoModelForCausalLM.from_pretrained(merged, quantization_config=config, dtype=dtype,
+                                                     device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"})
+    got = _probe_logits(quantized.eval(), tok, device)
+    quantized.save_pretrained(dest)
+    for name in TOKENIZER_FILES:
+        if (merged / name).is_file():
+            shutil.copy(merged / name, dest / name)
+    mask = want.abs().sum(-1) > 0
+    return (got - want).abs().max().item(), (got.argmax(-1)[mask] == want.argmax(-1)[mask]).float().mean().item()
+
+
 def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device: str = "cpu",
-          tolerance: float | None = None) -> MergeReport:
+          tolerance: float | None = None, quantize: str | None = None) -> MergeReport:
     """Write base + adapter merged to `out`; nothing is left at `out` unless the check passes."""
     adapter, out = Path(adapter_dir), Path(out)
     if not (adapter / "adapter_model.safetensors").is_file():
         raise QlcodeError(f"{adapter}: no adapter_model.safetensors (a finished run directory has one)")
     if out.exists():
         raise QlcodeError(f"{out} already exists; choose another --out or delete it")
+    if quantize not in (None, "nf4"):
+        raise QlcodeError(f"--quantize: only nf4 is supported, not {quantize!r}")
     recipe = read_run_recipe(adapter / "recipe.yaml")
     base = local_base(recipe.model.base, recipe.model.revision)
     torch_dtype, dev = DTYPES[dtype], torch.device(device)
@@ -167,16 +193,25 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
             raise QlcodeError(f"merge check failed: max |logit difference| {diff:.3g} > tolerance {limit:g} ({dtype}); "
                               f"nothing was written to {out}")
         report = MergeReport(str(out), dtype, diff, top1, limit, len(shards))
-        write_text_atomic(tmp / "README.md", _card(recipe, adapter, report))
-        tmp.rename(out)
+        final = tmp
+        if quantize == "nf4":
+            final = tmp.with_name(f"{tmp.name}-nf4")
+            shutil.rmtree(final, ignore_errors=True)
+            report.quantized = "nf4"
+            report.quantized_logit_diff, report.quantized_top1_agreement = _requantize(tmp, final, torch_dtype, dev)
+        write_text_atomic(final / "README.md", _card(recipe, adapter, report))
+        final.rename(out)
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.with_name(f"{tmp.name}-nf4"), ignore_errors=True)
 
 
 def _card(recipe, adapter: Path, r: MergeReport) -> str:
     return f"""---
 base_model: {recipe.model.base}
+library_name: transformers
+license: {license_of(recipe.model.base)}
 tags: [qlcode, code-llama, merged-lora]
 pipeline_tag: text-generation
 ---
@@ -188,4 +223,8 @@ Merged in full precision (never into a 4-bit base), shard by shard.
 
 Check against base + adapter in {r.dtype} on a probe batch: max |logit difference| {r.max_logit_diff:.3g}
 (tolerance {r.tolerance:g}), top-1 agreement {100 * r.top1_agreement:.1f}%.
-"""
+""" + ("" if r.quantized is None else f"""
+These weights are that merge re-quantized to bitsandbytes {r.quantized} (double quantization): against the
+full-precision merge, max |logit difference| {r.quantized_logit_diff:.3g}, top-1 agreement
+{100 * r.quantized_top1_agreement:.1f}%. Use the full-precision merge where that gap matters.
+""")
