@@ -10,9 +10,12 @@ model in memory at a time; a merge beyond the tolerance is deleted and reported.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +108,16 @@ def merge_shard(tensors: dict[str, torch.Tensor], deltas, replaced, scale: float
     return out, used
 
 
+def release_memory() -> None:
+    """Hand freed shard memory back to the OS; glibc keeps it otherwise, and RSS grows shard after shard."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # not glibc
+            pass
+
+
 @torch.no_grad()
 def _probe_logits(model, tokenizer, device: torch.device) -> torch.Tensor:
     batch = tokenizer(PROBES, return_tensors="pt", padding=True).to(device)
@@ -172,6 +185,8 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
             save_file(merged, tmp / shard, metadata={"format": "pt"})
             weight_map.update({k: shard for k in merged})
             total += sum(t.numel() * t.element_size() for t in merged.values())
+            del merged
+            release_memory()
         missing = (set(deltas) | set(replaced)) - used
         if missing:
             raise QlcodeError(f"the adapter touches weights the base does not have: {sorted(missing)[:3]} (is it the right base?)")
