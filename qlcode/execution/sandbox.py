@@ -43,8 +43,16 @@ class Result:
     seconds: float
 
 
-def _truncate(text: str) -> str:
-    return text if len(text) <= OUTPUT_LIMIT else text[: OUTPUT_LIMIT // 2] + "\n...[truncated]...\n" + text[-OUTPUT_LIMIT // 2 :]
+def _read(f) -> str:
+    """The captured output, its head and tail kept when it is long."""
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(0)
+    if size <= OUTPUT_LIMIT:
+        return f.read().decode("utf-8", "replace")
+    head = f.read(OUTPUT_LIMIT // 2)
+    f.seek(size - OUTPUT_LIMIT // 2)
+    return (head + b"\n...[truncated]...\n" + f.read()).decode("utf-8", "replace")
 
 
 def _classify(returncode: int, stderr: str, timed_out: bool) -> tuple[str, str | None]:
@@ -114,17 +122,18 @@ def run(program: str, limits: Limits = Limits()) -> Result:
         cmd += ["--", "program.py"]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
-        timed_out = False
-        try:
-            out, err = proc.communicate(timeout=limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _sweep(proc.pid, None)
-            out, err = proc.communicate()
-        _sweep(proc.pid, cgroup)
-        stdout, stderr = (_truncate(b.decode("utf-8", "replace")) for b in (out, err))
+        # output goes to files, not pipes: a child left running must not keep us waiting for EOF
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True)
+            timed_out = False
+            try:
+                proc.wait(timeout=limits.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            _sweep(proc.pid, cgroup)
+            proc.wait()
+            stdout, stderr = (_read(f) for f in (out, err))
         outcome, error_type = _classify(proc.returncode, stderr, timed_out)
         return Result(outcome, error_type, proc.returncode, stdout, stderr, time.perf_counter() - start)
     finally:
