@@ -209,6 +209,38 @@ def push(
     out.print(f"pushed {len(report.files)} files to {report.repo_id}@{report.revision}: {report.commit_url}")
 
 
+@app.command("eval")
+@user_errors
+def eval_(
+    bench: Annotated[str, typer.Option("--bench", help="humaneval or mbpp.")],
+    solutions: Annotated[str | None, typer.Option("--solutions", help="reference: run the benchmark's own solutions (checks the harness).")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="MBPP as a local jsonl (default: the Hub).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
+    workers: Annotated[int, typer.Option(help="Sandboxes running at once.")] = 2,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where results.jsonl and summary.json go (default evals/BENCH-reference).")] = None,
+) -> None:
+    """Execute solutions of a code benchmark in the sandbox and report pass@1 and failures."""
+    if solutions != "reference":
+        raise QlcodeError("this version evaluates the benchmark's reference solutions only: pass --solutions reference "
+                          "(evaluating a model's samples is not available yet)")
+    from qlcode.execution.benchmarks import load
+    from qlcode.execution.evaluate import execute, summarize, write
+
+    problems = load(bench, data, limit)
+    results = execute(problems, lambda p: [p.reference], workers=workers)
+    summary = {"bench": bench, "solutions": solutions, "problems": len(results), **summarize(results, [1]),
+               "failing": [{"task_id": r.task_id, "outcome": r.outcomes[0], "error": r.error_types[0]}
+                           for r in results if r.passed == 0]}
+    write(out_dir or Path("evals") / f"{bench}-{solutions}", results, summary)
+    table = Table(title=f"{bench}: {solutions} solutions")
+    for col in ("problems", "passed", "pass@1"):
+        table.add_column(col)
+    table.add_row(str(len(results)), str(sum(r.passed > 0 for r in results)), f"{100 * summary['pass@1']:.1f}%")
+    out.print(table)
+    for f in summary["failing"]:
+        out.print(f"failing its own tests: {f['task_id']} ({f['outcome']}: {f['error']})")
+
+
 @adapters_app.command("list")
 def adapters_list(root: Annotated[Path, typer.Option(help="Where runs land.")] = Path("adapters")) -> None:
     """The runs under adapters/: base, method, steps, eval loss before and after, date."""

