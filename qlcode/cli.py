@@ -213,32 +213,63 @@ def push(
 @user_errors
 def eval_(
     bench: Annotated[str, typer.Option("--bench", help="humaneval or mbpp.")],
-    solutions: Annotated[str | None, typer.Option("--solutions", help="reference: run the benchmark's own solutions (checks the harness).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Base: Hub id, directory or builtin:NAME (default: the adapter's base).")] = None,
+    adapter: Annotated[str | None, typer.Option("--adapter", help="An adapter run directory.")] = None,
+    solutions: Annotated[str | None, typer.Option("--solutions", help="reference: run the benchmark's own solutions instead of a model's.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples per problem.")] = 1,
+    k: Annotated[str, typer.Option("--k", help="Comma-separated k for pass@k, each <= n.")] = "1",
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.2,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest completion to generate.")] = 384,
+    compare: Annotated[bool, typer.Option("--compare", help="Also evaluate the base without the adapter, in one table.")] = False,
     data: Annotated[str | None, typer.Option("--data", help="MBPP as a local jsonl (default: the Hub).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
     workers: Annotated[int, typer.Option(help="Sandboxes running at once.")] = 2,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Where results.jsonl and summary.json go (default evals/BENCH-reference).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where results go (default evals/BENCH-LABEL).")] = None,
 ) -> None:
-    """Execute solutions of a code benchmark in the sandbox and report pass@1 and failures."""
-    if solutions != "reference":
-        raise QlcodeError("this version evaluates the benchmark's reference solutions only: pass --solutions reference "
-                          "(evaluating a model's samples is not available yet)")
+    """Generate solutions, run them with the benchmark's tests in the sandbox, report pass@k (Chen et al. 2021)."""
+    from contextlib import nullcontext
+
     from qlcode.execution.benchmarks import load
     from qlcode.execution.evaluate import execute, summarize, write
 
+    ks = [int(x) for x in k.split(",")]
+    if max(ks) > n:
+        raise QlcodeError(f"--k {k}: pass@k needs k <= --n ({n} samples per problem)")
     problems = load(bench, data, limit)
-    results = execute(problems, lambda p: [p.reference], workers=workers)
-    summary = {"bench": bench, "solutions": solutions, "problems": len(results), **summarize(results, [1]),
-               "failing": [{"task_id": r.task_id, "outcome": r.outcomes[0], "error": r.error_types[0]}
-                           for r in results if r.passed == 0]}
-    write(out_dir or Path("evals") / f"{bench}-{solutions}", results, summary)
-    table = Table(title=f"{bench}: {solutions} solutions")
-    for col in ("problems", "passed", "pass@1"):
+    if solutions not in (None, "reference"):
+        raise QlcodeError(f"--solutions: only reference is known, not {solutions!r}")
+    if solutions == "reference":
+        runs = [("reference", lambda p: [p.reference], nullcontext)]
+    else:
+        if not (model or adapter):
+            raise QlcodeError("give --model BASE and/or --adapter DIR, or --solutions reference")
+        from qlcode.execution.generate import sample
+        from qlcode.models import load_for_inference
+        from qlcode.recipe import read_run_recipe
+
+        quiet_libraries()
+        bits = read_run_recipe(Path(adapter) / "recipe.yaml").quant.bits if adapter else None
+        lm, tok = load_for_inference(model, adapter, bits=bits)
+        gen = lambda p: sample(lm, tok, p, n, temperature, max_new_tokens)  # noqa: E731
+        runs = [("adapter" if adapter else "base", gen, nullcontext)]
+        if compare and adapter:
+            runs.insert(0, ("base", gen, lm.disable_adapter))
+    table = Table(title=f"{bench}: pass@k ({len(problems)} problems, n={n if solutions is None else 1})")
+    for col in ("model", "problems", *[f"pass@{x}" for x in ks]):
         table.add_column(col)
-    table.add_row(str(len(results)), str(sum(r.passed > 0 for r in results)), f"{100 * summary['pass@1']:.1f}%")
+    failing = []
+    for label, completions, context in runs:
+        with context():
+            results = execute(problems, completions, workers=workers)
+        summary = {"bench": bench, "model": model, "adapter": adapter if label == "adapter" else None, "label": label,
+                   "n": n, "temperature": temperature, "problems": len(results), **summarize(results, ks if label != "reference" else [1])}
+        write((out_dir or Path("evals") / f"{bench}-{label}") / (label if len(runs) > 1 else ""), results, summary)
+        table.add_row(label, str(len(results)), *[f"{100 * summary[f'pass@{x}']:.1f}%" if f"pass@{x}" in summary else "-" for x in ks])
+        if label == "reference":
+            failing = [(r.task_id, r.outcomes[0], r.error_types[0]) for r in results if r.passed == 0]
     out.print(table)
-    for f in summary["failing"]:
-        out.print(f"failing its own tests: {f['task_id']} ({f['outcome']}: {f['error']})")
+    for task_id, outcome, error in failing:
+        out.print(f"failing its own tests: {task_id} ({outcome}: {error})")
 
 
 @adapters_app.command("list")

@@ -65,3 +65,32 @@ def test_qlcode_eval_cli_writes_results(tmp_path):
     res = subprocess.run([sys.executable, "-m", "qlcode.cli", "eval", "--bench", "humaneval"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "pass --solutions reference" in res.stderr
+
+
+def test_generation_helpers():
+    from qlcode.execution.generate import extract_code, truncate
+
+    assert truncate("    return a + b\n\ndef other():\n    pass\n") == "    return a + b\n"
+    assert truncate("\ndef f():\n    return 1\nprint(f())") == "\ndef f():\n    return 1\n"
+    assert extract_code("Sure:\n```python\ndef f():\n    return 1\n```\nDone.") == "def f():\n    return 1\n"
+
+
+def test_qlcode_eval_compares_base_and_adapter_on_the_micro_model(tmp_path):
+    from test_train import ROWS
+
+    from conftest import make_recipe, write_jsonl
+    from qlcode.train import train
+
+    recipe = make_recipe(tmp_path, "builtin:micro-codellama", write_jsonl(tmp_path / "rows.jsonl", ROWS),
+                         train={"max_steps": 2}, data={"validation": 0})
+    train(recipe)
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "eval", "--bench", "humaneval", "--adapter", str(tmp_path / "run"),
+                          "--compare", "--n", "2", "--k", "1,2", "--limit", "2", "--max-new-tokens", "24",
+                          "--out", str(tmp_path / "ev")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = " ".join(res.stdout.split())
+    assert "│ base │ 2 │" in out and "│ adapter │ 2 │" in out
+    for label in ("base", "adapter"):
+        rows = [json.loads(line) for line in (tmp_path / "ev" / label / "results.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all(len(r["completions"]) == 2 and len(r["outcomes"]) == 2 for r in rows)
+        assert set(json.loads((tmp_path / "ev" / label / "summary.json").read_text())) >= {"pass@1", "pass@2"}

@@ -1,0 +1,63 @@
+"""Sample completions for benchmark problems: prompts per model kind, stop sequences, clean-up.
+
+Base and Python models continue the problem's code; Instruct models get the Code Llama Instruct
+`[INST]` prompt and answer with a fenced code block, whose code is extracted. Completions are cut
+at the next top-level statement, where the function they write ends.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from qlcode.execution.benchmarks import Problem
+
+STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\n#", '\n"""', "\n```"]
+FENCE = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.S)
+INSTRUCT_ASK = "Complete the following Python code. Answer with the complete code in a ```python block.\n\n"
+
+
+def truncate(completion: str) -> str:
+    """Cut at the first stop sequence after some code: the rest is the model writing on."""
+    cut = min((i for s in STOPS if (i := completion.find(s)) > 0), default=len(completion))
+    return completion[:cut].rstrip() + "\n"
+
+
+def extract_code(answer: str) -> str:
+    match = FENCE.search(answer)
+    return (match.group(1) if match else answer).strip() + "\n"
+
+
+def is_instruct(tokenizer) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return "[INST]" in template
+
+
+def prompt_ids(problem: Problem, tokenizer, instruct: bool) -> torch.Tensor:
+    if instruct:
+        messages = [{"role": "user", "content": INSTRUCT_ASK + problem.prompt}]
+        return tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)["input_ids"]
+    return tokenizer(problem.prompt, return_tensors="pt")["input_ids"]
+
+
+def finish(problem: Problem, text: str, instruct: bool) -> str:
+    """A raw model answer as a completion for Problem.program."""
+    if instruct:
+        code = extract_code(text)
+        return "\n" + code if problem.continues_prompt else code  # a full function after the prompt's stub
+    return truncate(text)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, problem: Problem, n: int, temperature: float, max_new_tokens: int = 384,
+           seed: int = 0) -> list[str]:
+    instruct = is_instruct(tokenizer)
+    ids = prompt_ids(problem, tokenizer, instruct).to(model.device)
+    torch.manual_seed(seed)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+                         stop_strings=None if instruct else STOPS, tokenizer=tokenizer, **sampling)
+    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [finish(problem, t, instruct) for t in texts]
