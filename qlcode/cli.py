@@ -272,6 +272,38 @@ def eval_(
         out.print(f"failing its own tests: {task_id} ({outcome}: {error})")
 
 
+@app.command()
+@user_errors
+def pairs(
+    problems: Annotated[str, typer.Option("--problems", help="mbpp-train, or a .jsonl of {task_id, prompt, test}.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Preference rows (jsonl) for a DPO recipe.")],
+    model: Annotated[str | None, typer.Option("--model", help="Base model (default: the adapter's base).")] = None,
+    adapter: Annotated[str | None, typer.Option("--adapter", help="An adapter run directory.")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Samples per problem.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.8,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer to generate.")] = 384,
+    data: Annotated[str | None, typer.Option("--data", help="MBPP as a local jsonl (default: the Hub).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
+) -> None:
+    """Sample answers, run their unit tests in the sandbox, and pair a passing answer with a failing one."""
+    from qlcode.execution.pairs import load_problems, make_pairs
+    from qlcode.models import load_for_inference
+    from qlcode.recipe import read_run_recipe
+
+    if samples < 2:
+        raise QlcodeError("--samples: a pair needs at least 2 samples per problem")
+    chosen = load_problems(problems, data)[:limit]
+    quiet_libraries()
+    bits = read_run_recipe(Path(adapter) / "recipe.yaml").quant.bits if adapter else None
+    lm, tok = load_for_inference(model, adapter, bits=bits)
+    report = make_pairs(lm, tok, chosen, samples, temperature, out_file, max_new_tokens)
+    out.print(f"{report.pairs} pairs from {report.problems} problems written to {out_file}")
+    if report.no_passing:
+        out.print(f"{len(report.no_passing)} problems had no passing sample: {', '.join(report.no_passing[:20])}")
+    if report.no_failing:
+        out.print(f"{len(report.no_failing)} problems had no failing sample: {', '.join(report.no_failing[:20])}")
+
+
 @adapters_app.command("list")
 def adapters_list(root: Annotated[Path, typer.Option(help="Where runs land.")] = Path("adapters")) -> None:
     """The runs under adapters/: base, method, steps, eval loss before and after, date."""

@@ -426,9 +426,7 @@ def _check_consistency(recipe: Recipe, where) -> None:
             if ds.source != "builtin:stdlib-packages" and not Path(ds.source).is_dir():
                 problems.append((src, f"repository data is a directory of projects or builtin:stdlib-packages; {ds.source!r} is not a directory"))
             continue
-        if ds.source.endswith(LOCAL_DATA_SUFFIXES) and not Path(ds.source).is_file():
-            problems.append((src, f"no such file {ds.source!r} (paths are relative to the current directory)"))
-        elif not ds.source.startswith("builtin:") and not ds.source.endswith(LOCAL_DATA_SUFFIXES):
+        if not ds.source.startswith("builtin:") and not ds.source.endswith(LOCAL_DATA_SUFFIXES):
             if not HUB_ID.match(ds.source):
                 problems.append((src, f"{ds.source!r} is neither a Hub dataset id, a .jsonl/.json/.parquet/.csv file, nor builtin:NAME"))
     base = recipe.model.base

@@ -92,6 +92,12 @@ def test_bad_rows_name_file_and_row(tmp_path):
         build_datasets(_data(tmp_path, [{"source": str(f), "format": "messages"}], validation=0))
 
 
+def test_missing_local_file_is_named_with_its_key(tmp_path):
+    with pytest.raises(DataError) as e:
+        build_datasets(_data(tmp_path, [{"source": "missing/rows.jsonl", "format": "text"}]))
+    assert str(e.value) == "data.datasets[0].source: no such file 'missing/rows.jsonl' (paths are relative to the current directory)"
+
+
 def test_local_file_has_one_split(tmp_path):
     f = write_jsonl(tmp_path / "t.jsonl", [{"text": "x = 1"}] * 4)
     with pytest.raises(DataError, match=r"a local file holds one split \(train\), not 'test'"):

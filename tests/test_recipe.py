@@ -51,8 +51,6 @@ BROKEN = [
     (BASE + "quant:\n  bits: 3\n", "{path}:8: quant.bits: input should be 4, 8 or None (got 3)"),
     ("data:\n  datasets:\n    - source: builtin:stdlib-python-instruct\n      format: alpaca\n",
      "{path}:1: model: required key is missing"),
-    (BASE.replace("builtin:stdlib-python-instruct", "missing/rows.jsonl"),
-     "{path}:5: data.datasets[0].source: no such file 'missing/rows.jsonl' (paths are relative to the current directory)"),
     (BASE.replace("builtin:micro-codellama", "./no/such/model"),
      "{path}:2: model.base: no such model directory './no/such/model'"),
     (BASE + "train:\n  method: dpo\n",

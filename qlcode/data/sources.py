@@ -49,6 +49,8 @@ def load_source(spec: DatasetSpec, split: str, key: str) -> Dataset:
         if split != "train":
             raise DataError(f"{key}: a local file holds one split (train), not {split!r}; use data.validation: 0.05 to hold rows out")
         path = Path(source)
+        if not path.is_file():  # checked here, not in the recipe: such a file may be made by a step before training
+            raise DataError(f"{key}.source: no such file {source!r} (paths are relative to the current directory)")
         if path.suffix == ".jsonl":
             return _read_jsonl(path)
         builder = {".json": "json", ".parquet": "parquet", ".csv": "csv"}[path.suffix]

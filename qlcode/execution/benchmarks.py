@@ -35,7 +35,7 @@ def humaneval() -> list[Problem]:
             for p in read_problems().values()]
 
 
-def _mbpp_rows(path: str | None) -> list[dict]:
+def _mbpp_rows(path: str | None, hub_split: str) -> list[dict]:
     if path:
         if not Path(path).is_file():
             raise QlcodeError(f"--data: no such file {path!r} (MBPP in its original jsonl format)")
@@ -43,15 +43,16 @@ def _mbpp_rows(path: str | None) -> list[dict]:
     from datasets import load_dataset
 
     try:
-        return list(load_dataset("google-research-datasets/mbpp", "full", split="test"))
+        return list(load_dataset("google-research-datasets/mbpp", "full", split=hub_split))
     except Exception as e:  # offline, or the Hub unreachable: datasets raises many types
         raise QlcodeError(f"cannot load MBPP from the Hub ({e}); pass a local copy with --data mbpp.jsonl") from None
 
 
-def mbpp(path: str | None = None) -> list[Problem]:
+def mbpp(path: str | None = None, split: tuple[int, int] = (11, 510)) -> list[Problem]:
+    """MBPP problems with task_id in `split`: 11-510 is the test split, 601-974 the train split."""
     problems = []
-    for r in _mbpp_rows(path):
-        if not 11 <= int(r["task_id"]) <= 510:
+    for r in _mbpp_rows(path, "train" if split[0] > 510 else "test"):
+        if not split[0] <= int(r["task_id"]) <= split[1]:
             continue
         tests = "\n".join(r["test_list"])
         prompt = f'"""\n{r["text"]}\n{r["test_list"][0]}\n"""\n'

@@ -49,9 +49,17 @@ def finish(problem: Problem, text: str, instruct: bool) -> str:
     return truncate(text)
 
 
-@torch.no_grad()
 def sample(model, tokenizer, problem: Problem, n: int, temperature: float, max_new_tokens: int = 384,
            seed: int = 0) -> list[str]:
+    """n completions, ready for Problem.program."""
+    instruct = is_instruct(tokenizer)
+    return [finish(problem, t, instruct) for t in sample_raw(model, tokenizer, problem, n, temperature, max_new_tokens, seed)]
+
+
+@torch.no_grad()
+def sample_raw(model, tokenizer, problem: Problem, n: int, temperature: float, max_new_tokens: int = 384,
+               seed: int = 0) -> list[str]:
+    """n answers as the model wrote them (what a preference pair trains on)."""
     instruct = is_instruct(tokenizer)
     ids = prompt_ids(problem, tokenizer, instruct).to(model.device)
     torch.manual_seed(seed)
@@ -59,5 +67,9 @@ def sample(model, tokenizer, problem: Problem, n: int, temperature: float, max_n
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
                          stop_strings=None if instruct else STOPS, tokenizer=tokenizer, **sampling)
-    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-    return [finish(problem, t, instruct) for t in texts]
+    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def prompt_text(problem: Problem, tokenizer) -> str:
+    """The prompt as a preference row carries it: the user's words for Instruct models, else the code."""
+    return INSTRUCT_ASK + problem.prompt if is_instruct(tokenizer) else problem.prompt
