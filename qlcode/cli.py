@@ -209,6 +209,17 @@ def push(
     out.print(f"pushed {len(report.files)} files to {report.repo_id}@{report.revision}: {report.commit_url}")
 
 
+def _model_for_sampling(model: str | None, adapter: str | None):
+    """(model, tokenizer, instruct?) with the adapter's own base quantization and prompt format."""
+    from qlcode.execution.generate import is_instruct
+    from qlcode.models import load_for_inference
+    from qlcode.recipe import read_run_recipe
+
+    trained = read_run_recipe(Path(adapter) / "recipe.yaml") if adapter else None
+    lm, tok = load_for_inference(model, adapter, bits=trained.quant.bits if trained else None)
+    return lm, tok, is_instruct(model or (trained.model.base if trained else None), trained.data.template if trained else None)
+
+
 @app.command("eval")
 @user_errors
 def eval_(
@@ -244,13 +255,10 @@ def eval_(
         if not (model or adapter):
             raise QlcodeError("give --model BASE and/or --adapter DIR, or --solutions reference")
         from qlcode.execution.generate import sample
-        from qlcode.models import load_for_inference
-        from qlcode.recipe import read_run_recipe
 
         quiet_libraries()
-        bits = read_run_recipe(Path(adapter) / "recipe.yaml").quant.bits if adapter else None
-        lm, tok = load_for_inference(model, adapter, bits=bits)
-        gen = lambda p: sample(lm, tok, p, n, temperature, max_new_tokens)  # noqa: E731
+        lm, tok, instruct = _model_for_sampling(model, adapter)
+        gen = lambda p: sample(lm, tok, p, instruct, n, temperature, max_new_tokens)  # noqa: E731
         runs = [("adapter" if adapter else "base", gen, nullcontext)]
         if compare and adapter:
             runs.insert(0, ("base", gen, lm.disable_adapter))
@@ -287,16 +295,13 @@ def pairs(
 ) -> None:
     """Sample answers, run their unit tests in the sandbox, and pair a passing answer with a failing one."""
     from qlcode.execution.pairs import load_problems, make_pairs
-    from qlcode.models import load_for_inference
-    from qlcode.recipe import read_run_recipe
 
     if samples < 2:
         raise QlcodeError("--samples: a pair needs at least 2 samples per problem")
     chosen = load_problems(problems, data)[:limit]
     quiet_libraries()
-    bits = read_run_recipe(Path(adapter) / "recipe.yaml").quant.bits if adapter else None
-    lm, tok = load_for_inference(model, adapter, bits=bits)
-    report = make_pairs(lm, tok, chosen, samples, temperature, out_file, max_new_tokens)
+    lm, tok, instruct = _model_for_sampling(model, adapter)
+    report = make_pairs(lm, tok, chosen, instruct, samples, temperature, out_file, max_new_tokens)
     out.print(f"{report.pairs} pairs from {report.problems} problems written to {out_file}")
     if report.no_passing:
         out.print(f"{len(report.no_passing)} problems had no passing sample: {', '.join(report.no_passing[:20])}")

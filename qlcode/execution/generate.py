@@ -1,7 +1,7 @@
 """Sample completions for benchmark problems: prompts per model kind, stop sequences, clean-up.
 
-Base and Python models continue the problem's code; Instruct models get the Code Llama Instruct
-`[INST]` prompt and answer with a fenced code block, whose code is extracted. Completions are cut
+Base and Python models continue the problem's code; Instruct models (a base named *Instruct*, or
+an adapter trained in the codellama-instruct template) get the Code Llama Instruct `[INST]` prompt and answer with a fenced code block, whose code is extracted. Completions are cut
 at the next top-level statement, where the function they write ends.
 """
 
@@ -29,9 +29,11 @@ def extract_code(answer: str) -> str:
     return (match.group(1) if match else answer).strip() + "\n"
 
 
-def is_instruct(tokenizer) -> bool:
-    template = getattr(tokenizer, "chat_template", None) or ""
-    return "[INST]" in template
+def is_instruct(base: str | None, adapter_template: str | None) -> bool:
+    """Instruct prompting for an adapter trained in the [INST] template, or a base named *Instruct*."""
+    if adapter_template is not None:
+        return adapter_template == "codellama-instruct"
+    return "instruct" in (base or "").lower()
 
 
 def prompt_ids(problem: Problem, tokenizer, instruct: bool) -> torch.Tensor:
@@ -49,18 +51,17 @@ def finish(problem: Problem, text: str, instruct: bool) -> str:
     return truncate(text)
 
 
-def sample(model, tokenizer, problem: Problem, n: int, temperature: float, max_new_tokens: int = 384,
+def sample(model, tokenizer, problem: Problem, instruct: bool, n: int, temperature: float, max_new_tokens: int = 384,
            seed: int = 0) -> list[str]:
     """n completions, ready for Problem.program."""
-    instruct = is_instruct(tokenizer)
-    return [finish(problem, t, instruct) for t in sample_raw(model, tokenizer, problem, n, temperature, max_new_tokens, seed)]
+    raw = sample_raw(model, tokenizer, problem, instruct, n, temperature, max_new_tokens, seed)
+    return [finish(problem, t, instruct) for t in raw]
 
 
 @torch.no_grad()
-def sample_raw(model, tokenizer, problem: Problem, n: int, temperature: float, max_new_tokens: int = 384,
-               seed: int = 0) -> list[str]:
+def sample_raw(model, tokenizer, problem: Problem, instruct: bool, n: int, temperature: float,
+               max_new_tokens: int = 384, seed: int = 0) -> list[str]:
     """n answers as the model wrote them (what a preference pair trains on)."""
-    instruct = is_instruct(tokenizer)
     ids = prompt_ids(problem, tokenizer, instruct).to(model.device)
     torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
@@ -70,6 +71,6 @@ def sample_raw(model, tokenizer, problem: Problem, n: int, temperature: float, m
     return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
-def prompt_text(problem: Problem, tokenizer) -> str:
+def prompt_text(problem: Problem, instruct: bool) -> str:
     """The prompt as a preference row carries it: the user's words for Instruct models, else the code."""
-    return INSTRUCT_ASK + problem.prompt if is_instruct(tokenizer) else problem.prompt
+    return INSTRUCT_ASK + problem.prompt if instruct else problem.prompt

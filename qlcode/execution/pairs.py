@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from qlcode.errors import QlcodeError
 from qlcode.execution.benchmarks import Problem, mbpp
-from qlcode.execution.generate import finish, is_instruct, prompt_text, sample_raw
+from qlcode.execution.generate import finish, prompt_text, sample_raw
 from qlcode.execution.sandbox import Limits, run_many
 from qlcode.files import write_text_atomic
 
@@ -49,16 +49,15 @@ def load_problems(source: str, data: str | None = None) -> list[Problem]:
     return problems
 
 
-def make_pairs(model, tokenizer, problems: list[Problem], samples: int, temperature: float, out: Path,
+def make_pairs(model, tokenizer, problems: list[Problem], instruct: bool, samples: int, temperature: float, out: Path,
                max_new_tokens: int = 384, limits: Limits = Limits(), workers: int = 2) -> PairsReport:
-    instruct = is_instruct(tokenizer)
     rows, report = [], PairsReport(0, len(problems))
     progress = Progress(TextColumn("[bold]pairs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[pairs]} pairs"),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with progress:
         task = progress.add_task("pairs", total=len(problems), pairs=0)
         for i, problem in enumerate(problems):
-            raw = sample_raw(model, tokenizer, problem, samples, temperature, max_new_tokens, seed=i)
+            raw = sample_raw(model, tokenizer, problem, instruct, samples, temperature, max_new_tokens, seed=i)
             results = run_many([problem.program(finish(problem, t, instruct)) for t in raw], limits, workers)
             passing = [t for t, r in zip(raw, results) if r.outcome == "passed"]
             failing = [(t, r) for t, r in zip(raw, results) if r.outcome != "passed"]
@@ -68,7 +67,7 @@ def make_pairs(model, tokenizer, problems: list[Problem], samples: int, temperat
                 report.no_failing.append(problem.task_id)
             else:
                 text, why = failing[0]
-                rows.append({"task_id": problem.task_id, "prompt": prompt_text(problem, tokenizer), "chosen": passing[0],
+                rows.append({"task_id": problem.task_id, "prompt": prompt_text(problem, instruct), "chosen": passing[0],
                              "rejected": text, "rejected_outcome": why.outcome, "rejected_error": why.error_type})
             progress.update(task, advance=1, pairs=len(rows))
     report.pairs = len(rows)
