@@ -25,6 +25,8 @@ recipes_app = typer.Typer(help="Check and inspect recipes.", no_args_is_help=Tru
 app.add_typer(recipes_app, name="recipes")
 adapters_app = typer.Typer(help="Inspect trained adapters.", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
+data_app = typer.Typer(help="Inspect a recipe's data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
 
@@ -307,6 +309,36 @@ def pairs(
         out.print(f"{len(report.no_passing)} problems had no passing sample: {', '.join(report.no_passing[:20])}")
     if report.no_failing:
         out.print(f"{len(report.no_failing)} problems had no failing sample: {', '.join(report.no_failing[:20])}")
+
+
+@data_app.command("check")
+@user_errors
+def data_check(
+    recipe: Annotated[Path, typer.Argument(help="Recipe whose data to check.")],
+    overrides: Overrides = None,
+    against: Annotated[str, typer.Option(help="Benchmarks, comma-separated: humaneval, mbpp, mbpp:PATH.")] = "humaneval,mbpp",
+) -> None:
+    """Report training and validation rows that share a 13-gram with benchmark prompts or solutions."""
+    from qlcode.data import prepared
+    from qlcode.data.decontaminate import index, overlaps
+    from qlcode.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    quiet_libraries()
+    grams = index(against.split(","))
+    table = Table(title=f"13-gram overlap with {against}")
+    for col in ("dataset", "split", "rows", "overlapping", "examples (row: benchmark problem)"):
+        table.add_column(col)
+    data = loaded.data
+    for i, spec in enumerate(data.datasets):
+        splits = [spec.split] + ([data.validation] if isinstance(data.validation, str) else [])
+        for split in splits:
+            ds = prepared(spec, split, data, f"data.datasets[{i}]")
+            found = overlaps(ds, grams)
+            table.add_row(f"[{i}] {spec.source}", split, str(len(ds)), str(len(found)),
+                          ", ".join(f"{r}: {t}" for r, t in found[:5]) or "-")
+    out.print(table)
+    out.print("drop them when training with  data.decontaminate: [" + ", ".join(against.split(",")) + "]", markup=False)
 
 
 @adapters_app.command("list")

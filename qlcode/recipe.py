@@ -133,7 +133,19 @@ class DataSection(Section):
     fim: FimSection | None = Field(
         None, description="Infilling-aware fine-tuning: {rate, spm_rate, unit}; unset = off."
     )
+    decontaminate: list[str] = Field(
+        default_factory=list,
+        description="Drop training rows sharing a 13-gram with these benchmarks: humaneval, mbpp, or mbpp:PATH.",
+    )
     seed: int = Field(42, description="Seed for shuffling, max_rows, the validation split and infilling.")
+
+    @field_validator("decontaminate")
+    @classmethod
+    def _known_benchmarks(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in ("humaneval", "mbpp") and not name.startswith("mbpp:"):
+                raise ValueError(f"unknown benchmark {name!r}: use humaneval, mbpp or mbpp:PATH")
+        return v
 
     @field_validator("validation")
     @classmethod

@@ -25,6 +25,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from qlcode.callbacks import MetricsLog, ProgressBar, Throughput, console, peak_memory_gb, read_metrics
 from qlcode.data import build_datasets
+from qlcode.data.decontaminate import drop_overlapping, index
 from qlcode.data.fim import with_infilling
 from qlcode.errors import QlcodeError
 from qlcode.files import move_files_into, write_text_atomic
@@ -134,6 +135,10 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
     set_seed(recipe.train.seed)
     tokenizer = load_tokenizer(recipe.model, recipe.data.template)
     train_ds, eval_ds = build_datasets(recipe.data)
+    if recipe.data.decontaminate:
+        train_ds, dropped = drop_overlapping(train_ds, index(recipe.data.decontaminate))
+        console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "
+                      f"{', '.join(recipe.data.decontaminate)}" + (f" (e.g. {dropped[0][1]})" if dropped else ""))
     console.print(f"data: {len(train_ds)} training rows, {len(eval_ds) if eval_ds else 0} validation rows")
     console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {placement(recipe.model, recipe.quant).device}")
     if recipe.data.fim is not None:

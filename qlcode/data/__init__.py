@@ -46,7 +46,8 @@ def render(row: dict, fmt: str, template: str) -> dict:
     return {"prompt": prompt, "completion": answer}
 
 
-def _prepared(spec: DatasetSpec, split: str, data: DataSection, key: str) -> Dataset:
+def prepared(spec: DatasetSpec, split: str, data: DataSection, key: str) -> Dataset:
+    """One split of one dataset, checked and rendered, in its own row order."""
     if spec.format == "repository":
         ds = repository_dataset(spec.source, key)
         return ds.select(range(min(spec.max_rows, len(ds)))) if spec.max_rows else ds
@@ -73,9 +74,9 @@ def build_datasets(data: DataSection) -> tuple[Dataset, Dataset | None]:
     train_parts, eval_parts = [], []
     for i, spec in enumerate(data.datasets):
         key = f"data.datasets[{i}]"
-        ds = _prepared(spec, spec.split, data, key)
+        ds = prepared(spec, spec.split, data, key)
         if isinstance(data.validation, str):
-            eval_parts.append(_prepared(spec, data.validation, data, key))
+            eval_parts.append(prepared(spec, data.validation, data, key))
         elif data.validation > 0:
             if len(ds) < 2:
                 raise DataError(f"{key}: {len(ds)} row(s) cannot be split for validation; set data.validation: 0")

@@ -36,6 +36,7 @@ def humaneval() -> list[Problem]:
 
 
 def _mbpp_rows(path: str | None, hub_split: str) -> list[dict]:
+    """MBPP rows: all of a local jsonl (the original release is one file), or one split from the Hub."""
     if path:
         if not Path(path).is_file():
             raise QlcodeError(f"--data: no such file {path!r} (MBPP in its original jsonl format)")

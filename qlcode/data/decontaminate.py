@@ -1,0 +1,77 @@
+"""Decontamination: find training rows that share a 13-gram with a benchmark's prompts or solutions.
+
+Text is split into word and punctuation tokens, so a solution copied with other whitespace or
+line breaks still matches. Benchmarks: `humaneval` (prompts and canonical solutions) and `mbpp`
+(every problem outside its train split, task_id 1-600: text, code and tests), from the Hub or from
+a local copy written `mbpp:PATH`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from datasets import Dataset
+
+from qlcode.errors import QlcodeError
+
+N = 13
+TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def ngrams(text: str, n: int = N) -> set[tuple[str, ...]]:
+    tokens = TOKEN.findall(text)
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def benchmark_texts(names: Iterable[str]) -> list[tuple[str, str]]:
+    """(task_id, text) for every problem of the named benchmarks."""
+    from qlcode.execution.benchmarks import _mbpp_rows, humaneval
+
+    out = []
+    for name in names:
+        if name == "humaneval":
+            out += [(p.task_id, p.prompt + p.reference) for p in humaneval()]
+        elif name == "mbpp" or name.startswith("mbpp:"):
+            path = name.partition(":")[2] or None
+            rows = _mbpp_rows(path, "") if path else [r for split in ("prompt", "test", "validation") for r in _mbpp_rows(None, split)]
+            out += [(f"MBPP/{r['task_id']}", "\n".join([r["text"], r["code"], *r["test_list"]]))
+                    for r in rows if int(r["task_id"]) <= 600]
+        else:
+            raise QlcodeError(f"unknown benchmark {name!r} to decontaminate against: humaneval, mbpp or mbpp:PATH")
+    return out
+
+
+def index(names: Iterable[str]) -> dict[tuple[str, ...], str]:
+    grams: dict[tuple[str, ...], str] = {}
+    for task_id, text in benchmark_texts(names):
+        for g in ngrams(text):
+            grams.setdefault(g, task_id)
+    return grams
+
+
+def row_text(value) -> str:
+    """Every string in a row, conversations included."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "\n".join(row_text(v) for v in value.values())
+    if isinstance(value, list):
+        return "\n".join(row_text(v) for v in value)
+    return ""
+
+
+def overlaps(ds: Dataset, grams: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
+    """(row index, benchmark task_id) for each row sharing a 13-gram with a benchmark."""
+    found = []
+    for i, row in enumerate(ds):
+        hit = next((grams[g] for g in ngrams(row_text(row)) if g in grams), None)
+        if hit is not None:
+            found.append((i, hit))
+    return found
+
+
+def drop_overlapping(ds: Dataset, grams: dict[tuple[str, ...], str]) -> tuple[Dataset, list[tuple[int, str]]]:
+    bad = overlaps(ds, grams)
+    drop = {i for i, _ in bad}
+    return ds.select([i for i in range(len(ds)) if i not in drop]), bad
