@@ -155,6 +155,14 @@ class DataSection(Section):
         return v
 
 
+class PassAt1Section(Section):
+    bench: Literal["humaneval", "mbpp"] = Field("humaneval", description="Benchmark to run during training.")
+    problems: int = Field(20, gt=0, description="The first N problems of it (greedy, one sample each).")
+    every: int = Field(50, gt=0, description="Run every N optimizer steps, and after the last step.")
+    data: str | None = Field(None, description="MBPP as a local jsonl (default: the Hub).")
+    max_new_tokens: int = Field(256, gt=0, description="Longest completion.")
+
+
 class TrainSection(Section):
     method: Literal["sft", "dpo"] = Field("sft", description="Supervised fine-tuning or Direct Preference Optimization.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
@@ -178,6 +186,9 @@ class TrainSection(Section):
         default_factory=lambda: ["sigmoid"], description="DPO: TRL loss type(s); several are summed (e.g. [sigmoid, sft])."
     )
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (always before and after training).")
+    pass_at_1: PassAt1Section | None = Field(
+        None, description="Execution-grounded eval in the loop: {bench, problems, every}; the best adapter by it is kept in best/."
+    )
     save_steps: int = Field(100, gt=0, description="Write a checkpoint every N steps.")
     logging_steps: int = Field(10, gt=0, description="Log loss, learning rate and tokens/s every N steps.")
     keep_checkpoints: int = Field(3, gt=0, description="Keep only the last K checkpoints.")
@@ -240,6 +251,7 @@ SECTIONS: dict[str, type[Section]] = {
     "data.datasets[]": DatasetSpec,
     "data.fim": FimSection,
     "train": TrainSection,
+    "train.pass_at_1": PassAt1Section,
     "output": OutputSection,
     "hub": HubSection,
 }

@@ -159,6 +159,12 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
     )
     trainer.remove_callback(PrinterCallback)
     restore_trainable(trainer.model, trainable)
+    if recipe.train.pass_at_1 is not None:
+        from qlcode.execution.in_training import PassAt1
+
+        in_loop = PassAt1(recipe.train.pass_at_1, tokenizer, recipe.data.template == "codellama-instruct", recipe.output.run_dir)
+        in_loop.trainer = trainer
+        trainer.add_callback(in_loop)
     return trainer, throughput
 
 

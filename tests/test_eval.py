@@ -120,3 +120,22 @@ def test_pairs_from_unit_tests_train_a_dpo_recipe(tmp_path):
     recipe = make_recipe(tmp_path, "builtin:micro-codellama", tmp_path / "pairs.jsonl", fmt="preference",
                          train={"method": "dpo", "max_steps": 2}, data={"template": "completion", "validation": 0})
     assert train(recipe).steps == 2
+
+
+def test_pass_at_1_in_training_is_logged_and_the_best_adapter_kept(tmp_path):
+    from conftest import make_recipe, write_jsonl
+    from qlcode.callbacks import read_metrics
+    from qlcode.train import train
+
+    from test_train import ROWS
+
+    recipe = make_recipe(tmp_path, "builtin:micro-codellama", write_jsonl(tmp_path / "rows.jsonl", ROWS),
+                         train={"max_steps": 3, "pass_at_1": {"bench": "mbpp", "data": str(MBPP_COPY), "problems": 2,
+                                                              "every": 2, "max_new_tokens": 16}},
+                         data={"validation": 0})
+    train(recipe)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "pass@1" in r]
+    assert [r["step"] for r in rows] == [2, 3] and all(0.0 <= r["pass@1"] <= 1.0 for r in rows)
+    best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert best["step"] == 2 and best["problems"] == 2  # ties keep the earlier one
+    assert (tmp_path / "run" / "best" / "adapter_model.safetensors").is_file()

@@ -29,11 +29,11 @@ class ProblemResult:
 
 
 def execute(problems: list[Problem], completions: Callable[[Problem], list[str]], limits: Limits = Limits(),
-            workers: int = 2) -> list[ProblemResult]:
-    """Run every completion of every problem in the sandbox, with a progress bar."""
+            workers: int = 2, show_progress: bool = True) -> list[ProblemResult]:
+    """Run every completion of every problem in the sandbox, with a progress bar (off inside training's)."""
     results = []
     progress = Progress(TextColumn("[bold]execute"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[passed]} passed"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not show_progress)
     with progress, ThreadPoolExecutor(workers) as pool:
         task = progress.add_task("execute", total=len(problems), passed=0)
         for problem in problems:
