@@ -225,7 +225,7 @@ def _model_for_sampling(model: str | None, adapter: str | None):
 @app.command("eval")
 @user_errors
 def eval_(
-    bench: Annotated[str, typer.Option("--bench", help="humaneval or mbpp.")],
+    bench: Annotated[str, typer.Option("--bench", help="humaneval, mbpp or stdlib-doctests.")],
     model: Annotated[str | None, typer.Option("--model", help="Base: Hub id, directory or builtin:NAME (default: the adapter's base).")] = None,
     adapter: Annotated[str | None, typer.Option("--adapter", help="An adapter run directory.")] = None,
     solutions: Annotated[str | None, typer.Option("--solutions", help="reference: run the benchmark's own solutions instead of a model's.")] = None,

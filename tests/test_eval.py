@@ -139,3 +139,14 @@ def test_pass_at_1_in_training_is_logged_and_the_best_adapter_kept(tmp_path):
     best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
     assert best["step"] == 2 and best["problems"] == 2  # ties keep the earlier one
     assert (tmp_path / "run" / "best" / "adapter_model.safetensors").is_file()
+
+
+def test_stdlib_doctests_reference_passes_and_a_wrong_body_fails():
+    from qlcode.execution.benchmarks import stdlib_doctests
+
+    problems = stdlib_doctests()
+    assert len(problems) >= 50
+    results = execute(problems, lambda p: [p.reference, "    return None\n"], workers=2)
+    assert all(r.outcomes[0] == "passed" for r in results), [r.task_id for r in results if r.outcomes[0] != "passed"]
+    assert sum(r.outcomes[1] == "passed" for r in results) < len(results) // 10
+    assert problems[0].prompt.startswith("def ") and ">>>" in problems[0].prompt

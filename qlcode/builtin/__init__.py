@@ -11,7 +11,10 @@ from qlcode.errors import QlcodeError
 
 HERE = Path(__file__).parent
 MODELS = {"micro-codellama": HERE / "micro-codellama"}
-DATASETS = {"stdlib-python-instruct": HERE / "data" / "stdlib-python-instruct.jsonl.gz"}
+DATASETS = {
+    "stdlib-python-instruct": HERE / "data" / "stdlib-python-instruct.jsonl.gz",
+    "stdlib-doctests": HERE / "data" / "stdlib-doctests.jsonl.gz",  # a benchmark, not training data
+}
 
 # Standard-library modules kept out of the micro model's pretraining corpus; functions from them
 # form the held-out split of builtin:stdlib-python-instruct.

@@ -4,6 +4,8 @@
   its in-process `exec` is never used). A completion continues the prompt (the function body).
 - MBPP (Austin et al. 2021): from the Hub through `datasets`, or a local jsonl in the original
   format; the usual test split, task_id 11-510. A completion is a whole program.
+- builtin:stdlib-doctests: standard-library functions whose docstrings carry doctests; the model
+  writes the body under the signature and docstring, and the docstring's examples are the tests.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ class Problem:
     reference: str  # the benchmark's own solution, in the same form as a completion
     test: str  # code that raises if the solution is wrong
     continues_prompt: bool  # HumanEval: the completion follows the prompt; MBPP: it stands alone
+    setup: str = ""  # code run before the solution, unseen by the model
 
     def program(self, completion: str) -> str:
         code = self.prompt + completion if self.continues_prompt else completion
-        return f"{code}\n\n{self.test}\n"
+        return f"{self.setup}{code}\n\n{self.test}\n"
 
 
 def humaneval() -> list[Problem]:
@@ -62,7 +65,17 @@ def mbpp(path: str | None = None, split: tuple[int, int] = (11, 510)) -> list[Pr
     return problems
 
 
-BENCHMARKS = {"humaneval": humaneval, "mbpp": mbpp}
+def stdlib_doctests() -> list[Problem]:
+    import gzip
+
+    from qlcode.builtin import DATASETS
+
+    with gzip.open(DATASETS["stdlib-doctests"], "rt") as f:
+        rows = [json.loads(line) for line in f]
+    return [Problem(r["task_id"], r["prompt"], r["reference"], r["test"], True, r["setup"]) for r in rows]
+
+
+BENCHMARKS = {"humaneval": humaneval, "mbpp": mbpp, "stdlib-doctests": stdlib_doctests}
 
 
 def load(name: str, data: str | None = None, limit: int | None = None) -> list[Problem]:
