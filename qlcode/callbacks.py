@@ -16,6 +16,12 @@ console = Console(stderr=True)
 LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/accuracies", "rewards/margins", "pass@1")
 
 
+def progress_bar(label: str, *fields: str, show: bool = True) -> Progress:
+    """The one progress bar style of qlcode: label, bar, n/total, the given fields, elapsed, ETA."""
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *(TextColumn(f) for f in fields),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show)
+
+
 def peak_memory_gb() -> float:
     """Peak GPU memory allocated by torch on CUDA; peak resident memory of this process on CPU."""
     if torch.cuda.is_available():
@@ -91,17 +97,7 @@ class ProgressBar(TrainerCallback):
         self.fields = {"loss": "-", "tps": "-"}
 
     def on_train_begin(self, args, state, control, **kw):
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[tps]} tok/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        self.progress = progress_bar("train", "loss {task.fields[loss]}", "{task.fields[tps]} tok/s")
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, **self.fields)
 

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qlcode.builtin import MODELS
 from qlcode.builtin.stdlib_corpus import iter_sources
+from qlcode.callbacks import progress_bar
 from qlcode.data.fim import encode, fim_example, fim_ids, split_points
 from qlcode.files import write_text_atomic
 
@@ -121,9 +121,7 @@ def main() -> None:
         next(data)
     model.train()
     t0 = time.perf_counter() - seconds
-    progress = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    progress = progress_bar("pretrain", "loss {task.fields[loss]}", "{task.fields[tps]} tok/s")
     task = progress.add_task("pretrain", total=args.steps, completed=start_step, loss="-", tps="-")
     losses: list[float] = []
     with progress:

@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+from qlcode.callbacks import progress_bar
 from qlcode.execution.benchmarks import Problem
 from qlcode.execution.passk import pass_at_k
 from qlcode.execution.sandbox import Limits, Result, run
@@ -32,8 +31,7 @@ def execute(problems: list[Problem], completions: Callable[[Problem], list[str]]
             workers: int = 2, show_progress: bool = True) -> list[ProblemResult]:
     """Run every completion of every problem in the sandbox, with a progress bar (off inside training's)."""
     results = []
-    progress = Progress(TextColumn("[bold]execute"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[passed]} passed"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not show_progress)
+    progress = progress_bar("execute", "{task.fields[passed]} passed", show=show_progress)
     with progress, ThreadPoolExecutor(workers) as pool:
         task = progress.add_task("execute", total=len(problems), passed=0)
         for problem in problems:

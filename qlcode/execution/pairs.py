@@ -12,8 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+from qlcode.callbacks import progress_bar
 from qlcode.errors import QlcodeError
 from qlcode.execution.benchmarks import Problem, mbpp
 from qlcode.execution.generate import finish, prompt_text, sample_raw
@@ -52,8 +51,7 @@ def load_problems(source: str, data: str | None = None) -> list[Problem]:
 def make_pairs(model, tokenizer, problems: list[Problem], instruct: bool, samples: int, temperature: float, out: Path,
                max_new_tokens: int = 384, limits: Limits = Limits(), workers: int = 2) -> PairsReport:
     rows, report = [], PairsReport(0, len(problems))
-    progress = Progress(TextColumn("[bold]pairs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[pairs]} pairs"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    progress = progress_bar("pairs", "{task.fields[pairs]} pairs")
     with progress:
         task = progress.add_task("pairs", total=len(problems), pairs=0)
         for i, problem in enumerate(problems):
