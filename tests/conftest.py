@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CPU; it must be set before triton loads
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import json
 import logging
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
