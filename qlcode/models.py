@@ -149,7 +149,7 @@ def with_lora(base: PreTrainedModel, recipe: Recipe) -> PeftModel:
     if lora.adapter:
         if not (Path(lora.adapter) / "adapter_config.json").is_file():
             raise ModelError(f"lora.adapter: {lora.adapter!r} holds no adapter_config.json; train that adapter first")
-        return PeftModel.from_pretrained(base, lora.adapter, is_trainable=True)
+        return use_kernels(PeftModel.from_pretrained(base, lora.adapter, is_trainable=True), recipe.quant)
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -161,7 +161,24 @@ def with_lora(base: PreTrainedModel, recipe: Recipe) -> PeftModel:
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(recipe.train.seed)
-    return get_peft_model(base, config)
+    return use_kernels(get_peft_model(base, config), recipe.quant)
+
+
+def use_kernels(model: PeftModel, quant: QuantSection) -> PeftModel:
+    """Route 4-bit LoRA layers through qlcode's Triton kernels when quant.kernels asks (auto: on CUDA)."""
+    import os
+
+    choice = quant.kernels if quant.kernels != "auto" else ("triton" if torch.cuda.is_available() else "bitsandbytes")
+    if quant.bits != 4 or choice != "triton":
+        return model
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ModelError("quant.kernels: triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it slowly on CPU, for tests); "
+                         "use quant.kernels: bitsandbytes here")
+    from qlcode.kernels.dequant_4bit import dequantize_4bit
+    from qlcode.kernels.qlora_linear import patch_model
+
+    patch_model(model, dequantize_4bit)
+    return model
 
 
 

@@ -67,6 +67,9 @@ class QuantSection(Section):
     storage_dtype: Literal["uint8", "bf16", "fp16", "fp32"] = Field(
         "uint8", description="Container dtype of packed 4-bit weights (bf16 for FSDP)."
     )
+    kernels: Literal["auto", "triton", "bitsandbytes"] = Field(
+        "auto", description="4-bit LoRA layers: qlcode's Triton kernels or bitsandbytes'; auto = triton on CUDA."
+    )
 
     @field_validator("bits", mode="before")
     @classmethod
