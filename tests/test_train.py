@@ -196,3 +196,11 @@ def test_missing_tracker_and_missing_adapter_are_clear(tmp_path, tiny_base, rows
     recipe = make_recipe(tmp_path, tiny_base, rows_file, lora={"adapter": str(tmp_path / "nowhere")})
     with pytest.raises(QlcodeError, match=r"^lora.adapter: '.*nowhere' holds no adapter_config.json; train that adapter first"):
         build_trainer(recipe)
+
+
+def test_neftune_reaches_the_trainer_and_trains(tmp_path, tiny_base, rows_file):
+    recipe = make_recipe(tmp_path, tiny_base, rows_file, train={"neftune_noise_alpha": 5.0, "max_steps": 2},
+                         data={"validation": 0})
+    trainer, _ = build_trainer(recipe)
+    assert trainer.args.neftune_noise_alpha == 5.0
+    assert trainer.train().global_step == 2
