@@ -341,6 +341,31 @@ def data_check(
     out.print("drop them when training with  data.decontaminate: [" + ", ".join(against.split(",")) + "]", markup=False)
 
 
+@app.command()
+@user_errors
+def play(
+    left: Annotated[str, typer.Option(help="base, adapter:NAME, a merged model directory or a Hub id.")] = "base",
+    right: Annotated[str | None, typer.Option(help="Default: adapter:quickstart-example when it exists, else base.")] = None,
+    base: Annotated[str, typer.Option(help="The shared base that adapters load onto.")] = "builtin:micro-codellama",
+    bits: Annotated[str, typer.Option(help="Quantization of the shared base: 4, 8 or none.")] = "4",
+    host: Annotated[str, typer.Option(help="Address to listen on (only this machine by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    share: Annotated[bool, typer.Option("--share", help="Also open a public Gradio share link.")] = False,
+    votes: Annotated[Path, typer.Option(help="Where votes go, as preference rows for DPO.")] = Path("data/votes.jsonl"),
+) -> None:
+    """Compare two models side by side in the browser: chat, complete, infill, run the answers' tests, vote."""
+    from app.playground import build
+    from qlcode.playground import Pool
+
+    quiet_libraries()
+    pool = Pool(base, None if bits == "none" else int(bits))
+    if right is None:
+        right = "adapter:quickstart-example" if "adapter:quickstart-example" in pool.choices() else "base"
+    demo = build(pool, votes, left, right)
+    err.print(f"playground: {left} | {right} on http://{host}:{port}")
+    demo.launch(server_name=host, server_port=port, share=share)
+
+
 @adapters_app.command("list")
 def adapters_list(root: Annotated[Path, typer.Option(help="Where runs land.")] = Path("adapters")) -> None:
     """The runs under adapters/: base, method, steps, eval loss before and after, date."""

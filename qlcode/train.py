@@ -193,8 +193,10 @@ def _save_adapter(trainer, recipe: Recipe, summary: dict) -> None:
     tmp = run_dir / ".adapter.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    trainer.model.peft_config["default"].base_model_name_or_path = recipe.model.base  # not a local cache path
     trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+    config = json.loads((tmp / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = recipe.model.base  # the recipe's name, not a local cache path
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
     trainer.processing_class.save_pretrained(tmp)
     (tmp / "README.md").write_text(adapter_card(recipe, summary))
     move_files_into(tmp, run_dir, last=ADAPTER_WEIGHTS)

@@ -1,0 +1,1 @@
+"""Gradio front ends; they hold no model logic of their own (that lives in qlcode)."""
