@@ -21,7 +21,7 @@ def test_pretrained_weights_beat_the_untrained_model_on_held_out_code():
     trained, untrained = perplexity(pretrained_model(), tok, docs), perplexity(untrained_model(), tok, docs)
     assert untrained > 3000 and trained < untrained / 50, (trained, untrained)
     record = json.loads((MODELS["micro-codellama"] / "pretraining.json").read_text())
-    assert record["tokens_seen"] > 5_000_000 and record["fim_rate"] == 0.9
+    assert record["tokens_seen"] > 5_000_000 and all(stage["fim_rate"] == 0.9 for stage in record["stages"])
 
 
 def test_package_weights_stay_small():

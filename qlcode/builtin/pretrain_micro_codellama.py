@@ -51,7 +51,7 @@ def documents(held_out: bool) -> list[str]:
     return docs
 
 
-def epoch_tokens(tokenizer, docs: list[str], seed: int) -> torch.Tensor:
+def epoch_tokens(tokenizer, docs: list[str], seed: int, unit: str = "char") -> torch.Tensor:
     """One epoch's token stream: documents shuffled, 90% turned into infilling examples."""
     rng = random.Random(seed)
     ids = fim_ids(tokenizer)
@@ -61,7 +61,7 @@ def epoch_tokens(tokenizer, docs: list[str], seed: int) -> torch.Tensor:
     for i in order:
         doc = docs[i]
         if rng.random() < FIM_RATE:
-            prefix, middle, suffix = split_points(doc, rng, "char")
+            prefix, middle, suffix = split_points(doc, rng, unit)
             tokens, _ = fim_example(tokenizer, ids, prefix, middle, suffix, spm=rng.random() < SPM_RATE)
         else:
             tokens = [tokenizer.bos_token_id, *encode(tokenizer, doc), tokenizer.eos_token_id]
@@ -69,11 +69,11 @@ def epoch_tokens(tokenizer, docs: list[str], seed: int) -> torch.Tensor:
     return torch.tensor(stream, dtype=torch.long)
 
 
-def batches(tokenizer, docs: list[str], seq_len: int, batch: int, seed: int):
+def batches(tokenizer, docs: list[str], seq_len: int, batch: int, seed: int, unit: str = "char"):
     """Endless (batch, seq_len) batches of packed sequences, a fresh infilling draw each epoch."""
     epoch = 0
     while True:
-        stream = epoch_tokens(tokenizer, docs, seed + epoch)
+        stream = epoch_tokens(tokenizer, docs, seed + epoch, unit)
         seqs = stream[: len(stream) // seq_len * seq_len].view(-1, seq_len)
         perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed + epoch))
         for k in range(0, len(perm) - batch + 1, batch):
@@ -100,12 +100,20 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--out", type=Path, default=MODELS["micro-codellama"])
+    ap.add_argument("--fim-unit", choices=["char", "line"], default="char", help="where infilling splits fall")
+    ap.add_argument("--stage", type=int, default=1,
+                    help="1 starts from the seeded initialisation; 2 continues from the weights in --out")
     args = ap.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.out)
-    model = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32).to(device)
+    if args.stage == 1:
+        from qlcode.builtin.evaluate_micro_codellama import untrained_model
+
+        model = untrained_model().to(device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     start_step, tokens_seen, seconds = 0, 0, 0.0
     ckpt = args.checkpoint_dir / "state.pt"
@@ -116,7 +124,7 @@ def main() -> None:
         start_step, tokens_seen, seconds = state["step"], state["tokens"], state["seconds"]
 
     docs = documents(held_out=False)
-    data = batches(tokenizer, docs, args.seq_len, args.batch, args.seed)
+    data = batches(tokenizer, docs, args.seq_len, args.batch, args.seed + 1000 * (args.stage - 1), args.fim_unit)
     for _ in range(start_step):  # replay the data order up to the checkpoint
         next(data)
     model.train()
@@ -155,16 +163,21 @@ def main() -> None:
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
-    record = {
-        "corpus": "Python standard library source without qlcode.builtin.HELD_OUT_MODULES",
-        "documents": len(docs), "fim_rate": FIM_RATE, "spm_rate": SPM_RATE, "fim_unit": "char",
+    stage = {
+        "stage": args.stage, "documents": len(docs), "fim_rate": FIM_RATE, "spm_rate": SPM_RATE, "fim_unit": args.fim_unit,
         "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "tokens_seen": tokens_seen,
         "lr": args.lr, "warmup": args.warmup, "schedule": "cosine to 10%", "optimizer": "AdamW(0.9, 0.95), wd 0.1",
         "precision": "bf16 autocast", "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
         "wall_seconds": round(wall), "final_loss_last_100_steps": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 4),
         "date": time.strftime("%Y-%m-%d"),
     }
-    write_text_atomic(args.out / "pretraining.json", json.dumps(record, indent=2) + "\n")
+    record_path = args.out / "pretraining.json"
+    stages = json.loads(record_path.read_text())["stages"] if args.stage > 1 and record_path.is_file() else []
+    record = {"corpus": "Python standard library source without qlcode.builtin.HELD_OUT_MODULES",
+              "stages": [s for s in stages if s["stage"] < args.stage] + [stage]}
+    record["tokens_seen"] = sum(s["tokens_seen"] for s in record["stages"])
+    record["wall_seconds"] = sum(s["wall_seconds"] for s in record["stages"])
+    write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 
 
