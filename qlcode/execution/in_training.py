@@ -23,7 +23,8 @@ class PassAt1(TrainerCallback):
     def __init__(self, cfg: PassAt1Section, tokenizer, instruct: bool, run_dir: Path) -> None:
         self.cfg, self.tokenizer, self.instruct, self.run_dir = cfg, tokenizer, instruct, run_dir
         self.problems = load(cfg.bench, cfg.data, cfg.problems)
-        self.best: float | None = None
+        kept = run_dir / "best" / "best.json"  # a resumed run keeps competing with the best so far
+        self.best: float | None = json.loads(kept.read_text())["pass@1"] if kept.is_file() else None
         self.trainer = None  # set by train(): logging goes through the trainer so every callback sees it
 
     def score(self, model) -> float:
