@@ -5,7 +5,8 @@
 Trains recipes/quickstart.yaml twice on the pretrained micro model, without and with
 `data.fim` (rate 0.5, line-level split points), then measures exact match of infilled held-out
 lines (the same 200 cases from standard-library modules no training data comes from) for the
-base and both adapters, and the instruction eval loss of each adapter. Prints a Markdown table.
+base and both adapters, the loss of the true line after the infilling prompt, and the
+instruction eval loss of each adapter. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from qlcode.builtin.stdlib_corpus import iter_sources  # noqa: E402
-from qlcode.infill import exact_match, line_cases  # noqa: E402
+from qlcode.builtin.evaluate_micro_codellama import held_out_infill_cases  # noqa: E402
+from qlcode.infill import exact_match, middle_nll  # noqa: E402
 from qlcode.models import load_for_inference  # noqa: E402
 from qlcode.recipe import load_recipe  # noqa: E402
 from qlcode.train import train  # noqa: E402
@@ -32,21 +33,22 @@ CASES = 200
 
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
-    cases = line_cases([src for _, src in iter_sources(held_out=True)], CASES)
+    cases = held_out_infill_cases(CASES)
     rows = []
     base, tok = load_for_inference("builtin:micro-codellama", None, bits=None)
-    rows.append(("base (pretrained micro-codellama)", None, exact_match(base, tok, cases)))
+    rows.append(("base (pretrained micro-codellama)", None, exact_match(base, tok, cases), middle_nll(base, tok, cases)))
     for name, overrides in [("adapter, no data.fim", []), ("adapter, data.fim rate 0.5", ["data.fim={rate: 0.5, unit: line}"])]:
         run = OUT / name.split(",")[1].strip().replace(" ", "-").replace(".", "")
         recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [f"output.dir={run}", *overrides])
         result = train(recipe)
         model, tok = load_for_inference(None, str(run), bits=None)
-        rows.append((name, result.eval_loss_after, exact_match(model, tok, cases)))
+        rows.append((name, result.eval_loss_after, exact_match(model, tok, cases), middle_nll(model, tok, cases)))
     print(f"micro-codellama, recipes/quickstart.yaml, {CASES} held-out lines, {time.strftime('%Y-%m-%d')}, "
           f"torch {torch.__version__}, {'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}\n")
-    print("| model | instruction eval loss | infilled lines, exact match |\n| --- | --- | --- |")
-    for name, loss, em in rows:
-        print(f"| {name} | {'-' if loss is None else f'{loss:.4f}'} | {100 * em:.1f}% |")
+    print("| model | instruction eval loss | infilled lines, exact match | loss of the true line (nats/token) |\n"
+          "| --- | --- | --- | --- |")
+    for name, loss, em, nll in rows:
+        print(f"| {name} | {'-' if loss is None else f'{loss:.4f}'} | {100 * em:.1f}% | {nll:.3f} |")
 
 
 if __name__ == "__main__":

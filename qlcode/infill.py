@@ -45,3 +45,18 @@ def exact_match(model, tokenizer, cases: list[tuple[str, str, str]], max_new_tok
     """Share of cases whose generated middle equals the held-out line (whitespace-stripped), greedy."""
     hits = sum(generate_middle(model, tokenizer, p, s, max_new_tokens).strip() == m.strip() for p, m, s in cases)
     return hits / len(cases)
+
+
+@torch.no_grad()
+def middle_nll(model, tokenizer, cases: list[tuple[str, str, str]]) -> float:
+    """Mean loss (nats per token) of the held-out middle and <EOT> after the infilling prompt:
+    how well the model infills even where greedy decoding misses the exact line."""
+    ids = fim_ids(tokenizer)
+    total = 0.0
+    for prefix, middle, suffix in cases:
+        prompt = infill_prompt(tokenizer, ids, prefix, suffix)
+        target = tokenizer(middle, add_special_tokens=False)["input_ids"] + [ids.eot]
+        x = torch.tensor([prompt + target], device=model.device)
+        logp = model(input_ids=x).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+        total += -logp[torch.arange(len(target)), torch.tensor(target)].mean().item()
+    return total / len(cases)

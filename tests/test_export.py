@@ -191,7 +191,7 @@ tok = AutoTokenizer.from_pretrained(MODELS["micro-codellama"])
 cfg = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                   num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
 model = LlamaForCausalLM(cfg)
-model.save_pretrained(tmp / "base", max_shard_size="20MB")
+model.save_pretrained(tmp / "base", max_shard_size="10MB")
 tok.save_pretrained(tmp / "base")
 get_peft_model(model, LoraConfig(r=8, target_modules="all-linear")).save_pretrained(tmp / "adapter")
 (tmp / "adapter" / "recipe.yaml").write_text(json.dumps({"model": {"base": str(tmp / "base")},
@@ -234,6 +234,7 @@ def test_merge_memory_grows_with_a_shard_not_with_the_model(tmp_path):
                              text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads(res.stdout.strip().splitlines()[-1])
-    assert r["shards"] >= 5 and r["growth"] > 0
-    # the merge holds one shard read, its merged copy and its serialized bytes: ~3 shards, not the 126 MB model
-    assert r["growth"] < 4 * r["shard"] and r["growth"] < r["model"] / 2, r
+    assert r["shards"] >= 10 and r["growth"] > 0
+    # the merge holds one shard read, its merged copy and its serialized bytes (about 3 shards) plus a fixed
+    # overhead (allocator, adapter), not the 126 MB model
+    assert r["growth"] < 3 * r["shard"] + 16 * 2**20 and r["growth"] < r["model"] / 3, r
