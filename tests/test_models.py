@@ -129,7 +129,7 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tmp_path, tiny_bas
 def test_unknown_hub_base_is_a_clear_error(tmp_path, alpaca_file, monkeypatch):
     from qlcode.errors import ModelError
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import: patch the constant
     recipe = make_recipe(tmp_path, "nobody-here/no-such-model", alpaca_file)
     with pytest.raises(ModelError, match=r"^model.base: cannot load a tokenizer from 'nobody-here/no-such-model'"):
         load_tokenizer(recipe.model)
