@@ -33,6 +33,14 @@ err = Console(stderr=True)
 Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.max_steps=20 lora.r=16.", show_default=False)]
 
 
+def print_pairs(title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column summary table: what a command did, in the terms a user checks."""
+    table = Table(title=title, show_header=False)
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+
+
 def user_errors(fn):
     """Print QlcodeError as a message and exit 2; let bugs raise."""
 
@@ -98,8 +106,7 @@ def train(
     except torch.cuda.OutOfMemoryError:
         raise QlcodeError("the GPU ran out of memory: lower train.micro_batch_size or data.max_length, "
                           "or set train.gradient_checkpointing: true") from None
-    table = Table(title="run summary", show_header=False)
-    rows = [
+    print_pairs("run summary", [
         ("steps", str(result.steps)),
         ("time", f"{result.seconds:.1f} s"),
         ("tokens/s", f"{result.tokens_per_s:,.0f}" if result.tokens_per_s else "-"),
@@ -107,10 +114,7 @@ def train(
         ("eval loss before", f"{result.eval_loss_before:.4f}" if result.eval_loss_before is not None else "-"),
         ("eval loss after", f"{result.eval_loss_after:.4f}" if result.eval_loss_after is not None else "-"),
         ("adapter", result.run_dir),
-    ]
-    for k, v in rows:
-        table.add_row(k, v)
-    out.print(table)
+    ])
 
 
 FILL = "<FILL>"
@@ -160,15 +164,13 @@ def merge(
 
     quiet_libraries()
     report = run(adapter, out_dir, dtype=dtype, device=device, tolerance=tolerance, quantize=quantize)
-    table = Table(title="merge", show_header=False)
-    for k, v in [("merged model", report.out), ("dtype", report.dtype), ("shards", str(report.shards)),
-                 ("max |logit diff| vs base + adapter", f"{report.max_logit_diff:.3g} (tolerance {report.tolerance:g})"),
-                 ("top-1 agreement", f"{100 * report.top1_agreement:.1f}%")]:
-        table.add_row(k, v)
+    rows = [("merged model", report.out), ("dtype", report.dtype), ("shards", str(report.shards)),
+            ("max |logit diff| vs base + adapter", f"{report.max_logit_diff:.3g} (tolerance {report.tolerance:g})"),
+            ("top-1 agreement", f"{100 * report.top1_agreement:.1f}%")]
     if report.quantized:
-        table.add_row(f"{report.quantized} vs full-precision merge: max |logit diff|", f"{report.quantized_logit_diff:.3g}")
-        table.add_row(f"{report.quantized} vs full-precision merge: top-1 agreement", f"{100 * report.quantized_top1_agreement:.1f}%")
-    out.print(table)
+        rows += [(f"{report.quantized} vs full-precision merge: max |logit diff|", f"{report.quantized_logit_diff:.3g}"),
+                 (f"{report.quantized} vs full-precision merge: top-1 agreement", f"{100 * report.quantized_top1_agreement:.1f}%")]
+    print_pairs("merge", rows)
 
 
 @app.command()
@@ -189,11 +191,9 @@ def export(
     if not source.is_dir():
         raise QlcodeError(f"{path}: no such model directory")
     report = export_gguf(source, out_file or source / f"model-{type}.gguf", type)
-    table = Table(title="gguf export", show_header=False)
-    for k, v in [("file", report.path), ("type", report.type), ("tensors", str(report.tensors)),
-                 ("tensor bytes", f"{report.bytes:,}"), ("max |error| vs source weights", f"{report.max_abs_error:.3g}")]:
-        table.add_row(k, v)
-    out.print(table)
+    print_pairs("gguf export", [("file", report.path), ("type", report.type), ("tensors", str(report.tensors)),
+                                ("tensor bytes", f"{report.bytes:,}"),
+                                ("max |error| vs source weights", f"{report.max_abs_error:.3g}")])
 
 
 @app.command()

@@ -194,6 +194,7 @@ model = LlamaForCausalLM(cfg)
 model.save_pretrained(tmp / "base", max_shard_size="10MB")
 tok.save_pretrained(tmp / "base")
 get_peft_model(model, LoraConfig(r=8, target_modules="all-linear")).save_pretrained(tmp / "adapter")
+tok.save_pretrained(tmp / "adapter")  # as qlcode train saves it beside the adapter
 (tmp / "adapter" / "recipe.yaml").write_text(json.dumps({"model": {"base": str(tmp / "base")},
     "data": {"datasets": [{"source": "builtin:stdlib-python-instruct", "format": "alpaca"}]}, "output": {"name": "x"}}))
 """
@@ -204,7 +205,7 @@ from pathlib import Path
 import qlcode.export.merge as m
 
 tmp = Path(sys.argv[1])
-m._check = lambda *a: (0.0, 1.0)  # measure the merge itself; the check holds one model at a time by design
+m._check = lambda *a: (0.0, 1.0, None)  # measure the merge itself; the check holds one model at a time by design
 m.lora_deltas(tmp / "adapter")  # imports and first reads out of the way
 m.release_memory()
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096

@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from qlcode.errors import QlcodeError
 from qlcode.files import write_text_atomic
 from qlcode.model_card import license_of
-from qlcode.models import DTYPES, base_path
-from qlcode.recipe import read_run_recipe
+from qlcode.models import DTYPES, base_path, load_tokenizer
+from qlcode.recipe import ModelSection, read_run_recipe
 
 # max |logit difference| allowed between the merged model and base + adapter, per dtype
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2.5e-1}
@@ -124,27 +124,29 @@ def _probe_logits(model, tokenizer, device: torch.device) -> torch.Tensor:
     return model(**batch).logits.float().cpu() * batch["attention_mask"].cpu()[..., None]
 
 
-def _check(adapter: Path, base: Path, merged: Path, dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(merged)
-    tok.pad_token = tok.pad_token or tok.unk_token or tok.eos_token
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter))
-    want = _probe_logits(reference.to(device).eval(), tok, device)
-    del reference
-    got = _probe_logits(AutoModelForCausalLM.from_pretrained(merged, dtype=dtype).to(device).eval(), tok, device)
+def _gap(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
+    """(max |logit difference|, top-1 agreement over the real, unpadded positions)."""
     mask = want.abs().sum(-1) > 0
     return (got - want).abs().max().item(), (got.argmax(-1)[mask] == want.argmax(-1)[mask]).float().mean().item()
 
 
-def _requantize(merged: Path, dest: Path, dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
-    """Save the merge re-quantized to bitsandbytes NF4; returns its logit gap to the full-precision merge."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+def _check(adapter: Path, base: Path, merged: Path, tok, dtype: torch.dtype, device: torch.device):
+    """(max |logit difference|, top-1 agreement, the merged model's probe logits)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(merged)
-    tok.pad_token = tok.pad_token or tok.unk_token or tok.eos_token
-    want = _probe_logits(AutoModelForCausalLM.from_pretrained(merged, dtype=dtype).to(device).eval(), tok, device)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter))
+    want = _probe_logits(reference.to(device).eval(), tok, device)
+    del reference
+    got = _probe_logits(AutoModelForCausalLM.from_pretrained(merged, dtype=dtype).to(device).eval(), tok, device)
+    return (*_gap(got, want), got)
+
+
+def _requantize(merged: Path, dest: Path, tok, full_logits: torch.Tensor, dtype: torch.dtype,
+                device: torch.device) -> tuple[float, float]:
+    """Save the merge re-quantized to bitsandbytes NF4; returns its logit gap to the full-precision merge."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=dtype)
     quantized = AutoModelForCausalLM.from_pretrained(merged, quantization_config=config, dtype=dtype,
@@ -154,8 +156,7 @@ def _requantize(merged: Path, dest: Path, dtype: torch.dtype, device: torch.devi
     for name in TOKENIZER_FILES:
         if (merged / name).is_file():
             shutil.copy(merged / name, dest / name)
-    mask = want.abs().sum(-1) > 0
-    return (got - want).abs().max().item(), (got.argmax(-1)[mask] == want.argmax(-1)[mask]).float().mean().item()
+    return _gap(got, full_logits)
 
 
 def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device: str = "cpu",
@@ -202,7 +203,8 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
         for name in TOKENIZER_FILES:
             if (adapter / name).is_file():
                 shutil.copy(adapter / name, tmp / name)
-        diff, top1 = _check(adapter, base, tmp, torch_dtype, dev)
+        tok = load_tokenizer(ModelSection(base=str(tmp)))  # the project's pad policy for the padded probe batch
+        diff, top1, merged_logits = _check(adapter, base, tmp, tok, torch_dtype, dev)
         limit = TOLERANCE[dtype] if tolerance is None else tolerance
         if not diff <= limit:
             raise QlcodeError(f"merge check failed: max |logit difference| {diff:.3g} > tolerance {limit:g} ({dtype}); "
@@ -213,7 +215,8 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
             final = tmp.with_name(f"{tmp.name}-nf4")
             shutil.rmtree(final, ignore_errors=True)
             report.quantized = "nf4"
-            report.quantized_logit_diff, report.quantized_top1_agreement = _requantize(tmp, final, torch_dtype, dev)
+            report.quantized_logit_diff, report.quantized_top1_agreement = _requantize(
+                tmp, final, tok, merged_logits, torch_dtype, dev)
         write_text_atomic(final / "README.md", _card(recipe, adapter, report))
         final.rename(out)
         return report
