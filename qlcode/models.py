@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -21,6 +22,7 @@ from qlcode.recipe import ModelSection, QuantSection, Recipe
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CPU = torch.device("cpu")
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,9 @@ def with_lora(base: PreTrainedModel, recipe: Recipe) -> PeftModel:
     return use_kernels(get_peft_model(base, config), recipe.quant)
 
 
-def use_kernels(model: PeftModel, quant: QuantSection) -> PeftModel:
-    """Route 4-bit LoRA layers through qlcode's Triton kernels when quant.kernels asks (auto: on CUDA)."""
+def use_kernels(model: M, quant: QuantSection) -> M:
+    """Route 4-bit layers (LoRA-wrapped or bare) through qlcode's Triton kernels when quant.kernels
+    asks (auto: on CUDA): training, and decoding through the fused dequant-matmul."""
     import os
 
     choice = quant.kernels if quant.kernels != "auto" else ("triton" if torch.cuda.is_available() else "bitsandbytes")
@@ -174,10 +177,9 @@ def use_kernels(model: PeftModel, quant: QuantSection) -> PeftModel:
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise ModelError("quant.kernels: triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it slowly on CPU, for tests); "
                          "use quant.kernels: bitsandbytes here")
-    from qlcode.kernels.dequant_4bit import dequantize_4bit
-    from qlcode.kernels.qlora_linear import patch_model
+    from qlcode.kernels.qlora_linear import patch_model, triton_kernels
 
-    patch_model(model, dequantize_4bit)
+    patch_model(model, triton_kernels())
     return model
 
 
@@ -198,8 +200,9 @@ def load_for_inference(base: str | None, adapter: str | None, bits: int | None =
         model_section = model_section or trained.model
     if model_section is None:
         raise ModelError("give a base model (--model) or an adapter (--adapter)")
-    model = load_base(model_section, QuantSection(bits=bits))
+    quant = QuantSection(bits=bits)
+    model = load_base(model_section, quant)
     tok = load_tokenizer(ModelSection(base=adapter) if adapter else model_section)
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
-    return model.eval(), tok
+    return use_kernels(model, quant).eval(), tok

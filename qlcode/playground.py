@@ -23,7 +23,7 @@ from qlcode.data.fim import fim_ids, infill_prompt
 from qlcode.errors import QlcodeError
 from qlcode.execution.generate import extract_code
 from qlcode.execution.sandbox import Limits, Result, run
-from qlcode.models import load_base, load_tokenizer
+from qlcode.models import load_base, load_tokenizer, use_kernels
 from qlcode.recipe import ModelSection, QuantSection, read_run_recipe
 
 MAX_PROMPT_CHARS = 8000
@@ -43,12 +43,15 @@ class Pool:
     """Models by spec: 'base', 'adapter:NAME' (adapters/NAME on the shared base), or a directory / Hub id."""
 
     def __init__(self, base: str = "builtin:micro-codellama", bits: int | None = 4, adapters: Path = Path("adapters")):
-        self.base, self.bits, self.adapters = base, bits, adapters
-        self.model = load_base(ModelSection(base=base), QuantSection(bits=bits)).eval()
+        self.base, self.quant, self.adapters = base, QuantSection(bits=bits), adapters
+        self.model = self._load(base)
         self.tokenizer = load_tokenizer(ModelSection(base=base), "codellama-instruct")
         self.loaded: list[str] = []
         self.others: dict[str, tuple] = {}
         self.lock = threading.Lock()
+
+    def _load(self, spec: str):
+        return use_kernels(load_base(ModelSection(base=spec), self.quant), self.quant).eval()
 
     def choices(self) -> list[str]:
         names = []
@@ -71,6 +74,7 @@ class Pool:
             self.model.load_adapter(str(path), adapter_name=name)
         if name not in self.loaded:
             self.loaded.append(name)
+            use_kernels(self.model, self.quant)  # the new adapter's layers too (Triton on a GPU)
         self.model.set_adapter(name)
         return self.model
 
@@ -81,8 +85,7 @@ class Pool:
         if spec.startswith("adapter:"):
             return self._adapter(spec.removeprefix("adapter:")), self.tokenizer, nullcontext()
         if spec not in self.others:
-            self.others[spec] = (load_base(ModelSection(base=spec), QuantSection(bits=self.bits)).eval(),
-                                 load_tokenizer(ModelSection(base=spec), "codellama-instruct"))
+            self.others[spec] = (self._load(spec), load_tokenizer(ModelSection(base=spec), "codellama-instruct"))
         model, tok = self.others[spec]
         return model, tok, nullcontext()
 

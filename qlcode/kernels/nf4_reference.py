@@ -69,3 +69,8 @@ def quantize_4bit(w: torch.Tensor, code: torch.Tensor, fp4: bool, double_quant: 
     normed2 = (blocks2 / absmax2[:, None]).reshape(-1)[: absmax.numel()]
     # nearest 8-bit code: bitsandbytes' CPU search lands one code away on a few values (see tests)
     return packed, _nearest(normed2, code8.float()).to(torch.uint8), {"offset": offset, "absmax2": absmax2}
+
+
+def matmul_4bit(x: torch.Tensor, packed: torch.Tensor, state: QuantState) -> torch.Tensor:
+    """x @ W^T with W dequantized to x's dtype first: what matmul_4bit computes without materialising W."""
+    return x @ dequantize_4bit(packed, state, x.dtype).t()
