@@ -1,0 +1,64 @@
+"""Decoding speed: generation through qlcode's fused dequant-matmul against bitsandbytes.
+
+    python benchmarks/decode.py                                  # on a GPU: CodeLlama-7B architecture, random weights
+    python benchmarks/decode.py --scale 32 --layers 2 --new-tokens 8   # without one: a run of the script
+
+The same random-weight model is loaded in 4 bits (NF4, double quant, bf16 compute) through
+qlcode's loading path twice: as bitsandbytes runs it (its GEMV for one sequence, dequantize + matmul
+otherwise) and with quant.kernels: triton (each 4-bit layer through the fused kernel: the bf16
+weight never exists). Greedy generation of --new-tokens tokens after a 32-token prompt, for each
+batch size; tokens/s counts generated tokens over the whole call. "same tokens" compares the two
+generations (random weights make near-ties, so a late divergence is rounding, not a bug).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import harness
+import torch
+
+
+def generate(kernels: str, model_dir, batch: int, args) -> tuple[float, torch.Tensor]:
+    from qlcode.models import load_base, use_kernels
+    from qlcode.recipe import ModelSection, QuantSection
+
+    quant = QuantSection(bits=4, kernels=kernels)
+    model = use_kernels(load_base(ModelSection(base=str(model_dir)), quant), quant).eval()
+    prompt = torch.randint(3, harness.VOCAB, (batch, 32), generator=torch.Generator().manual_seed(batch)).to(harness.DEVICE)
+    out = []
+
+    def run() -> None:
+        with torch.no_grad():
+            out.append(model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                      max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0))
+
+    seconds = harness.seconds_per_call(run, args.iters, warmup=1)
+    del model
+    harness.free_memory()
+    return batch * args.new_tokens / seconds, out[-1][:, prompt.shape[1]:].cpu()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=int, default=1, help="divide the model's widths (CPU runs)")
+    ap.add_argument("--layers", type=int, default=None, help="default: the architecture's 32")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=3)
+    args = ap.parse_args()
+
+    model_dir = harness.random_codellama("7B", args.scale, args.layers)
+    rows = []
+    for batch in args.batch:
+        theirs, their_tokens = generate("bitsandbytes", model_dir, batch, args)
+        ours, our_tokens = generate("triton", model_dir, batch, args)
+        same = (our_tokens == their_tokens).float().mean().item()
+        rows.append([batch, f"{theirs:,.1f}", f"{ours:,.1f}", f"{ours / theirs:.2f}x", f"{100 * same:.0f}%"])
+    print(harness.header(f"decode: CodeLlama-7B architecture (/{args.scale}, {args.layers or 32} layers), NF4 + double quant, "
+                         f"bf16 compute, greedy, {args.new_tokens} new tokens after 32, {args.iters} runs"))
+    harness.print_table(["batch", "bitsandbytes tokens/s", "qlcode tokens/s", "qlcode / bitsandbytes", "same tokens"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The GPU benchmark scripts run end to end on CPU (small shapes, Triton interpreted): their tables
+and the checks in them, not their timings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def table(script: str, *args: str) -> list[dict[str, str]]:
+    """Run benchmarks/<script> and read its Markdown table back as rows."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "CPU, Triton interpreter: a run of the script, its timings are not figures" in out.stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    columns = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(columns, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_dequant_benchmark_covers_every_projection_and_agrees_with_bitsandbytes():
+    rows = table("dequant.py", "--arch", "7B", "--scale", "4", "--dtype", "fp16", "--iters", "1")
+    assert [r["weight"] for r in rows] == [f"7B {p}" for p in ("q", "k", "v", "o", "gate", "up", "down")]
+    assert rows[4]["shape"] == "2752x1024" and rows[6]["shape"] == "1024x2752"
+    assert all(r["bit-exact"] == "yes" for r in rows)
+
+
+def test_train_step_benchmark_runs_both_paths_to_the_same_loss():
+    rows = table("train_step.py", "--scale", "32", "--layers", "2", "--seq-len", "64", "--steps", "1", "--warmup", "1")
+    assert [r["kernels"] for r in rows] == ["bitsandbytes", "triton"]
+    assert rows[0]["vs peft + bitsandbytes"] == "1.00x"
+    assert abs(float(rows[0]["first-step loss"]) - float(rows[1]["first-step loss"])) < 1e-3
+
+
+def test_decode_benchmark_generates_the_same_tokens_through_the_fused_kernel():
+    rows = table("decode.py", "--scale", "32", "--layers", "2", "--new-tokens", "6", "--batch", "1", "3", "--iters", "1")
+    assert [r["batch"] for r in rows] == ["1", "3"]
+    assert all(r["same tokens"] == "100%" for r in rows)
