@@ -68,7 +68,7 @@ class QuantSection(Section):
         "uint8", description="Container dtype of packed 4-bit weights (bf16 for FSDP)."
     )
     kernels: Literal["auto", "triton", "bitsandbytes"] = Field(
-        "auto", description="4-bit LoRA layers: qlcode's Triton kernels or bitsandbytes'; auto = triton on CUDA."
+        "auto", description="4-bit layers (training and decoding): qlcode's Triton kernels or bitsandbytes'; auto = triton on CUDA."
     )
 
     @field_validator("bits", mode="before")
