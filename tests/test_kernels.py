@@ -51,6 +51,21 @@ def test_sizes_not_a_multiple_of_the_block_and_both_codes(quant_type, double, sh
     assert torch.equal(dequantize_4bit(q, state, torch.float32), want)
 
 
+@pytest.mark.parametrize("storage", [torch.bfloat16, torch.float32])
+def test_packed_weights_in_another_storage_dtype(storage):
+    """quant.storage_dtype (FSDP) stores the same bytes in another container dtype."""
+    from qlcode.kernels.matmul_4bit import matmul_4bit
+
+    torch.manual_seed(0)
+    w = torch.randn(128, 192) * 0.02
+    q, state = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4", quant_storage=storage)
+    assert q.dtype == storage
+    want = F.dequantize_4bit(q, state)
+    assert torch.equal(R.dequantize_4bit(q, state), want) and torch.equal(dequantize_4bit(q, state, torch.float32), want)
+    x = torch.randn(3, 192)
+    _within_one_rounding(matmul_4bit(x, q, state), x, want)
+
+
 def test_one_buffer_serves_every_layer():
     buffer = torch.empty(max(a * b for a, b in SHAPES.values()), dtype=torch.float16)
     for name in ("7B-q", "7B-gate", "7B-down"):

@@ -22,7 +22,7 @@ BLOCK = 65536 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
 
 
 @triton.jit
-def _dequantize_kernel(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset, out_ptr, n,
+def _dequantize_kernel(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset_ptr, out_ptr, n,
                        NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -33,7 +33,7 @@ def _dequantize_kernel(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr,
     if NESTED:
         q = tl.load(absmax_ptr + block, mask=mask, other=0).to(tl.int32)
         scale = tl.load(code8_ptr + q, mask=mask, other=0.0) * tl.load(absmax2_ptr + block // BLOCKSIZE2, mask=mask, other=0.0)
-        scale = scale + offset
+        scale = scale + tl.load(offset_ptr)
     else:
         scale = tl.load(absmax_ptr + block, mask=mask, other=0.0)
     tl.store(out_ptr + offs, (value * scale).to(out_ptr.dtype.element_ty), mask=mask)
@@ -52,9 +52,9 @@ def dequantize_4bit(packed: torch.Tensor, state: QuantState, dtype: torch.dtype 
     nested = bool(state.nested)
     s2 = state.state2 if nested else None
     _dequantize_kernel[(triton.cdiv(n, BLOCK),)](
-        packed, state.code, state.absmax,
+        packed.view(torch.uint8), state.code, state.absmax,
         s2.code if nested else state.code, s2.absmax if nested else state.absmax,
-        float(state.offset) if nested else 0.0, out, n,
+        state.offset if nested else state.code, out, n,  # offset by pointer: float() would wait for the GPU
         NESTED=nested, BLOCKSIZE=state.blocksize, BLOCKSIZE2=s2.blocksize if nested else 1, BLOCK=BLOCK,
     )
     return out[:n].view(state.shape)

@@ -6,12 +6,14 @@ again: 4.5 bytes moved per 0.5-byte parameter) or, for M = 1 only, runs its GEMV
 reads the packed bytes and the scales once, dequantizes a tile in registers exactly as
 dequant_4bit does (fp32 arithmetic, cast to the compute dtype) and multiplies it at once: the
 fp16 weight never exists in memory. Each program owns BLOCK_N output columns and one of SPLIT_K
-slices of the reduction (more programs for narrow weights); partial sums are added atomically
-into an fp32 buffer, then cast. Reference: qlcode.kernels.nf4_reference.matmul_4bit.
+slices of the reduction (more programs for narrow weights). With one slice the result is stored
+in x's dtype (one launch per layer: decoding pays per launch); with more, partial sums are added
+atomically into an fp32 buffer, then cast. Reference: qlcode.kernels.nf4_reference.matmul_4bit.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -24,10 +26,11 @@ MAX_ROWS = 16  # the rows of one program: decoding, not prefill (prefill dequant
 
 
 @triton.jit
-def _matmul_4bit_kernel(x_ptr, packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset, out_ptr,
+def _matmul_4bit_kernel(x_ptr, packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset_ptr, out_ptr,
                         M, N, K, stride_xm, K_PER_SPLIT,
                         NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
+                        SPLIT: tl.constexpr):
     rm = tl.arange(0, BLOCK_M)
     rn = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     k_start = tl.program_id(1) * K_PER_SPLIT
@@ -43,7 +46,7 @@ def _matmul_4bit_kernel(x_ptr, packed_ptr, code_ptr, absmax_ptr, code8_ptr, absm
         if NESTED:
             q = tl.load(absmax_ptr + block, mask=wmask, other=0).to(tl.int32)
             scale = tl.load(code8_ptr + q, mask=wmask, other=0.0) * tl.load(absmax2_ptr + block // BLOCKSIZE2, mask=wmask, other=0.0)
-            scale = scale + offset
+            scale = scale + tl.load(offset_ptr)
         else:
             scale = tl.load(absmax_ptr + block, mask=wmask, other=0.0)
         w = (value * scale).to(x_ptr.dtype.element_ty)  # the dequantized weight, rounded as dequant_4bit rounds it
@@ -52,7 +55,16 @@ def _matmul_4bit_kernel(x_ptr, packed_ptr, code_ptr, absmax_ptr, code8_ptr, absm
         else:
             acc += tl.dot(x, tl.trans(w))
     out = out_ptr + rm[:, None] * N + rn[None, :]
-    tl.atomic_add(out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+    omask = (rm[:, None] < M) & (rn[None, :] < N)
+    if SPLIT:
+        tl.atomic_add(out, acc, mask=omask)
+    else:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _tiles(n: int, k: int, device: torch.device) -> tuple[int, int, int]:
@@ -61,7 +73,7 @@ def _tiles(n: int, k: int, device: torch.device) -> tuple[int, int, int]:
         return 64, 256, 1
     block_n, block_k = 64, 128
     programs = triton.cdiv(n, block_n)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _multiprocessors(device)
     split_k = 1
     while programs * split_k < 2 * sms and k // (split_k * 2) >= 4 * block_k:
         split_k *= 2
@@ -78,15 +90,17 @@ def matmul_4bit(x: torch.Tensor, packed: torch.Tensor, state: QuantState, split_
     block_n, block_k, auto_split = _tiles(n, k, x.device)
     split = split_k or auto_split
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
-    out = torch.zeros(m, n, dtype=torch.float32, device=x.device)
+    splits = triton.cdiv(k, k_per_split)
+    out = torch.zeros(m, n, dtype=torch.float32, device=x.device) if splits > 1 else torch.empty(m, n, dtype=x.dtype, device=x.device)
     nested = bool(state.nested)
     s2 = state.state2 if nested else None
-    _matmul_4bit_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, k_per_split))](
-        x2, packed, state.code, state.absmax,
+    _matmul_4bit_kernel[(triton.cdiv(n, block_n), splits)](
+        x2, packed.view(torch.uint8), state.code, state.absmax,
         s2.code if nested else state.code, s2.absmax if nested else state.absmax,
-        float(state.offset) if nested else 0.0, out,
+        state.offset if nested else state.code, out,  # a pointer: float() would wait for the GPU
         m, n, k, x2.stride(0), k_per_split,
         NESTED=nested, BLOCKSIZE=state.blocksize, BLOCKSIZE2=s2.blocksize if nested else 1,
         BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, DOT_FP32=INTERPRET or x.dtype == torch.float32,
+        SPLIT=splits > 1,
     )
     return out.to(x.dtype).reshape(*x.shape[:-1], n)

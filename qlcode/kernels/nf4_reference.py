@@ -29,7 +29,7 @@ def absmax_of(state: QuantState) -> torch.Tensor:
 
 def dequantize_4bit(packed: torch.Tensor, state: QuantState, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Same values as bitsandbytes.functional.dequantize_4bit: code[index] * absmax in fp32, then cast."""
-    bytes_ = packed.reshape(-1)
+    bytes_ = packed.contiguous().view(torch.uint8).reshape(-1)  # any quant_storage dtype holds the same bytes
     idx = torch.stack([bytes_ >> 4, bytes_ & 0xF], dim=1).reshape(-1).long()
     n = state.shape.numel()
     scales = absmax_of(state).repeat_interleave(state.blocksize)[:n]
