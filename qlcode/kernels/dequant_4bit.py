@@ -22,21 +22,31 @@ BLOCK = 65536 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
 
 
 @triton.jit
-def _dequantize_kernel(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset_ptr, out_ptr, n,
-                       NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    byte = tl.load(packed_ptr + offs // 2, mask=mask, other=0).to(tl.int32)
-    nibble = tl.where(offs % 2 == 0, byte >> 4, byte & 15)  # the high nibble holds the even element
+def dequantized_values(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset_ptr, e, mask,
+                       NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr):
+    """fp32 values of the weight's elements at flat indices `e`: code[nibble] * the block's scale.
+    Shared with the fused matmul, so both dequantize with the same arithmetic."""
+    byte = tl.load(packed_ptr + e // 2, mask=mask, other=0).to(tl.int32)
+    nibble = tl.where(e % 2 == 0, byte >> 4, byte & 15)  # the high nibble holds the even element
     value = tl.load(code_ptr + nibble, mask=mask, other=0.0).to(tl.float32)
-    block = offs // BLOCKSIZE
+    block = e // BLOCKSIZE
     if NESTED:
         q = tl.load(absmax_ptr + block, mask=mask, other=0).to(tl.int32)
         scale = tl.load(code8_ptr + q, mask=mask, other=0.0) * tl.load(absmax2_ptr + block // BLOCKSIZE2, mask=mask, other=0.0)
         scale = scale + tl.load(offset_ptr)
     else:
         scale = tl.load(absmax_ptr + block, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, (value * scale).to(out_ptr.dtype.element_ty), mask=mask)
+    return value * scale
+
+
+@triton.jit
+def _dequantize_kernel(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset_ptr, out_ptr, n,
+                       NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    w = dequantized_values(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset_ptr, offs, mask,
+                           NESTED, BLOCKSIZE, BLOCKSIZE2)
+    tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def dequantize_4bit(packed: torch.Tensor, state: QuantState, dtype: torch.dtype | None = None,

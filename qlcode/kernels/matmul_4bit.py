@@ -21,6 +21,8 @@ import triton
 import triton.language as tl
 from bitsandbytes.functional import QuantState
 
+from qlcode.kernels.dequant_4bit import dequantized_values
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ROWS = 16  # the rows of one program: decoding, not prefill (prefill dequantizes and uses cuBLAS)
 
@@ -40,16 +42,9 @@ def _matmul_4bit_kernel(x_ptr, packed_ptr, code_ptr, absmax_ptr, code8_ptr, absm
         x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
         wmask = (rn[:, None] < N) & (rk[None, :] < K)
         e = rn[:, None] * K + rk[None, :]  # flat element index of W[n, k]
-        byte = tl.load(packed_ptr + e // 2, mask=wmask, other=0).to(tl.int32)
-        value = tl.load(code_ptr + tl.where(e % 2 == 0, byte >> 4, byte & 15), mask=wmask, other=0.0).to(tl.float32)
-        block = e // BLOCKSIZE
-        if NESTED:
-            q = tl.load(absmax_ptr + block, mask=wmask, other=0).to(tl.int32)
-            scale = tl.load(code8_ptr + q, mask=wmask, other=0.0) * tl.load(absmax2_ptr + block // BLOCKSIZE2, mask=wmask, other=0.0)
-            scale = scale + tl.load(offset_ptr)
-        else:
-            scale = tl.load(absmax_ptr + block, mask=wmask, other=0.0)
-        w = (value * scale).to(x_ptr.dtype.element_ty)  # the dequantized weight, rounded as dequant_4bit rounds it
+        w = dequantized_values(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset_ptr, e, wmask,
+                               NESTED, BLOCKSIZE, BLOCKSIZE2)
+        w = w.to(x_ptr.dtype.element_ty)  # rounded as dequant_4bit rounds it
         if DOT_FP32:  # the interpreter cannot multiply bf16: the same products, taken in fp32
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
