@@ -3,13 +3,13 @@
     python benchmarks/train_step.py                                   # on a GPU (random weights, no download)
     python benchmarks/train_step.py --scale 32 --layers 2 --seq-len 64 --steps 2   # without one: a run of the script
 
-Both variants load the same random-weight model through qlcode's loading path (NF4, double
-quant, bf16 compute) and wrap it with recipes/python-sft.yaml's LoRA settings (r 16, all linear
-layers) and gradient checkpointing; the baseline is exactly peft over bitsandbytes
-(quant.kernels: bitsandbytes), qlcode patches the same model with quant.kernels: triton. One
-step is forward, backward and an 8-bit AdamW update of micro batch 2 x seq-len tokens under bf16
-autocast. Same process, same GPU, baseline first. The first step's loss is printed for both: the
-kernels must not change it.
+A random-weight model is loaded once through qlcode's loading path (NF4, double quant, bf16
+compute) and wrapped with recipes/python-sft.yaml's LoRA settings (r 16, all linear layers) and
+gradient checkpointing. The baseline is exactly peft over bitsandbytes (quant.kernels:
+bitsandbytes); then the same model is patched in place with quant.kernels: triton. One step is
+forward, backward and an 8-bit AdamW update (learning rate 0, so the weights stay the same for
+both) of micro batch 2 x seq-len tokens under bf16 autocast. Same process, same GPU, baseline
+first. The first step's loss is printed for both: the kernels must not change it.
 """
 
 from __future__ import annotations
@@ -20,20 +20,8 @@ import harness
 import torch
 
 
-def measure(kernels: str, model_dir, args) -> tuple[float, str, float]:
-    """(tokens/s, peak GPU memory in GiB, first-step loss)."""
-    import bitsandbytes as bnb
-
-    from qlcode.models import load_base, with_lora
-    from qlcode.recipe import load_recipe
-
-    recipe = load_recipe(harness.REPO / "recipes" / "python-sft.yaml",
-                         [f"model.base={model_dir}", f"quant.kernels={kernels}", "lora.dropout=0"])
-    model = with_lora(load_base(recipe.model, recipe.quant), recipe)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = bnb.optim.AdamW8bit(params, lr=1e-5) if harness.GPU else torch.optim.AdamW(params, lr=1e-5)
-    ids = torch.randint(3, harness.VOCAB, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(harness.DEVICE)
+def measure(model, opt, ids: torch.Tensor, args) -> tuple[float, str, float]:
+    """(tokens/s, peak GPU memory in GiB, first-step loss) of args.steps steps after args.warmup."""
     losses = []
 
     def step() -> None:
@@ -47,9 +35,7 @@ def measure(kernels: str, model_dir, args) -> tuple[float, str, float]:
     harness.free_memory()
     seconds = harness.seconds_per_call(step, args.steps, warmup=args.warmup)
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if harness.GPU else "-"
-    del model, opt, params
-    harness.free_memory()
-    return args.batch * args.seq_len / seconds, peak, losses[0]
+    return ids.numel() / seconds, peak, losses[0]
 
 
 def main() -> None:
@@ -62,8 +48,22 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
 
+    import bitsandbytes as bnb
+
+    from qlcode.models import load_base, use_kernels, with_lora
+    from qlcode.recipe import load_recipe
+
     model_dir = harness.random_codellama("7B", args.scale, args.layers)
-    results = {kernels: measure(kernels, model_dir, args) for kernels in ("bitsandbytes", "triton")}
+    recipe = load_recipe(harness.REPO / "recipes" / "python-sft.yaml",
+                         [f"model.base={model_dir}", "quant.kernels=bitsandbytes", "lora.dropout=0"])
+    model = with_lora(load_base(recipe.model, recipe.quant), recipe).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # lr 0: the optimizer does all its work but the weights stay, so both variants step the same model
+    opt = bnb.optim.AdamW8bit(params, lr=0.0) if harness.GPU else torch.optim.AdamW(params, lr=0.0)
+    ids = torch.randint(3, harness.VOCAB, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(harness.DEVICE)
+    results = {"bitsandbytes": measure(model, opt, ids, args)}
+    use_kernels(model, recipe.quant.model_copy(update={"kernels": "triton"}))  # the same model, patched in place
+    results["triton"] = measure(model, opt, ids, args)
     print(harness.header(f"train step: CodeLlama-7B architecture (/{args.scale}, {args.layers or 32} layers), "
                          f"QLoRA r16 all-linear, micro batch {args.batch} x {args.seq_len}, gradient checkpointing, "
                          f"{args.steps} steps after {args.warmup}"))

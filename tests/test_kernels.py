@@ -1,4 +1,5 @@
-"""4-bit kernels against bitsandbytes: the torch reference and the Triton kernel (interpreted on CPU)."""
+"""4-bit kernels against bitsandbytes: the torch reference and the Triton kernels (interpreted on CPU;
+compiled on a GPU, where the kernel-level tests run on CUDA tensors against bitsandbytes' CUDA kernels)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 from qlcode.kernels import nf4_reference as R
 from qlcode.kernels.dequant_4bit import dequantize_4bit
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 # (out, in) of CodeLlama-7B/13B/34B's q, k, v, o, gate, up, down projections, each dimension / 32
 ARCH = {"7B": (4096, 11008, 4096), "13B": (5120, 13824, 5120), "34B": (8192, 22016, 1024)}  # hidden, ffn, kv width
 SHAPES = {f"{name}-{proj}": tuple(d // 32 for d in shape)
@@ -16,9 +19,9 @@ SHAPES = {f"{name}-{proj}": tuple(d // 32 for d in shape)
           for proj, shape in {"q": (h, h), "k": (kv, h), "v": (kv, h), "o": (h, h), "gate": (f, h), "up": (f, h), "down": (h, f)}.items()}
 
 
-def _quantized(shape, quant_type="nf4", double=True, seed=0):
+def _quantized(shape, quant_type="nf4", double=True, seed=0, device=DEVICE):
     torch.manual_seed(seed)
-    w = torch.randn(shape) * 0.02
+    w = (torch.randn(shape) * 0.02).to(device)
     q, state = F.quantize_4bit(w, blocksize=64, compress_statistics=double, quant_type=quant_type)
     return w, q, state
 
@@ -29,7 +32,7 @@ def test_kernel_matches_reference_and_bitsandbytes_on_codellama_shapes(name):
     _, q, state = _quantized(shape)
     # bitsandbytes 0.50's CPU dequantize_4bit is wrong for rows that are not a multiple of 64
     # (it treats blocks per row); those shapes are checked against the reference only
-    bnb_ok = shape[1] % 64 == 0
+    bnb_ok = shape[1] % 64 == 0 or DEVICE.type == "cuda"
     for dtype in (torch.float32, torch.float16):
         got = dequantize_4bit(q, state, dtype)
         assert torch.equal(got, R.dequantize_4bit(q, state, dtype))
@@ -57,17 +60,17 @@ def test_packed_weights_in_another_storage_dtype(storage):
     from qlcode.kernels.matmul_4bit import matmul_4bit
 
     torch.manual_seed(0)
-    w = torch.randn(128, 192) * 0.02
+    w = (torch.randn(128, 192) * 0.02).to(DEVICE)
     q, state = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4", quant_storage=storage)
     assert q.dtype == storage
     want = F.dequantize_4bit(q, state)
     assert torch.equal(R.dequantize_4bit(q, state), want) and torch.equal(dequantize_4bit(q, state, torch.float32), want)
-    x = torch.randn(3, 192)
+    x = torch.randn(3, 192, device=DEVICE)
     _within_one_rounding(matmul_4bit(x, q, state), x, want)
 
 
 def test_one_buffer_serves_every_layer():
-    buffer = torch.empty(max(a * b for a, b in SHAPES.values()), dtype=torch.float16)
+    buffer = torch.empty(max(a * b for a, b in SHAPES.values()), dtype=torch.float16, device=DEVICE)
     for name in ("7B-q", "7B-gate", "7B-down"):
         _, q, state = _quantized(SHAPES[name])
         got = dequantize_4bit(q, state, torch.float16, out=buffer)
@@ -79,10 +82,10 @@ def test_one_buffer_serves_every_layer():
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("shape", [(256, 512), (1000, 640), (100, 37)])
 def test_reference_quantize_gives_bitsandbytes_bytes(quant_type, shape):
-    w, q, state = _quantized(shape, quant_type, double=False, seed=1)
+    w, q, state = _quantized(shape, quant_type, double=False, seed=1, device="cpu")  # the format, checked once
     packed, absmax, _ = R.quantize_4bit(w, state.code, quant_type == "fp4", False)
     assert torch.equal(packed.reshape(-1), q.reshape(-1)) and torch.equal(absmax, state.absmax)
-    _, qd, sd = _quantized(shape, quant_type, double=True, seed=1)
+    _, qd, sd = _quantized(shape, quant_type, double=True, seed=1, device="cpu")
     packed, codes8, extra = R.quantize_4bit(w, sd.code, quant_type == "fp4", True, sd.state2.code)
     assert torch.equal(packed.reshape(-1), qd.reshape(-1))
     assert torch.equal(extra["absmax2"], sd.state2.absmax) and float(extra["offset"]) == float(sd.offset)
@@ -110,7 +113,7 @@ def test_fused_matmul_on_codellama_shapes(name, rows):
 
     _, q, state = _quantized(SHAPES[name])
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        x = torch.randn(rows, SHAPES[name][1]).to(dtype)
+        x = torch.randn(rows, SHAPES[name][1]).to(DEVICE, dtype)
         got = matmul_4bit(x, q, state)
         assert got.dtype == dtype and got.shape == (rows, SHAPES[name][0])
         _within_one_rounding(got, x, R.dequantize_4bit(q, state, dtype))
@@ -123,12 +126,12 @@ def test_fused_matmul_split_reduction_and_ragged_shapes(quant_type, double, spli
     from qlcode.kernels.matmul_4bit import matmul_4bit
 
     _, q, state = _quantized((100, 999), quant_type, double)  # neither dimension a multiple of a tile or block
-    x = torch.randn(2, 5, 999)
+    x = torch.randn(2, 5, 999, device=DEVICE)
     got = matmul_4bit(x, q, state, split_k=split_k)
     assert got.shape == (2, 5, 100)
     _within_one_rounding(got.reshape(10, 100), x.reshape(10, 999), R.dequantize_4bit(q, state))
     with pytest.raises(ValueError, match="matmul_4bit takes at most 16 rows \\(got 17\\); dequantize and use a matmul"):
-        matmul_4bit(torch.randn(17, 999), q, state)
+        matmul_4bit(torch.randn(17, 999, device=DEVICE), q, state)
 
 
 @pytest.mark.parametrize("tokens", [6, 40])  # decoding's rows take the fused kernel, more rows dequantize
@@ -136,9 +139,9 @@ def test_qlora_function_gradcheck_on_the_reference_and_kernels_against_it(tokens
     from qlcode.kernels.qlora_linear import REFERENCE, QLoRALinear, triton_kernels
 
     _, q, state = _quantized((48, 64))
-    x = torch.randn(2, tokens // 2, 64, dtype=torch.float64, requires_grad=True)
-    a = torch.randn(4, 64, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(48, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, tokens // 2, 64, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    a = torch.randn(4, 64, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(48, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, a, b: QLoRALinear.apply(x, x, q, state, a, b, 0.5, REFERENCE), (x, a, b))
 
     def grads(kernels):
