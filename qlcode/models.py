@@ -177,9 +177,9 @@ def use_kernels(model: M, quant: QuantSection) -> M:
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise ModelError("quant.kernels: triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it slowly on CPU, for tests); "
                          "use quant.kernels: bitsandbytes here")
-    from qlcode.kernels.qlora_linear import patch_model, triton_kernels
+    from qlcode.kernels.qlora_linear import TRITON, patch_model
 
-    patch_model(model, triton_kernels())
+    patch_model(model, TRITON)
     return model
 
 

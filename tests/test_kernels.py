@@ -136,7 +136,7 @@ def test_fused_matmul_split_reduction_and_ragged_shapes(quant_type, double, spli
 
 @pytest.mark.parametrize("tokens", [6, 40])  # decoding's rows take the fused kernel, more rows dequantize
 def test_qlora_function_gradcheck_on_the_reference_and_kernels_against_it(tokens):
-    from qlcode.kernels.qlora_linear import REFERENCE, QLoRALinear, triton_kernels
+    from qlcode.kernels.qlora_linear import REFERENCE, TRITON, QLoRALinear
 
     _, q, state = _quantized((48, 64))
     x = torch.randn(2, tokens // 2, 64, dtype=torch.float64, device=DEVICE, requires_grad=True)
@@ -151,7 +151,7 @@ def test_qlora_function_gradcheck_on_the_reference_and_kernels_against_it(tokens
         return y, xs.grad, as_.grad, bs.grad
 
     tolerance = {"rtol": 1e-5, "atol": 1e-5} if tokens <= 16 else {"rtol": 0, "atol": 0}  # fused: another summation order
-    for got, want in zip(grads(triton_kernels()), grads(REFERENCE)):
+    for got, want in zip(grads(TRITON), grads(REFERENCE)):
         torch.testing.assert_close(got, want, **tolerance)
 
 
@@ -159,7 +159,7 @@ def test_patched_4bit_model_decodes_like_bitsandbytes(tiny_base):
     """Generation through the fused kernel (bare 4-bit base and LoRA over it) against bitsandbytes."""
     from peft import LoraConfig, get_peft_model
 
-    from qlcode.kernels.qlora_linear import patch_model, triton_kernels
+    from qlcode.kernels.qlora_linear import TRITON, patch_model
     from qlcode.models import load_base
     from qlcode.recipe import ModelSection, QuantSection
 
@@ -176,7 +176,7 @@ def test_patched_4bit_model_decodes_like_bitsandbytes(tiny_base):
         return logits, plain, tokens
 
     want = run()
-    assert patch_model(model, triton_kernels()) == 2 * 7 * 2, "each of the 14 projections: its LoRA layer and its 4-bit base"
+    assert patch_model(model, TRITON) == 2 * 7 * 2, "each of the 14 projections: its LoRA layer and its 4-bit base"
     got = run()
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
@@ -187,7 +187,7 @@ def test_training_step_under_bf16_autocast_matches_peft(tiny_base):
     """The GPU recipe's precision (bf16 autocast over fp32 LoRA weights): loss and LoRA gradients as PEFT's."""
     from peft import LoraConfig, get_peft_model
 
-    from qlcode.kernels.qlora_linear import patch_model, triton_kernels
+    from qlcode.kernels.qlora_linear import TRITON, patch_model
     from qlcode.models import load_base
     from qlcode.recipe import ModelSection, QuantSection
 
@@ -206,7 +206,7 @@ def test_training_step_under_bf16_autocast_matches_peft(tiny_base):
 
     exact_loss, exact = step(autocast=False)
     peft_loss, peft = step(autocast=True)
-    patch_model(model, triton_kernels())
+    patch_model(model, TRITON)
     loss, got = step(autocast=True)
     assert abs(loss - exact_loss) <= 2 * abs(peft_loss - exact_loss) + 1e-3
     assert all(g.dtype == torch.float32 for g in got.values()), "gradients of the fp32 masters stay fp32"

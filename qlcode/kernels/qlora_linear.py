@@ -11,8 +11,8 @@ is kept out until a GPU measurement shows it pays (the issue's rule; none was le
 
 `patch_model` swaps these forwards in for every PEFT LoRA-over-Linear4bit layer and every bare
 bitsandbytes Linear4bit, in place: parameters, adapter files, saving, loading and merging are
-untouched, and a LoRA layer whose adapter is disabled, merged or DoRA falls back to PEFT's own
-forward (over the patched base layer).
+untouched, and a LoRA layer whose adapter is disabled, merged, DoRA or mixed per batch row falls
+back to PEFT's own forward (over the patched base layer).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qlcode.kernels import nf4_reference
-from qlcode.kernels.matmul_4bit import MAX_ROWS
+from qlcode.kernels import dequant_4bit, matmul_4bit as fused, nf4_reference
 
 
 @dataclass(frozen=True)
@@ -34,19 +33,12 @@ class Kernels:
 
 
 REFERENCE = Kernels(nf4_reference.dequantize_4bit, nf4_reference.matmul_4bit)
+TRITON = Kernels(dequant_4bit.dequantize_4bit, fused.matmul_4bit)
 
 
-def triton_kernels() -> Kernels:
-    """The Triton ops (imported here: triton needs a GPU, or TRITON_INTERPRET=1, to launch)."""
-    from qlcode.kernels.dequant_4bit import dequantize_4bit
-    from qlcode.kernels.matmul_4bit import matmul_4bit
-
-    return Kernels(dequantize_4bit, matmul_4bit)
-
-
-def matmul_4bit(x: torch.Tensor, packed: torch.Tensor, state, kernels: Kernels) -> torch.Tensor:
+def linear_4bit(x: torch.Tensor, packed: torch.Tensor, state, kernels: Kernels) -> torch.Tensor:
     """x @ W^T: fused for decoding's few rows, dequantize then matmul for prefill and training."""
-    if x.numel() // x.shape[-1] <= MAX_ROWS:
+    if x.numel() // x.shape[-1] <= fused.MAX_ROWS:
         return kernels.matmul(x, packed, state)
     return x @ kernels.dequantize(packed, state, x.dtype).t()
 
@@ -60,7 +52,7 @@ class QLoRALinear(torch.autograd.Function):
         ctx.save_for_backward(x_lora, lora_a, lora_b)
         ctx.packed, ctx.state, ctx.scale, ctx.kernels = packed, state, scale, kernels
         a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
-        return matmul_4bit(x, packed, state, kernels) + scale * ((x_lora @ a.t()) @ b.t())
+        return linear_4bit(x, packed, state, kernels) + scale * ((x_lora @ a.t()) @ b.t())
 
     @staticmethod
     def backward(ctx, grad):
@@ -91,7 +83,8 @@ def _with_bias(y: torch.Tensor, layer) -> torch.Tensor:
 def _lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """Replacement forward of peft.tuners.lora.bnb.Linear4bit (one active LoRA adapter)."""
     active = self.active_adapters
-    if self.disable_adapters or self.merged or len(active) != 1 or self.use_dora.get(active[0]):
+    if (self.disable_adapters or self.merged or len(active) != 1 or self.use_dora.get(active[0])
+            or kwargs.get("adapter_names") is not None):  # PEFT's mixed-adapter batches stay PEFT's
         return self._qlcode_original_forward(x, *args, **kwargs)
     name = active[0]
     weight = self.base_layer.weight
@@ -107,7 +100,7 @@ def _linear4bit_forward(self, x: torch.Tensor) -> torch.Tensor:
     """Replacement forward of bitsandbytes.nn.Linear4bit: same compute dtype, qlcode's kernels."""
     dtype = compute_dtype(x, self.compute_dtype or x.dtype)
     with torch.autocast(x.device.type, enabled=False):
-        y = matmul_4bit(x.to(dtype), self.weight.data, self.weight.quant_state, self._qlcode_kernels)
+        y = linear_4bit(x.to(dtype), self.weight.data, self.weight.quant_state, self._qlcode_kernels)
     return _with_bias(y, self).to(x.dtype)
 
 
