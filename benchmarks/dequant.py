@@ -40,7 +40,10 @@ def main() -> None:
         w = (torch.randn(n, k, device=harness.DEVICE) * 0.02).to(dtype)
         packed, state = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
         out = buffer[: n * k].view(n, k)
-        moved = packed.numel() + state.absmax.numel() + 4 * state.state2.absmax.numel() + 256 * 4 + out.numel() * out.element_size()
+        # read: the 4-bit bytes, the 8-bit block scales, the fp32 scales of those, the 256-entry code table;
+        # written: the weight
+        moved = (packed.numel() + state.absmax.numel() + 4 * state.state2.absmax.numel() + 4 * state.state2.code.numel()
+                 + out.numel() * out.element_size())
         ours = harness.seconds_per_call(lambda: dequantize_4bit(packed, state, dtype, out=buffer), args.iters)
         same = torch.equal(out, F.dequantize_4bit(packed, state).to(dtype))
         target = out if harness.GPU else None  # bitsandbytes has no CPU kernel with out=
