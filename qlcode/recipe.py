@@ -462,6 +462,9 @@ def _check_consistency(recipe: Recipe, where) -> None:
             problems.append((("model", "base"), f"no such model directory {base!r}"))
     if recipe.data.fim is not None and recipe.train.method == "dpo":
         problems.append((("data", "fim"), "infilling examples train with train.method: sft, not dpo"))
+    if recipe.quant.kernels == "triton" and recipe.quant.bits != 4:
+        problems.append((("quant", "kernels"), f"qlcode's Triton kernels run 4-bit weights; with quant.bits {recipe.quant.bits} "
+                                               "use quant.kernels: auto or bitsandbytes"))
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append((("hub", "push"), "pushing needs hub.repo_id (user/name)"))
     if problems:

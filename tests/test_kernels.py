@@ -240,3 +240,17 @@ def test_training_through_the_kernels_matches_the_bitsandbytes_path(tmp_path, ti
     assert a.keys() == b.keys(), "the adapter files are the same whichever kernels trained them"
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
+
+
+def test_triton_kernels_without_4bit_weights_is_a_recipe_error(tmp_path):
+    import yaml
+
+    from qlcode.errors import RecipeError
+    from qlcode.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": {"base": "builtin:micro-codellama"}, "quant": {"bits": 8, "kernels": "triton"},
+                                    "data": {"datasets": [{"source": "builtin:stdlib-python-instruct", "format": "alpaca"}]}}))
+    with pytest.raises(RecipeError, match=r"r.yaml:\d+: quant.kernels: qlcode's Triton kernels run 4-bit weights; "
+                                          r"with quant.bits 8 use quant.kernels: auto or bitsandbytes"):
+        load_recipe(path)
