@@ -26,6 +26,18 @@ def _quantized(shape, quant_type="nf4", double=True, seed=0, device=DEVICE):
     return w, q, state
 
 
+def _within_one_rounding(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    """got equals x @ w^T (w as dequantize gives it) up to fp32 summation order and one rounding of
+    its dtype; in bf16 each weight may also sit one ulp away (the interpreter's bf16 casts)."""
+    want = x.double() @ w.double().t()
+    eps = torch.finfo(got.dtype).eps
+    bound = eps * want.abs() + 1e-5 * want.abs().max()
+    if got.dtype == torch.bfloat16:
+        bound = bound + eps * (x.double().abs() @ w.double().abs().t())
+    err = (got.double() - want).abs()
+    assert (err <= bound).all(), f"max error {err.max().item():.3g}"
+
+
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_kernel_matches_reference_and_bitsandbytes_on_codellama_shapes(name):
     shape = SHAPES[name]
@@ -92,18 +104,6 @@ def test_reference_quantize_gives_bitsandbytes_bytes(quant_type, shape):
     # the 8-bit scale codes: bitsandbytes' CPU search is not always the nearest code; a few land one code away
     diff = (codes8.long() - sd.absmax.long()).abs()
     assert diff.max() <= 1 and (diff == 0).float().mean() >= 0.98
-
-
-def _within_one_rounding(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
-    """got equals x @ w^T (w as dequantize gives it) up to fp32 summation order and one rounding of
-    its dtype; in bf16 each weight may also sit one ulp away (the interpreter's bf16 casts, as above)."""
-    want = x.double() @ w.double().t()
-    eps = torch.finfo(got.dtype).eps
-    bound = eps * want.abs() + 1e-5 * want.abs().max()
-    if got.dtype == torch.bfloat16:
-        bound = bound + eps * (x.double().abs() @ w.double().abs().t())
-    err = (got.double() - want).abs()
-    assert (err <= bound).all(), f"max error {err.max().item():.3g}"
 
 
 @pytest.mark.parametrize("name", ["7B-q", "7B-k", "13B-down", "34B-k", "34B-gate"])
