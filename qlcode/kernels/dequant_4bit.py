@@ -49,6 +49,16 @@ def _dequantize_kernel(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr,
     tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def state_arguments(packed: torch.Tensor, state: QuantState) -> tuple[tuple, dict]:
+    """`dequantized_values`' pointer arguments and constants for one weight (every kernel here takes them)."""
+    nested = bool(state.nested)
+    s2 = state.state2 if nested else None
+    pointers = (packed.view(torch.uint8), state.code, state.absmax,
+                s2.code if nested else state.code, s2.absmax if nested else state.absmax,
+                state.offset if nested else state.code)  # the offset by pointer: float() would wait for the GPU
+    return pointers, {"NESTED": nested, "BLOCKSIZE": state.blocksize, "BLOCKSIZE2": s2.blocksize if nested else 1}
+
+
 def dequantize_4bit(packed: torch.Tensor, state: QuantState, dtype: torch.dtype | None = None,
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """The weight as `state.shape` in `dtype`; `out`, if given, is a flat buffer at least that large
@@ -59,12 +69,6 @@ def dequantize_4bit(packed: torch.Tensor, state: QuantState, dtype: torch.dtype 
         out = torch.empty(n, dtype=dtype, device=packed.device)
     elif out.dtype != dtype or out.numel() < n or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {dtype} buffer of at least {n} elements")
-    nested = bool(state.nested)
-    s2 = state.state2 if nested else None
-    _dequantize_kernel[(triton.cdiv(n, BLOCK),)](
-        packed.view(torch.uint8), state.code, state.absmax,
-        s2.code if nested else state.code, s2.absmax if nested else state.absmax,
-        state.offset if nested else state.code, out, n,  # offset by pointer: float() would wait for the GPU
-        NESTED=nested, BLOCKSIZE=state.blocksize, BLOCKSIZE2=s2.blocksize if nested else 1, BLOCK=BLOCK,
-    )
+    pointers, constants = state_arguments(packed, state)
+    _dequantize_kernel[(triton.cdiv(n, BLOCK),)](*pointers, out, n, **constants, BLOCK=BLOCK)
     return out[:n].view(state.shape)

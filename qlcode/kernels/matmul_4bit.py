@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from bitsandbytes.functional import QuantState
 
-from qlcode.kernels.dequant_4bit import dequantized_values
+from qlcode.kernels.dequant_4bit import dequantized_values, state_arguments
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ROWS = 16  # the rows of one program: decoding, not prefill (prefill dequantizes and uses cuBLAS)
@@ -87,14 +87,9 @@ def matmul_4bit(x: torch.Tensor, packed: torch.Tensor, state: QuantState, split_
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     splits = triton.cdiv(k, k_per_split)
     out = torch.zeros(m, n, dtype=torch.float32, device=x.device) if splits > 1 else torch.empty(m, n, dtype=x.dtype, device=x.device)
-    nested = bool(state.nested)
-    s2 = state.state2 if nested else None
+    pointers, constants = state_arguments(packed, state)
     _matmul_4bit_kernel[(triton.cdiv(n, block_n), splits)](
-        x2, packed.view(torch.uint8), state.code, state.absmax,
-        s2.code if nested else state.code, s2.absmax if nested else state.absmax,
-        state.offset if nested else state.code, out,  # a pointer: float() would wait for the GPU
-        m, n, k, x2.stride(0), k_per_split,
-        NESTED=nested, BLOCKSIZE=state.blocksize, BLOCKSIZE2=s2.blocksize if nested else 1,
+        x2, *pointers, out, m, n, k, x2.stride(0), k_per_split, **constants,
         BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, DOT_FP32=INTERPRET or x.dtype == torch.float32,
         SPLIT=splits > 1,
     )
