@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from itertools import combinations
@@ -116,7 +117,11 @@ def test_pairs_from_unit_tests_train_a_dpo_recipe(tmp_path):
         assert r["chosen"] != r["rejected"] and r["rejected_outcome"] == "failed" and r["rejected_error"] == "AssertionError"
         assert r["prompt"] == f"# problem {r['task_id'][1:]}\ns = r'''"
     out = " ".join(res.stdout.split())
-    assert "problems had no passing sample: never" in out and "problems had no failing sample: always" in out
+    no_pass = re.search(r"(\d+) problems had no passing sample: ([\w, ]+?)(?= \d+ problems|$)", out)
+    no_fail = re.search(r"(\d+) problems had no failing sample: ([\w, ]+?)(?= \d+ problems|$)", out)
+    assert no_pass and "never" in no_pass[2].split(", ") and int(no_pass[1]) == len(no_pass[2].split(", ")), out
+    assert no_fail and "always" in no_fail[2].split(", "), out
+    assert f"{len(rows)} pairs from 6 problems" in out
     recipe = make_recipe(tmp_path, "builtin:micro-codellama", tmp_path / "pairs.jsonl", fmt="preference",
                          train={"method": "dpo", "max_steps": 2}, data={"template": "completion", "validation": 0})
     assert train(recipe).steps == 2

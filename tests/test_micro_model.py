@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from qlcode.builtin import MODELS
 from qlcode.builtin.evaluate_micro_codellama import first_statement, perplexity, pretrained_model, untrained_model
+from qlcode.builtin import stdlib_corpus
 from qlcode.builtin.pretrain_micro_codellama import documents
 
 from conftest import REPO
@@ -22,6 +23,20 @@ def test_pretrained_weights_beat_the_untrained_model_on_held_out_code():
     assert untrained > 3000 and trained < untrained / 50, (trained, untrained)
     record = json.loads((MODELS["micro-codellama"] / "pretraining.json").read_text())
     assert record["tokens_seen"] > 5_000_000 and all(stage["fim_rate"] == 0.9 for stage in record["stages"])
+
+
+def test_pretraining_corpus_adds_the_test_suite_without_the_tests_of_held_out_modules(tmp_path, monkeypatch):
+    for f in ["os.py", "json/__init__.py", "json/decoder.py", "test/test_os.py", "test/test_json/test_decode.py",
+              "test/test_string_literals.py", "test/test_stringprep.py", "unittest/test/test_case.py", "site-packages/x.py"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x = 1\n")
+    monkeypatch.setattr(stdlib_corpus, "stdlib_root", lambda: tmp_path)
+    modules = lambda **kw: [m for m, _ in stdlib_corpus.iter_sources(**kw)]  # noqa: E731
+    assert modules(held_out=False) == ["os"]
+    assert modules(held_out=False, tests=True) == ["os", "test.test_os", "test.test_stringprep", "unittest.test.test_case"]
+    assert modules(held_out=True) == ["json", "json.decoder"]
+    assert modules(held_out=True, tests=True) == ["json", "json.decoder", "test.test_json.test_decode",
+                                                  "test.test_string_literals"]
 
 
 def test_package_weights_stay_small():

@@ -1,6 +1,8 @@
 """The Python standard library's own source: real, PSF-licensed code present on every machine.
 
-It is the corpus of the micro model's tokenizer and of builtin:stdlib-python-instruct.
+Its modules are the corpus of the micro model's tokenizer and of builtin:stdlib-python-instruct;
+the micro model's pretraining also reads CPython's test suite (Lib/test and the packages' tests),
+where the interpreter ships it, for three times the code the modules alone hold.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 
 from qlcode.builtin import HELD_OUT_MODULES
 
-SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3", "turtledemo"}
+TEST_PARTS = {"test", "tests", "idle_test"}
+SKIP_PARTS = {"site-packages", "dist-packages", "__pycache__", "lib2to3", "turtledemo"}
 
 
 def stdlib_root() -> Path:
@@ -24,14 +27,23 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def is_held_out(module: str) -> bool:
-    return module.split(".")[0] in HELD_OUT_MODULES
+    """A held-out module, or a test of one (test.test_json.test_decode tests json)."""
+    top, *rest = module.split(".")
+    if top == "test" and rest:
+        tested = rest[0].removeprefix("test_")
+        return any(tested == m or tested.startswith(m + "_") for m in HELD_OUT_MODULES)
+    return top in HELD_OUT_MODULES
 
 
-def iter_sources(held_out: bool | None = None) -> Iterator[tuple[str, str]]:
-    """(module, source) for each stdlib file, sorted; held_out=None yields all, else that side only."""
+def iter_sources(held_out: bool | None = None, tests: bool = False) -> Iterator[tuple[str, str]]:
+    """(module, source) for each stdlib file, sorted; held_out=None yields all, else that side only.
+
+    tests=True adds the test suite's files (those testing held-out modules count as held out).
+    """
     root = stdlib_root()
+    skip = SKIP_PARTS if tests else SKIP_PARTS | TEST_PARTS
     for path in sorted(root.rglob("*.py")):
-        if SKIP_PARTS & set(path.relative_to(root).parts):
+        if skip & set(path.relative_to(root).parts):
             continue
         module = module_name(path, root)
         if held_out is not None and is_held_out(module) != held_out:
