@@ -2,7 +2,7 @@
 
 Its modules are the corpus of the micro model's tokenizer and of builtin:stdlib-python-instruct;
 the micro model's pretraining also reads CPython's test suite (Lib/test and the packages' tests),
-where the interpreter ships it, for three times the code the modules alone hold.
+where the interpreter ships it: 29.8M characters in all here, against 11.4M for the modules alone.
 """
 
 from __future__ import annotations
