@@ -7,6 +7,7 @@ import random
 import torch
 
 from qlcode.data.fim import fim_ids, infill_prompt
+from qlcode.inference import sampling_args
 
 
 @torch.no_grad()
@@ -16,9 +17,9 @@ def generate_middle(model, tokenizer, prefix: str, suffix: str, max_new_tokens: 
     ids = fim_ids(tokenizer)
     prompt = torch.tensor([infill_prompt(tokenizer, ids, prefix, suffix, spm)], device=model.device)
     torch.manual_seed(seed)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
     out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                         eos_token_id=[ids.eot, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id, **sampling)
+                         eos_token_id=[ids.eot, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
+                         **sampling_args(temperature))
     new = [t for t in out[0, prompt.shape[1]:].tolist() if t not in (ids.eot, tokenizer.eos_token_id)]
     return tokenizer.decode(new, skip_special_tokens=True)
 

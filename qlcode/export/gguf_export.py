@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from qlcode.data.fim import fim_ids
 from qlcode.errors import QlcodeError
-from qlcode.export.merge import _shards
+from qlcode.export.merge import safetensors_shards
 
 TYPES = ("f16", "q8_0")
 LAYER_NAMES = {
@@ -122,7 +122,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, kind: str = "f16") -> Gg
     if kind not in TYPES:
         raise QlcodeError(f"--type is one of {', '.join(TYPES)}, not {kind!r}")
     cfg = _config(model_dir)
-    shards = _shards(model_dir)
+    shards = safetensors_shards(model_dir)
     tmp = out.with_name(f".{out.name}.tmp")
     writer = gguf.GGUFWriter(tmp, "llama")
     writer.add_name(model_dir.name)
@@ -182,7 +182,7 @@ def verify(path: Path, model_dir: Path, kind: str) -> GgufReport:
             raise QlcodeError(f"GGUF check failed: {key} is {field(key)!r}, expected {value!r}")
     tensors = {t.name: t for t in reader.tensors}
     worst, total = 0.0, 0
-    for shard in _shards(model_dir):
+    for shard in safetensors_shards(model_dir):
         with safe_open(model_dir / shard, "pt") as f:
             for name in f.keys():
                 t = tensors.get(gguf_name(name))
