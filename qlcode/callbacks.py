@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 
 from qlcode.placement import is_main_process
 from qlcode.progress import peak_memory_gb, progress_bar
-from qlcode.runs import LOGGED, RunDir
+from qlcode.runs import RunDir, metrics_row
 
 
 class Throughput(TrainerCallback):
@@ -54,8 +54,8 @@ class MetricsLog(TrainerCallback):
         self.throughput = throughput
 
     def on_log(self, args, state, control, logs=None, **kw):
-        row = {"step": state.global_step, **{k: v for k, v in (logs or {}).items() if k in LOGGED}}
-        if len(row) == 1 or not is_main_process():
+        row = metrics_row(state.global_step, logs or {})
+        if row is None or not is_main_process():
             return
         if "loss" in row:
             row["tokens_per_s"] = self.throughput.tokens_per_s

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from qlcode import __version__
 from qlcode.errors import QlcodeError
+from qlcode.placement import is_main_process
 
 app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, driven by YAML recipes.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -27,7 +28,7 @@ adapters_app = typer.Typer(help="Inspect trained adapters.", no_args_is_help=Tru
 app.add_typer(adapters_app, name="adapters")
 data_app = typer.Typer(help="Inspect a recipe's data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-out = Console()
+out = Console(quiet=not is_main_process())  # under a launcher, one process speaks for the run
 err = Console(stderr=True)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.max_steps=20 lora.r=16.", show_default=False)]
@@ -107,7 +108,8 @@ def train(
     from qlcode.train import train as run  # heavy imports after the recipe is known to be valid
 
     quiet_libraries()
-    err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}")
+    if is_main_process():
+        err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}")
     try:
         result = run(loaded, resume=resume)
     except KeyboardInterrupt:

@@ -36,6 +36,12 @@ LOCK = ".qlcode.lock"
 LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/accuracies", "rewards/margins", "pass@1")
 
 
+def metrics_row(step: int, logs: dict) -> dict | None:
+    """The metrics.jsonl row of a trainer log event, or None when it holds no measurement."""
+    row = {k: v for k, v in logs.items() if k in LOGGED}
+    return {"step": step, **row} if set(row) - {"epoch"} else None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -141,7 +147,7 @@ class RunDir:
             return
         step = checkpoint_step(checkpoint)
         history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
-        at_step = sum(1 for e in history if e.get("step") == step and any(k in e for k in LOGGED))
+        at_step = sum(1 for e in history if e.get("step") == step and metrics_row(step, e))
         kept = []
         for row in self.metrics():
             if row["step"] < step or (row["step"] == step and at_step > 0):
