@@ -73,7 +73,7 @@ class LoraSection(Section):
     alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: Literal["all-linear"] | list[str] = Field(
-        "all-linear", min_length=1, description="Modules to adapt: all-linear or a list such as [q_proj, v_proj]."
+        "all-linear", description="Modules to adapt: all-linear or a list such as [q_proj, v_proj]."
     )
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
@@ -83,6 +83,13 @@ class LoraSection(Section):
     adapter: str | None = Field(
         None, description="Continue training this existing adapter directory (e.g. DPO after SFT) instead of a new one."
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, v: str | list[str]) -> str | list[str]:
+        if v == []:
+            raise ValueError("an empty list adapts nothing: name modules such as [q_proj, v_proj], or use all-linear")
+        return v
 
 
 class DatasetSpec(Section):

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from qlcode.errors import QlcodeError
-from qlcode.files import write_text_atomic
+from qlcode.files import read_json, write_text_atomic
 from qlcode.model_card import license_of
 from qlcode.models import Quantization, base_path, load_base, load_tokenizer
 from qlcode.placement import DTYPES
@@ -78,13 +79,19 @@ def safetensors_shards(base: Path) -> list[str]:
 
 def lora_deltas(adapter: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor], float]:
     """(base key -> (A, B), base key -> replaced tensor for modules_to_save, scale)."""
-    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg = read_json(adapter / "adapter_config.json", "it is written by qlcode train; re-run the training or copy the run again")
     if cfg.get("use_dora"):
         raise QlcodeError("merging DoRA adapters is not supported yet: its magnitude vector needs the whole weight")
     scale = cfg["lora_alpha"] / (math.sqrt(cfg["r"]) if cfg.get("use_rslora") else cfg["r"])
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     replaced = {}
-    for key, t in load_file(RunDir(adapter).weights).items():
+    weights = RunDir(adapter).weights
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError) as e:
+        raise QlcodeError(f"{weights}: not a readable safetensors file ({e}); the adapter is damaged: re-run its "
+                          "training or copy it again") from None
+    for key, t in tensors.items():
         name = key.removeprefix("base_model.model.")
         if ".lora_A." in name or ".lora_B." in name:
             module, part = (name.split(".lora_A.")[0], "A") if ".lora_A." in name else (name.split(".lora_B.")[0], "B")

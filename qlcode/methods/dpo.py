@@ -21,12 +21,14 @@ DpoLoss = Literal[
 
 class DpoSection(Section):
     beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference.")
-    loss: list[DpoLoss] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
+    loss: list[DpoLoss] = Field(default_factory=lambda: ["sigmoid"],
                                 description="TRL loss type(s); several are summed (e.g. [sigmoid, sft]).")
 
     @field_validator("loss", mode="before")
     @classmethod
     def _one_loss(cls, v):
+        if v == []:
+            raise ValueError("an empty list trains nothing: name at least one loss, e.g. [sigmoid]")
         return [v] if isinstance(v, str) else v
 
 
