@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from tokenizers import pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from qlcode import builtin
@@ -60,7 +61,9 @@ def load_tokenizer(model: ModelSection, template: str = "raw") -> AutoTokenizer:
     (TRL masks padding by position) but makes `generate` and batching ambiguous about where a
     sequence ends, so we pad with <unk>, which the model never needs to predict. Training pads on
     the right; the eos that ends every answer is appended by TRL (prompt/completion rows) or by the
-    chat template (conversations).
+    chat template (conversations). transformers 5 gives SentencePiece tokenizers (Llama's) their
+    leading "▁" on a text's first segment only, so "<s>[INST]" lost the "▁[" Code Llama Instruct was
+    trained on; every segment gets it again, as in transformers 4 and Meta's reference.
     """
     try:
         tok = AutoTokenizer.from_pretrained(base_path(model.base), revision=model.revision)
@@ -72,6 +75,9 @@ def load_tokenizer(model: ModelSection, template: str = "raw") -> AutoTokenizer:
         else:
             tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    spm = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
+    if isinstance(spm, pre_tokenizers.Metaspace) and spm.prepend_scheme == "first":
+        spm.prepend_scheme = "always"  # "<s>[INST]" -> 1, 518 ("▁["): Meta encodes each turn as a text of its own
     if template == "codellama-instruct":
         tok.chat_template = CODELLAMA_INSTRUCT_CHAT_TEMPLATE
     return tok
