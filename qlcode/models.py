@@ -174,11 +174,12 @@ def with_lora(base: PreTrainedModel, recipe: Recipe) -> PeftModel:
 
 def use_kernels(model: M, quant: QuantSection) -> M:
     """Route 4-bit layers (LoRA-wrapped or bare) through qlcode's Triton kernels when quant.kernels
-    asks (auto: on CUDA): training, and decoding through the fused dequant-matmul."""
+    asks (auto: on CUDA, once they check out there): training, and decoding through the fused dequant-matmul."""
     import os
 
-    choice = quant.kernels if quant.kernels != "auto" else ("triton" if torch.cuda.is_available() else "bitsandbytes")
-    if quant.bits != 4 or choice != "triton":
+    from qlcode.kernels.selfcheck import auto_kernels
+
+    if quant.bits != 4 or (auto_kernels(model) if quant.kernels == "auto" else quant.kernels) != "triton":
         return model
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise ModelError("quant.kernels: triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it slowly on CPU, for tests); "
