@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from tokenizers import pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from qlcode import builtin
@@ -51,7 +52,9 @@ def load_tokenizer(base: str, revision: str | None = None, template: str = "raw"
     (TRL masks padding by position) but makes `generate` and batching ambiguous about where a
     sequence ends, so we pad with <unk>, which the model never needs to predict. Training pads on
     the right; the eos that ends every answer is appended by TRL (prompt/completion rows) or by the
-    chat template (conversations).
+    chat template (conversations). transformers 5 gives SentencePiece tokenizers (Llama's) their
+    leading "▁" on a text's first segment only, so "<s>[INST]" lost the "▁[" Code Llama Instruct was
+    trained on; every segment gets it again, as in transformers 4 and Meta's reference.
     """
     try:
         tok = AutoTokenizer.from_pretrained(base_path(base), revision=revision)
@@ -63,6 +66,9 @@ def load_tokenizer(base: str, revision: str | None = None, template: str = "raw"
         else:
             tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    spm = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
+    if isinstance(spm, pre_tokenizers.Metaspace) and spm.prepend_scheme == "first":
+        spm.prepend_scheme = "always"  # "<s>[INST]" -> 1, 518 ("▁["): Meta encodes each turn as a text of its own
     if template == "codellama-instruct":
         tok.chat_template = CODELLAMA_INSTRUCT_CHAT_TEMPLATE
     return tok
@@ -194,9 +200,10 @@ def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
 
 def use_kernels(model: M, quant: Quantization) -> M:
     """Route 4-bit layers (LoRA-wrapped or bare) through qlcode's Triton kernels when quant.kernels
-    asks (auto: on CUDA): training, and decoding through the fused dequant-matmul."""
-    choice = quant.kernels if quant.kernels != "auto" else ("triton" if torch.cuda.is_available() else "bitsandbytes")
-    if quant.bits != 4 or choice != "triton":
+    asks (auto: on CUDA, once they check out there): training, and decoding through the fused dequant-matmul."""
+    from qlcode.kernels.selfcheck import auto_kernels
+
+    if quant.bits != 4 or (auto_kernels(model) if quant.kernels == "auto" else quant.kernels) != "triton":
         return model
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise ModelError("quant.kernels: triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it slowly on CPU, for tests); "
