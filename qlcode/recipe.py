@@ -516,7 +516,7 @@ def _check_consistency(recipe: Recipe, where) -> None:
 
 
 def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("qlcode.recipe.", "")
+    text = re.sub(r"qlcode\.[\w.]+\.(\w+)", r"\1", str(annotation).replace("typing.", ""))
     text = re.sub(r"<class '(\w+)'>", r"\1", text)
     return text.replace("NoneType", "None").replace("Literal", "one of ").replace("|", "or")
 

@@ -138,3 +138,15 @@ def test_two_processes_under_torchrun_write_one_run(tmp_path, tiny_base, rows_fi
     assert [r["step"] for r in run.metrics()] == [0, 1, 2, 3, 4, 4]  # eval before, 4 steps, eval after
     assert run.finished and run.summary()["steps"] == 4 and not (run.path / ".adapter.tmp").exists()
     assert res.stdout.count("run summary") == 1 and "2 processes: effective batch 2 x 1 x 2" in " ".join(res.stderr.split())
+
+
+def test_a_run_written_by_an_older_qlcode_still_reads(tmp_path):
+    """Runs on disk keep loading after keys moved to their method's section (train.dpo_beta -> train.dpo.beta)."""
+    from qlcode.recipe import read_run_recipe
+
+    old = (REPO / "recipes" / "quickstart.yaml").read_text().replace(
+        "  method: sft\n", "  method: dpo\n  dpo_beta: 0.3\n  dpo_loss: [sigmoid, sft]\n  neftune_noise_alpha: null\n")
+    old = old.replace("format: alpaca", "format: preference")
+    (tmp_path / "recipe.yaml").write_text(old)
+    recipe = read_run_recipe(tmp_path / "recipe.yaml")
+    assert recipe.train.dpo.beta == 0.3 and recipe.train.dpo.loss == ["sigmoid", "sft"] and recipe.train.sft is None
