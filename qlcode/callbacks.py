@@ -70,10 +70,10 @@ class ProgressBar(TrainerCallback):
         self.throughput = throughput
         self.progress: Progress | None = None
         self.task = None
-        self.fields = {"loss": "-", "tps": "-"}
+        self.fields = {"loss": "-", "tps": "-", "reward": ""}
 
     def on_train_begin(self, args, state, control, **kw):
-        self.progress = progress_bar("train", "loss {task.fields[loss]}", "{task.fields[tps]} tok/s")
+        self.progress = progress_bar("train", "loss {task.fields[loss]}", "{task.fields[tps]} tok/s", "{task.fields[reward]}")
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, **self.fields)
 
@@ -84,6 +84,8 @@ class ProgressBar(TrainerCallback):
         if self.progress is None or "loss" not in (logs or {}):
             return
         self.fields["loss"] = f"{logs['loss']:.4f}"
+        if "reward" in logs:  # methods that learn from rewards (GRPO)
+            self.fields["reward"] = f"reward {logs['reward']:.3f}"
         if self.throughput.tokens_per_s:
             self.fields["tps"] = f"{self.throughput.tokens_per_s:,.0f}"
         self.progress.update(self.task, **self.fields)

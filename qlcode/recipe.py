@@ -504,8 +504,9 @@ def _check_consistency(recipe: Recipe, where) -> None:
     if not base.startswith("builtin:") and (base.startswith((".", "/", "~")) or not HUB_ID.match(base)):
         if not Path(base).expanduser().is_dir():
             problems.append((("model", "base"), f"no such model directory {base!r}"))
-    if recipe.data.fim is not None and recipe.train.method == "dpo":
-        problems.append((("data", "fim"), "infilling examples train with train.method: sft, not dpo"))
+    problems += METHODS[recipe.train.method].check(recipe)
+    if recipe.data.fim is not None and recipe.train.method != "sft":
+        problems.append((("data", "fim"), f"infilling examples train with train.method: sft, not {recipe.train.method}"))
     if recipe.quant.kernels == "triton" and recipe.quant.bits != 4:
         problems.append((("quant", "kernels"), f"qlcode's Triton kernels run 4-bit weights; with quant.bits {recipe.quant.bits} "
                                                "use quant.kernels: auto or bitsandbytes"))

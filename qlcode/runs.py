@@ -33,7 +33,8 @@ from qlcode.recipe import Recipe, read_run_recipe
 WEIGHTS = "adapter_model.safetensors"
 LOCK = ".qlcode.lock"
 # keys of a trainer log event that metrics.jsonl keeps
-LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/accuracies", "rewards/margins", "pass@1")
+LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/accuracies", "rewards/margins", "pass@1",
+          "reward", "reward_std", "frac_reward_zero_std", "pass_rate", "timeouts", "kl")
 
 
 def metrics_row(step: int, logs: dict) -> dict | None:

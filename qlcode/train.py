@@ -131,6 +131,7 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         callbacks=[throughput, MetricsLog(run, throughput), ProgressBar(throughput), *extra_callbacks],
+        **method.trainer_kwargs(recipe),
     )
     trainer.remove_callback(PrinterCallback)
     restore_trainable(trainer.model, trainable)
@@ -162,7 +163,7 @@ def restore_trainable(model: torch.nn.Module, saved: dict[str, torch.Tensor]) ->
 def _eval_loss(trainer) -> float | None:
     if trainer.eval_dataset is None:
         return None
-    return trainer.evaluate()["eval_loss"]
+    return trainer.evaluate().get("eval_loss")  # methods that score by reward (GRPO) have none
 
 
 def _completed(checkpoint: Path | None) -> bool:

@@ -26,6 +26,14 @@ class Method:
     def trainer_class(self) -> type[Trainer]:
         raise NotImplementedError
 
+    def trainer_kwargs(self, recipe: Recipe) -> dict[str, Any]:
+        """Arguments of this method's trainer beyond model, args, data, tokenizer and callbacks."""
+        return {}
+
+    def check(self, recipe: Recipe) -> list[tuple[tuple, str]]:
+        """Recipe rules of this method that span sections: (key path, message naming the fix)."""
+        return []
+
     def card_lines(self, recipe: Recipe) -> list[tuple[str, str]]:
         """Rows of the model card's hyperparameter table that belong to this method."""
         return []
