@@ -206,7 +206,7 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
     norms = shapes.hidden * (2 * shapes.layers + 1)
     add("embeddings, lm_head, norms", (embeddings + norms) * s.upcast_bytes,
         f"unquantized, fp{8 * s.upcast_bytes}" + (" (PEFT upcasts them for k-bit training)" if s.bits else ""))
-    add("buffers", 4 * shapes.head_dim // 2, "RoPE inverse frequencies")
+    add("buffers", 2 * 4 * shapes.head_dim // 2, "RoPE inverse frequencies, and their original copy")
     sizes = lora_tensors(shapes, s)
     params = sum(sizes)
     method = "DoRA" if s.dora else "LoRA"
