@@ -23,7 +23,7 @@ BLOCK_4BIT = 64  # bitsandbytes' blocksize for 4-bit weights
 BLOCK_NESTED = 256  # ... for the 8-bit absmax of double quantization
 BLOCK_OPTIM_8BIT = 256  # ... for 8-bit optimizer state
 MIN_8BIT_SIZE = 4096
-LOGPROB_TILE = 4096  # tokens per tile of TRL's fused LM head  # bitsandbytes' 8-bit optimizers keep fp32 state for smaller tensors
+LOGPROB_TILE = (4096, 32768)  # tokens x vocabulary entries per tile of TRL's fused LM head  # bitsandbytes' 8-bit optimizers keep fp32 state for smaller tensors
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Sequences in one forward pass, per training method: DPO concatenates chosen and rejected. A new
@@ -175,13 +175,14 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
 
 
 def lm_head_bytes(shapes: Shapes, s: Settings) -> int:
-    """TRL 1.16 scores tokens through the LM head in tiles of 4096 tokens by the whole vocabulary
-    (trl/kernels/chunked_logprob.py) instead of materialising every logit: a tile in the compute
-    dtype with two fp32 working copies, the head's weight cast to the compute dtype, and the fp32
-    gradient of the head's input."""
-    rows = min(s.tokens, LOGPROB_TILE)
-    cast = shapes.vocab * shapes.hidden * s.compute_bytes if s.upcast_bytes != s.compute_bytes else 0
-    return rows * shapes.vocab * (s.compute_bytes + 8) + cast + s.tokens * shapes.hidden * 4
+    """TRL 1.16 scores tokens through the LM head in tiles instead of materialising every logit
+    (trl/kernels/chunked_logprob.py): a buffer of 4096 tokens x 32768 vocabulary entries in the
+    compute dtype, each vocabulary chunk of the head's weight cast to it, and the fp32 gradient of
+    the head's input. Its torch fallback (CPU) adds fp32 working copies of the tile."""
+    rows, cols = min(s.tokens, LOGPROB_TILE[0]), min(shapes.vocab, LOGPROB_TILE[1])
+    cast = cols * shapes.hidden * s.compute_bytes if s.upcast_bytes != s.compute_bytes else 0
+    fallback = 2 * 4 * rows * cols if s.device == "cpu" else 0
+    return rows * LOGPROB_TILE[1] * s.compute_bytes + cast + s.tokens * shapes.hidden * 4 + fallback
 
 
 def layer_backward_bytes(shapes: Shapes, s: Settings, per_layer: int) -> int:
