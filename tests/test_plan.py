@@ -4,6 +4,7 @@ allocate; the shipped configs; the suggestions and the preflight; the recipes' m
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -197,3 +198,18 @@ def test_recipe_memory_lines_are_the_plans(path):
     recipe = load_recipe(REPO / "recipes" / path)
     assert found.group(1) == f"{plan_recipe(recipe).total / GiB:.1f}", f"recipes/{path}: rerun qlcode plan and update the header"
 
+
+
+def test_memory_benchmark_runs_and_prints_the_plan_beside_each_measurement():
+    """benchmarks/plan_memory.py on CPU (the 7B architecture divided by 32, 2 layers): its table."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plan_memory.py"), "--scale", "32", "--layers", "2",
+                          "--seq-len", "48", "--batch", "2"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "CPU, Triton interpreter: a run of the script, its timings are not figures" in out.stdout
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines() if line.startswith("| 48")]
+    assert [r[:3] for r in rows] == [["48", "2", "on"], ["48", "2", "off"]]
+    shapes = load_shapes(str(REPO / "build" / "bench-models" / "codellama-7B-random-s32-l2"))
+    for row, checkpointing in zip(rows, (True, False)):
+        planned = plan(shapes, Settings(device="cpu", compute_bytes=4, weight_bytes=4, micro_batch=2, max_length=48,
+                                        checkpointing=checkpointing))
+        assert row[3:] == [f"{planned.total / GiB:.2f}", "-", "-"]
