@@ -5,11 +5,11 @@
 #   1. here, once:  echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_session.sh --fetch-wheels
 #   2. device run:  bash benchmarks/gpu_session.sh     (carry: [".whl"], timeout_s 600)
 #
-# The device image has torch, triton, transformers, peft and pytest but not bitsandbytes, pydantic
-# datasets or trl (plan_memory.py runs TRL's fused LM head): step 1 downloads those wheels (about 47 MB) for its Python 3.12. Step 2 installs
-# them, runs the kernel-level tests compiled on CUDA against bitsandbytes' CUDA kernels, then the
-# four benchmarks (the last: peak memory against qlcode plan); everything lands in $OUT (the
-# device tool's folder) or build/gpu-session.
+# The device image has torch, triton, transformers, peft and pytest but not bitsandbytes, pydantic,
+# datasets or trl (plan_memory.py runs TRL's fused LM head): step 1 downloads those wheels (about
+# 50 MB) for its Python 3.12. Step 2 installs them, runs the kernel-level tests compiled on CUDA
+# against bitsandbytes' CUDA kernels, then the four benchmarks (the last: peak memory against
+# qlcode plan); everything lands in $OUT (the device tool's folder) or build/gpu-session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
