@@ -69,10 +69,12 @@ def _saved_bytes(base: Path, overrides: list[str], tokens: torch.Tensor) -> int:
     ["lora.dropout=0"],
     ["lora.dropout=0", "lora.target_modules=[q_proj,v_proj,down_proj]"],
     ["lora.dropout=0.1", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "lora.r=8"],
-], ids=["all-linear-dropout", "all-linear", "some", "attention-dropout"])
+    ["lora.dropout=0", "model.attn_implementation=eager"],
+], ids=["all-linear-dropout", "all-linear", "some", "attention-dropout", "eager"])
 def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
     """One layer more adds exactly the planned per-layer bytes (CPU: fp32, dropout masks in fp32)."""
     tokens = torch.randint(3, 500, (2, 48), generator=torch.Generator().manual_seed(0))
+    overrides = [*overrides, "data.max_length=48"]
     measured = []
     for layers in (1, 2):
         config = LlamaConfig(vocab_size=500, hidden_size=128, intermediate_size=344, num_hidden_layers=layers,
@@ -124,7 +126,8 @@ def test_each_part_moves_with_the_setting_it_depends_on():
     assert dpo.part("activations") == plan(shapes, Settings(micro_batch=2)).part("activations")  # chosen + rejected
     eager = layer_activation_bytes(shapes, Settings(attention="eager", max_length=4096))
     sdpa = layer_activation_bytes(shapes, Settings(attention="sdpa", max_length=4096))
-    assert eager - sdpa == 32 * 4096 * (4 + 2) - 32 * 4  # fp32 softmax and its bf16 copy, no log-sum-exp
+    # the fp32 softmax and its bf16 copy per head and key; no log-sum-exp nor a separate output copy
+    assert eager - sdpa == 32 * 4096 * (4 + 2) - 32 * 4 - 2 * 4096
     four, eight, full = (plan(shapes, Settings(bits=b)).part("base weights") for b in (4, 8, None))
     params = 32 * sum(o * i for o, i in shapes.linears().values())
     assert full == 2 * params and eight > params and params / 2 < four < 0.52 * params
@@ -213,3 +216,21 @@ def test_memory_benchmark_runs_and_prints_the_plan_beside_each_measurement():
         planned = plan(shapes, Settings(device="cpu", compute_bytes=4, weight_bytes=4, micro_batch=2, max_length=48,
                                         checkpointing=checkpointing))
         assert row[3:] == [f"{planned.total / GiB:.2f}", "-", "-"]
+
+
+def test_train_command_runs_the_preflight_on_a_gpu_before_loading_anything(impossible_34b, monkeypatch):
+    """`qlcode train` on a (here simulated) 24 GiB GPU stops the impossible run with exit 2."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from qlcode.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=24 * GiB))
+    recipe_file = Path(impossible_34b.output.dir).parent / "recipe.yaml"
+    res = CliRunner().invoke(app, ["train", str(recipe_file)])
+    assert res.exit_code == 2, res.output
+    assert "error: this run needs about" in res.output and "changes that make it fit" in res.output
+    assert not Path(impossible_34b.output.dir).exists()  # stopped before the run directory or any model

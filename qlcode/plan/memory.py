@@ -163,14 +163,18 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
         return p * w if p == c else len(targeted) * c * w
 
     total = 2 * (p * h + 4)  # two RMSNorms: their fp32 input and 1/rms
-    total += c * (q + 2 * kv) + c * q  # attention's saved q, k, v and output
-    total += 4 * shapes.heads if s.attention != "eager" else (4 + (c if c != 4 else 0)) * shapes.heads * s.max_length
+    if s.attention == "eager":  # keys and values repeated to every query head, the fp32 softmax and its copy
+        total += 3 * c * q + (4 + (c if c != 4 else 0)) * shapes.heads * s.max_length
+    else:  # SDPA / flash: q, k, v, the output and the log-sum-exp, no sequence-squared matrix
+        total += c * (2 * q + 2 * kv) + 4 * shapes.heads
     total += 3 * c * f  # gate, silu(gate), up
     total += lora_inputs(("q_proj", "k_proj", "v_proj"), False)
-    total += lora_inputs(("o_proj",), True)  # the attention output, saved already
+    total += lora_inputs(("o_proj",), s.attention != "eager")  # SDPA saved the attention output already
     total += lora_inputs(("gate_proj", "up_proj"), False)
     total += lora_inputs(("down_proj",), False)
     total += c * s.lora_r * sum(m in s.targets for m in LORA_MODULES)  # each LoRA A's output
+    if s.bits == 8:  # bitsandbytes' int8 matmul keeps each input, cast to fp16 (not checked by a test)
+        total += 2 * (5 * h + q + f)
     return total
 
 
@@ -276,5 +280,4 @@ def _adapter_lora(adapter: str, r: int, targets: tuple[str, ...], dora: bool) ->
         return r, targets, dora
     config = json.loads(path.read_text())
     found = config.get("target_modules") or targets
-    found = LORA_MODULES if found == "all-linear" else tuple(sorted(found, key=lambda m: LORA_MODULES.index(m) if m in LORA_MODULES else 99))
-    return config.get("r", r), found, bool(config.get("use_dora", dora))
+    return config.get("r", r), LORA_MODULES if found == "all-linear" else tuple(found), bool(config.get("use_dora", dora))
