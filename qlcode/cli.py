@@ -403,7 +403,7 @@ def plan(
     if not fits(planned, capacity):
         changes = suggestions(planned.shapes, planned.settings, capacity)
         if changes:
-            out.print(changes_table(changes, capacity))
+            out.print(changes_table(changes))
         else:
             out.print("no change of micro batch, checkpointing, optimizer, LoRA targets or max_length makes it fit")
 

@@ -145,6 +145,7 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     matmul in the compute dtype c. The 4-bit matmul saves no input (bitsandbytes dequantizes the
     weight again in backward); a LoRA module saves its (dropped-out) input in c and its rank-r
     hidden; modules sharing an input share one saved copy when no dropout or cast separates them.
+    DoRA's per-forward weight norms are not counted.
     """
     h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
@@ -210,7 +211,7 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
     embeddings = shapes.vocab * shapes.hidden * (1 if shapes.tied_embeddings else 2)
     norms = shapes.hidden * (2 * shapes.layers + 1)
     add("embeddings, lm_head, norms", (embeddings + norms) * s.upcast_bytes,
-        f"unquantized, fp{8 * s.upcast_bytes}" + (" (PEFT upcasts them for k-bit training)" if s.bits else ""))
+        "unquantized, " + ("fp32" if s.upcast_bytes == 4 else "bf16/fp16") + (" (PEFT upcasts them for k-bit training)" if s.bits else ""))
     add("buffers", 2 * 4 * shapes.head_dim // 2, "RoPE inverse frequencies, and their original copy")
     sizes = lora_tensors(shapes, s)
     params = sum(sizes)
@@ -221,7 +222,7 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
     add(f"{method} gradients", 4 * params, "fp32")
     add("optimizer state", optimizer_bytes(sizes, s.optimizer), s.optimizer
         + (" (paged: can spill to CPU memory)" if s.optimizer.startswith("paged") else ""))
-    if s.device == "cuda":
+    if s.device == "cuda" and s.compute_bytes != 4:
         add("autocast weight copies", s.compute_bytes * params, "LoRA weights cast for bf16/fp16 matmuls")
     tokens, per_layer, h = s.tokens, layer_activation_bytes(shapes, s), shapes.hidden
     seq = f"{s.sequences} x {s.max_length} tokens"

@@ -30,7 +30,7 @@ def verdict(p: Plan, capacity: int, gpu: str) -> str:
     return f"[red]does not fit[/] on {gpu} ({gib(capacity)} GiB): {gib(p.total - capacity)} GiB over"
 
 
-def changes_table(changes: list[Change], capacity: int) -> Table:
+def changes_table(changes: list[Change]) -> Table:
     table = Table(title="changes that make it fit (each planned again)")
     table.add_column("overrides")
     table.add_column("total GiB", justify="right")
