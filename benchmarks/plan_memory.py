@@ -48,14 +48,14 @@ def main() -> None:
     import bitsandbytes as bnb
     from trl.trainer.utils import add_fused_lm_head
 
-    from qlcode.models import load_base, with_lora
     from qlcode.plan import GiB, load_shapes, plan, settings
     from qlcode.plan.memory import CUDA_OVERHEAD
     from qlcode.recipe import load_recipe
+    from qlcode.train import trainable_model
 
     model_dir = harness.random_codellama("7B", args.scale, args.layers)
     recipe = load_recipe(harness.REPO / "recipes" / "python-sft.yaml", [f"model.base={model_dir}", "quant.kernels=bitsandbytes"])
-    model = with_lora(load_base(recipe.model, recipe.quant), recipe).train()
+    model = trainable_model(recipe).train()
     add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
     params = [p for p in model.parameters() if p.requires_grad]
     opt = bnb.optim.PagedAdamW8bit(params, lr=0.0) if harness.GPU else bnb.optim.AdamW8bit(params, lr=0.0)

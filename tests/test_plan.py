@@ -45,11 +45,11 @@ def test_optimizer_state_is_what_the_optimizer_allocates(name):
 
 def _saved_bytes(base: Path, overrides: list[str], tokens: torch.Tensor) -> int:
     """Bytes autograd saves in a forward pass of `base` loaded as qlcode trains it (4 bits, LoRA)."""
-    from qlcode.models import load_base, with_lora
+    from qlcode.train import trainable_model
 
     recipe = load_recipe(REPO / "recipes" / "python-sft.yaml",
                          [f"model.base={base}", "train.gradient_checkpointing=false", "quant.kernels=bitsandbytes", *overrides])
-    model = with_lora(load_base(recipe.model, recipe.quant), recipe).train()
+    model = trainable_model(recipe).train()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 

@@ -26,12 +26,13 @@ MIN_8BIT_SIZE = 4096
 LOGPROB_TILE = (4096, 32768)  # tokens x vocabulary entries per tile of TRL's fused LM head  # bitsandbytes' 8-bit optimizers keep fp32 state for smaller tensors
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-# Sequences in one forward pass, per training method: DPO concatenates chosen and rejected. A new
-# method registers its own here (KTO: the micro batch; GRPO: the micro batch times the
-# generations per prompt).
+# Sequences in one forward pass, per training method (qlcode/methods): DPO concatenates chosen and
+# rejected; TRL's GRPO micro batch already counts completions (num_generations per prompt). A new
+# method adds its line here; one not listed counts one sequence per micro-batch row.
 SEQUENCES: dict[str, Callable[[Settings], int]] = {
     "sft": lambda s: s.micro_batch,
     "dpo": lambda s: 2 * s.micro_batch,
+    "grpo": lambda s: s.micro_batch,
 }
 
 
@@ -59,7 +60,7 @@ class Settings:
 
     @property
     def sequences(self) -> int:
-        return SEQUENCES[self.method](self)
+        return SEQUENCES.get(self.method, SEQUENCES["sft"])(self)
 
     @property
     def tokens(self) -> int:
