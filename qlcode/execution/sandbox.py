@@ -149,7 +149,7 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def protections() -> dict:
-    """What holds on this machine: root, namespaces, pids_cgroup, landlock_abi, seccomp."""
+    """What holds on this machine: root, namespaces, pids_cgroup (a worker's, or None), landlock_abi, seccomp."""
     return _pool.features()
 
 

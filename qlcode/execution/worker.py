@@ -73,7 +73,7 @@ class Setup:
         self.seccomp = jail.SECCOMP_ARCH.get(os.uname().machine) is not None
 
     def features(self) -> dict:
-        return {"root": self.root, "namespaces": self.isolated, "pids_cgroup": self.cgroup is not None,
+        return {"root": self.root, "namespaces": self.isolated, "pids_cgroup": self.cgroup,
                 "landlock_abi": self.landlock_abi, "seccomp": self.seccomp}
 
     def close(self) -> None:
@@ -276,6 +276,7 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         jail.limit_resources(limits["memory_mb"], limits["cpu_s"], nproc)
         if setup.root:
             jail.leave_root()
+        jail.die_with_parent(signal.SIGKILL)  # after leave_root, which clears it; the worker may be killed
         jail.landlock(workdir)
         jail.deny_unix_sockets()
         os.environ.clear()
@@ -378,7 +379,6 @@ def main() -> None:
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    jail.die_with_parent(signal.SIGKILL)
     for name in PREIMPORT:
         __import__(name)
     setup = Setup()
