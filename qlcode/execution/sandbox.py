@@ -14,6 +14,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,11 +86,24 @@ class _Worker:
         self._log.close()
 
     def kill(self) -> None:
+        """Kill it, and remove what it could not: its directory and its cgroup."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait()
+        features = getattr(self, "features", {})
+        if features.get("directory"):
+            shutil.rmtree(features["directory"], ignore_errors=True)
+        if features.get("pids_cgroup"):
+            for _ in range(50):  # its last run's processes may take a moment to go
+                try:
+                    os.rmdir(features["pids_cgroup"])
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
 
 
 class WorkerPool:
@@ -149,7 +163,8 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def protections() -> dict:
-    """What holds on this machine: root, namespaces, pids_cgroup (a worker's, or None), landlock_abi, seccomp."""
+    """What holds here: root, nobody (runs leave root), namespaces, pids_cgroup and directory (a worker's),
+    landlock_abi (0 = none), seccomp."""
     return _pool.features()
 
 

@@ -58,7 +58,9 @@ class Setup:
                 jail.sethostname("sandbox")
                 jail.expose([p for p in sys.path if os.path.exists(p)])
                 self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
-                self.isolated = True
+                self.new_pid_namespace()
+                self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1))
+                jail.setns(self.pid_ns, jail.CLONE_NEWPID)  # the probe's namespace died with it
             except OSError:
                 pass
         else:
@@ -66,14 +68,20 @@ class Setup:
                 jail.unshare(jail.CLONE_NEWNET)  # without root, only where user namespaces allow it
             except OSError:
                 pass
-        if self.root and not self.isolated:
+        self.nobody = self.root and _succeeds(jail.leave_root)  # not in a user namespace that maps only root
+        if self.nobody and not self.isolated:
             os.chmod(self.base, 0o711)  # nobody reaches its own directories below
         self.cgroup = make_pids_cgroup() if self.root else None
         self.landlock_abi = jail.landlock_abi()
         self.seccomp = jail.SECCOMP_ARCH.get(os.uname().machine) is not None
 
+    def new_pid_namespace(self) -> None:
+        """Our next child will be the init of a new PID namespace."""
+        jail.setns(self.pid_ns, jail.CLONE_NEWPID)  # children of ours go back to our namespace,
+        jail.unshare(jail.CLONE_NEWPID)              # then to a new one
+
     def features(self) -> dict:
-        return {"root": self.root, "namespaces": self.isolated, "pids_cgroup": self.cgroup,
+        return {"root": self.root, "nobody": self.nobody, "namespaces": self.isolated, "pids_cgroup": self.cgroup, "directory": self.base,
                 "landlock_abi": self.landlock_abi, "seccomp": self.seccomp}
 
     def close(self) -> None:
@@ -83,6 +91,18 @@ class Setup:
             except OSError:
                 pass
         _remove_tree(self.base)
+
+
+def _succeeds(fn) -> bool:
+    """Whether fn() runs without raising, tried in a throwaway fork."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn()
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+        os._exit(0)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 def make_pids_cgroup() -> str | None:
@@ -133,7 +153,7 @@ def run_one(setup: Setup, request: dict) -> dict:
     workdir = setup.base
     if not setup.isolated:
         workdir = tempfile.mkdtemp(dir=setup.base)
-        if setup.root:
+        if setup.nobody:
             os.chown(workdir, jail.NOBODY, jail.NOBODY)
     if setup.cgroup:
         with open(os.path.join(setup.cgroup, "pids.max"), "w") as f:
@@ -143,8 +163,7 @@ def run_one(setup: Setup, request: dict) -> dict:
     read_end, write_end = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         if setup.isolated:
-            jail.setns(setup.pid_ns, jail.CLONE_NEWPID)  # children of ours go back to our namespace,
-            jail.unshare(jail.CLONE_NEWPID)              # then to a new one: the next child is its init
+            setup.new_pid_namespace()
         start = time.perf_counter()
         pid = os.fork()
         if pid == 0:
@@ -252,6 +271,15 @@ def classify(record: dict | None, returncode: int, timed_out: bool) -> tuple[str
     return outcome, error, cases
 
 
+def enter_run_namespaces(workdir: str, disk_mb: int) -> None:
+    """As the init of a fresh PID namespace: a mount namespace of its own, a /proc that shows only
+    this namespace's processes, and a tmpfs of disk_mb MB as the working directory."""
+    jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWIPC)
+    jail.mount("proc", "/proc", "proc", jail.MS_NOSUID | jail.MS_NODEV | jail.MS_NOEXEC)
+    jail.mount("tmpfs", workdir, "tmpfs", jail.MS_NOSUID | jail.MS_NODEV,
+               f"size={disk_mb}m,mode=0700,uid={jail.NOBODY},gid={jail.NOBODY}")
+
+
 def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tuple[int, int, int], nonce: str) -> None:
     """Confine this process (we are its fresh fork), then run the program in it."""
     limits = request["limits"]
@@ -259,10 +287,7 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
     try:
         os.setsid()
         if setup.isolated:
-            jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWIPC)
-            jail.mount("proc", "/proc", "proc", jail.MS_NOSUID | jail.MS_NODEV | jail.MS_NOEXEC)
-            jail.mount("tmpfs", workdir, "tmpfs", jail.MS_NOSUID | jail.MS_NODEV,
-                       f"size={limits['disk_mb']}m,mode=0700,uid={jail.NOBODY},gid={jail.NOBODY}")
+            enter_run_namespaces(workdir, limits["disk_mb"])
         if setup.cgroup:
             with open(os.path.join(setup.cgroup, "cgroup.procs"), "w") as f:
                 f.write("0")
@@ -274,7 +299,7 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         os.closerange(4, 1 << 16)
         os.chdir(workdir)
         jail.limit_resources(limits["memory_mb"], limits["cpu_s"], nproc)
-        if setup.root:
+        if setup.nobody:
             jail.leave_root()
         jail.die_with_parent(signal.SIGKILL)  # after leave_root, which clears it; the worker may be killed
         jail.landlock(workdir)
