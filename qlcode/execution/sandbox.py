@@ -115,10 +115,7 @@ class WorkerPool:
         self._keep = keep or max(4, os.cpu_count() or 2)
 
     def run(self, request: dict, limits: Limits) -> dict:
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        if worker is None:
-            worker = _Worker()
+        worker = self._take()
         try:
             reply = worker.run(request, limits.timeout_s + REPLY_GRACE_S)
         except (OSError, RuntimeError, ValueError) as e:  # the worker is gone; the next run starts another
@@ -133,10 +130,19 @@ class WorkerPool:
             worker.close()
         return reply
 
+    def _take(self) -> _Worker:
+        """An idle worker that is still alive, or a new one."""
+        while True:
+            with self._lock:
+                worker = self._idle.pop() if self._idle else None
+            if worker is None:
+                return _Worker()
+            if worker.proc.poll() is None:
+                return worker
+            worker.kill()  # died while idle (killed from outside): clean up after it
+
     def features(self) -> dict:
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        worker = worker or _Worker()
+        worker = self._take()
         features = worker.features
         with self._lock:
             self._idle.append(worker)

@@ -296,7 +296,7 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         for target, fd in enumerate(high):
             os.dup2(fd, target)
         channel = 3
-        os.closerange(4, 1 << 16)
+        os.closerange(4, 2**31 - 1)  # the worker's request and reply pipes among them
         os.chdir(workdir)
         jail.limit_resources(limits["memory_mb"], limits["cpu_s"], nproc)
         if setup.nobody:
