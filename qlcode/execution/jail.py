@@ -181,11 +181,11 @@ def landlock(workdir: str) -> int:
     return abi
 
 
-def deny_unix_sockets() -> bool:
-    """A seccomp filter: socket(AF_UNIX, ...) and io_uring fail with EPERM. False where unsupported."""
+def deny_unix_sockets() -> None:
+    """A seccomp filter: socket(AF_UNIX, ...) and io_uring fail with EPERM. OSError where unsupported."""
     arch = SECCOMP_ARCH.get(platform.machine())
     if arch is None:
-        return False
+        raise OSError(f"no seccomp filter for {platform.machine()}")
     audit_arch, nr_socket, *nr_uring = arch
     ld_w_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, deny = 0x7FFF0000, 0x00050000 | EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
@@ -203,4 +203,4 @@ def deny_unix_sockets() -> bool:
     filters = (SockFilter * len(prog))(*[SockFilter(*i) for i in prog])
     fprog = SockFprog(len(prog), filters)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    return libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0) == 0
+    _check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0), "seccomp")
