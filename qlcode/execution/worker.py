@@ -17,8 +17,10 @@ error, whatever the exit code. Exception names in the record are checked to be i
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import json
+import linecache
 import os
 import select
 import shutil
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jail  # noqa: E402  (run by path in isolated mode: its directory is not on sys.path)
@@ -38,7 +41,7 @@ RECORD_LIMIT = 1 << 20
 PIDS_CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")  # cgroup v1, v2
 PREIMPORT = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
              "hashlib", "random", "statistics", "json", "fractions", "decimal", "datetime", "copy", "operator",
-             "doctest", "linecache", "types", "builtins")
+             "doctest")
 ERROR_NAME_LIMIT = 64
 TRACEBACK_LIMIT = 30  # frames of a traceback printed (the innermost): a deep recursion has a million
 FRAMES_PER_MB = 250  # recursion depth allowed per MB of the memory limit (memory runs out near 6000)
@@ -329,10 +332,6 @@ def cap_recursion(depth: int) -> None:
 
 def harness(program: str, cases: list[str] | None, channel: int, nonce: str) -> None:
     """Run the program, then each case in its namespace; write the record; exit before any atexit hook."""
-    import builtins
-    import linecache
-    import types
-
     write, exit_, dumps, getpid, flush = os.write, os._exit, json.dumps, os.getpid, _flush  # before it can patch them
     me = getpid()
     main = types.ModuleType("__main__")
@@ -383,8 +382,6 @@ def _innermost(tb, n: int):
 
 def exception_name(e: BaseException) -> str:
     """Its class's name where that is an identifier, else the nearest built-in exception's."""
-    import builtins
-
     name = type(e).__name__
     if isinstance(name, str) and name.isidentifier() and len(name) <= ERROR_NAME_LIMIT:
         return name
