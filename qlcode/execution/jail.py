@@ -8,8 +8,8 @@ Each is a system call that survives everything the program may do afterwards:
 - resource limits: address space, CPU seconds, processes, file size, open files, no core dumps;
 - Landlock (Linux >= 5.13): writes only beneath the working directory; TCP connect and bind denied
   (ABI >= 4); signals and abstract unix sockets scoped to the sandbox (ABI >= 6);
-- seccomp: no unix-domain sockets (so no connection to a socket anywhere on the host) and no
-  io_uring (which could open one without the socket call).
+- seccomp: no sockets (so no connection to a unix socket anywhere on the host, nor UDP where there
+  is no network namespace) and no io_uring (which could open one without the socket call).
 Standard library only: the worker that imports it is run by path, before any program.
 """
 
@@ -53,7 +53,7 @@ MNT_DETACH = 2
 # seccomp: (audit arch, socket, io_uring_setup, io_uring_enter, io_uring_register) per machine
 SECCOMP_ARCH = {"x86_64": (0xC000003E, 41, 425, 426, 427), "aarch64": (0xC00000B7, 198, 425, 426, 427)}
 X32_BIT = 0x40000000  # x86_64's x32 ABI numbers: denied, so no second socket() number
-AF_UNIX, EPERM = 1, 1
+EPERM = 1
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -181,22 +181,19 @@ def landlock(workdir: str) -> int:
     return abi
 
 
-def deny_unix_sockets() -> None:
-    """A seccomp filter: socket(AF_UNIX, ...) and io_uring fail with EPERM. OSError where unsupported."""
+def deny_sockets() -> None:
+    """A seccomp filter: socket() (every family: unix, inet, netlink...) and io_uring fail with EPERM;
+    socketpair() still works. OSError where unsupported."""
     arch = SECCOMP_ARCH.get(platform.machine())
     if arch is None:
         raise OSError(f"no seccomp filter for {platform.machine()}")
     audit_arch, nr_socket, *nr_uring = arch
     ld_w_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, deny = 0x7FFF0000, 0x00050000 | EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
-    # socket: deny for AF_UNIX; io_uring_*: deny; anything else: allow
     prog = [
-        (ld_w_abs, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, deny),
-        (ld_w_abs, 0, 0, 0), (jge, 0, 1, X32_BIT), (ret, 0, 0, deny),
-        (jeq, 0, 3, nr_socket),
-        (ld_w_abs, 0, 0, 16),                # args[0], low word: the socket's domain
-        (jeq, 0, 5, AF_UNIX), (ret, 0, 0, deny),
-        (jeq, 2, 0, nr_uring[0]), (jeq, 1, 0, nr_uring[1]), (jeq, 0, 1, nr_uring[2]),
+        (ld_w_abs, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, deny),  # another ABI: nothing allowed
+        (ld_w_abs, 0, 0, 0), (jge, 0, 1, X32_BIT), (ret, 0, 0, deny),     # the syscall number; no x32
+        (jeq, 3, 0, nr_socket), (jeq, 2, 0, nr_uring[0]), (jeq, 1, 0, nr_uring[1]), (jeq, 0, 1, nr_uring[2]),
         (ret, 0, 0, deny),
         (ret, 0, 0, allow),
     ]

@@ -77,7 +77,7 @@ class Setup:
             os.chmod(self.base, 0o711)  # nobody reaches its own directories below
         self.cgroup = make_pids_cgroup() if self.root else None
         self.landlock_abi = jail.landlock_abi()
-        self.seccomp = _succeeds(jail.deny_unix_sockets)
+        self.seccomp = _succeeds(jail.deny_sockets)
 
     def new_pid_namespace(self) -> None:
         """Our next child will be the init of a new PID namespace."""
@@ -306,7 +306,7 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         jail.die_with_parent(signal.SIGKILL)  # after leave_root, which clears it; the worker may be killed
         jail.landlock(workdir)
         if setup.seccomp:
-            jail.deny_unix_sockets()
+            jail.deny_sockets()
         os.environ.clear()
         os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"})
         tempfile.tempdir = None
