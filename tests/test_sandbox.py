@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -257,3 +260,23 @@ def test_workers_get_none_of_the_callers_environment(monkeypatch):
     sandbox.close()  # the next run starts a worker now, with the token in our environment
     r = run("import os\nprint(sorted(os.environ))", LIMITS)
     assert r.stdout.strip() == "['HOME', 'LANG', 'PATH', 'TMPDIR']"
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_degrades_where_only_root_is_mapped(tmp_path):
+    """In a user namespace that maps only root (a rootless container), runs cannot leave root nor
+    get a PID namespace; what remains still decides outcomes from the record and confines writes."""
+    target = tmp_path / "escaped.txt"
+    programs = ["assert 1", "assert 0", "import os\nos._exit(0)", f"open({str(target)!r}, 'w')"]
+    code = ("import json\nfrom qlcode.execution import sandbox\nL = sandbox.Limits(timeout_s=4, cpu_s=4, memory_mb=512)\n"
+            f"runs = [sandbox.run(p, L) for p in {programs!r}]\n"
+            "print(json.dumps([sandbox.protections(), [(r.outcome, r.error_type) for r in runs]]))")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    done = subprocess.run(["unshare", "-r", sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    features, outcomes = json.loads(done.stdout.splitlines()[-1])
+    assert (features["nobody"], features["namespaces"]) == (False, False)
+    assert outcomes == [["passed", None], ["failed", "AssertionError"], ["error", "EarlyExit"], ["error", "PermissionError"]]
+    assert not target.exists()
