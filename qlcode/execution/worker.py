@@ -55,12 +55,13 @@ class Setup:
         self.base = tempfile.mkdtemp(prefix="qlcode-sandbox-")
         self.isolated = False  # per-run PID and mount namespaces, /proc, tmpfs working directory
         self.pid_ns = -1
+        python = [p for p in sys.path if os.path.exists(p)]  # what the program imports from
         if self.root:
             try:
                 jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWUTS | jail.CLONE_NEWIPC | jail.CLONE_NEWNET)
                 jail.mount("none", "/", None, jail.MS_REC | jail.MS_PRIVATE)
                 jail.sethostname("sandbox")
-                jail.expose([p for p in sys.path if os.path.exists(p)])
+                jail.expose(python)
                 self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
                 self.new_pid_namespace()
                 self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1))
@@ -72,7 +73,8 @@ class Setup:
                 jail.unshare(jail.CLONE_NEWNET)  # without root, only where user namespaces allow it
             except OSError:
                 pass
-        self.nobody = self.root and _succeeds(jail.leave_root)  # not in a user namespace that maps only root
+        # not in a user namespace that maps only root, and Python's own files readable as nobody
+        self.nobody = self.root and _succeeds(lambda: (jail.leave_root(), _readable(python)))
         if self.nobody and not self.isolated:
             os.chmod(self.base, 0o711)  # nobody reaches its own directories below
         self.cgroup = make_pids_cgroup() if self.root else None
@@ -107,6 +109,15 @@ def _succeeds(fn) -> bool:
             os._exit(1)
         os._exit(0)
     return os.waitpid(pid, 0)[1] == 0
+
+
+def _readable(paths: list[str]) -> None:
+    """Raises unless each directory can be listed and each file read (by whoever we are now)."""
+    for path in paths:
+        if path.endswith(".zip"):
+            open(path, "rb").close()
+        else:
+            os.listdir(path)
 
 
 def make_pids_cgroup() -> str | None:
