@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qlcode.errors import QlcodeError
+
 WORKER = Path(__file__).with_name("worker.py")  # run by path: it needs only the standard library
 WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # none of the caller's variables (tokens)
 START_TIMEOUT_S = 60.0
@@ -59,7 +61,10 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, env=WORKER_ENV, cwd="/",
                                      start_new_session=True)
-        self.features = self._reply(START_TIMEOUT_S)
+        try:
+            self.features = self._reply(START_TIMEOUT_S)
+        except RuntimeError as e:
+            raise QlcodeError(f"the sandbox could not start its worker: {e}") from None
 
     def run(self, request: dict, timeout: float) -> dict:
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
