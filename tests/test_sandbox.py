@@ -174,11 +174,18 @@ def test_no_capabilities_and_not_root():
 
 @needs_namespaces
 def test_total_disk_writes_are_bounded():
-    program = ("total = 0\nfor i in range(20):\n    try:\n        with open(f'f{i}', 'wb') as f:\n"
+    program = ("total = 0\nfor i in range(20):\n    try:\n        with open(f'{(\".\", \"/dev/shm\")[i % 2]}/f{i}', 'wb') as f:\n"
                "            for _ in range(15):\n                f.write(b'x' * 2**20)\n                total += 2**20\n"
                "    except OSError:\n        break\nprint(total)")
     r = run(program, LIMITS)
     assert r.outcome == "passed" and int(r.stdout) <= LIMITS.disk_mb * 2**20
+
+
+@needs_namespaces
+def test_multiprocessing_queues_work():
+    r = run("import multiprocessing as mp\nq = mp.Queue()\np = mp.Process(target=q.put, args=(3,))\np.start()\n"
+            "assert q.get(timeout=3) == 3\np.join()", LIMITS)
+    assert r.outcome == "passed", r.stderr
 
 
 @needs_namespaces

@@ -158,8 +158,8 @@ def landlock_abi() -> int:
     return max(0, libc.syscall(SYS_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION))
 
 
-def landlock(workdir: str) -> int:
-    """Restrict writes to workdir, TCP, and signals; returns the Landlock ABI used (0 = unavailable)."""
+def landlock(*writable: str) -> int:
+    """Restrict writes to beneath `writable`, TCP, and signals; returns the Landlock ABI used (0 = unavailable)."""
     abi = landlock_abi()
     if abi == 0:
         return 0
@@ -169,7 +169,7 @@ def landlock(workdir: str) -> int:
     ruleset = libc.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), size, 0)
     if ruleset < 0:
         return 0
-    for path, access in ((workdir, fs), ("/dev/null", 1 << 1)):
+    for path, access in (*((w, fs) for w in writable), ("/dev/null", 1 << 1)):
         fd = os.open(path, os.O_PATH)
         rule = PathBeneath(access, fd)
         libc.syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0)

@@ -39,6 +39,7 @@ sys.path.pop(0)
 OUTPUT_LIMIT = 8192
 RECORD_LIMIT = 1 << 20
 PIDS_CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")  # cgroup v1, v2
+SHM = "/dev/shm"
 PREIMPORT = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
              "hashlib", "random", "statistics", "json", "fractions", "decimal", "datetime", "copy", "operator",
              "doctest")
@@ -286,11 +287,15 @@ def classify(record: dict | None, returncode: int, timed_out: bool) -> tuple[str
 
 def enter_run_namespaces(workdir: str, disk_mb: int) -> None:
     """As the init of a fresh PID namespace: a mount namespace of its own, a /proc that shows only
-    this namespace's processes, and a tmpfs of disk_mb MB as the working directory."""
+    this namespace's processes, and one tmpfs of disk_mb MB, at /dev/shm (multiprocessing's
+    semaphores live there) with its `work` directory bind-mounted as the working directory."""
     jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWIPC)
     jail.mount("proc", "/proc", "proc", jail.MS_NOSUID | jail.MS_NODEV | jail.MS_NOEXEC)
-    jail.mount("tmpfs", workdir, "tmpfs", jail.MS_NOSUID | jail.MS_NODEV,
-               f"size={disk_mb}m,mode=0700,uid={jail.NOBODY},gid={jail.NOBODY}")
+    jail.mount("tmpfs", SHM, "tmpfs", jail.MS_NOSUID | jail.MS_NODEV,
+               f"size={disk_mb}m,mode=1777,uid={jail.NOBODY},gid={jail.NOBODY}")
+    os.mkdir(f"{SHM}/work", 0o700)
+    os.chown(f"{SHM}/work", jail.NOBODY, jail.NOBODY)
+    jail.mount(f"{SHM}/work", workdir, None, jail.MS_BIND)
 
 
 def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tuple[int, int, int], nonce: str) -> None:
@@ -315,7 +320,7 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         if setup.nobody:
             jail.leave_root()
         jail.die_with_parent(signal.SIGKILL)  # after leave_root, which clears it; the worker may be killed
-        jail.landlock(workdir)
+        jail.landlock(workdir, SHM) if setup.isolated else jail.landlock(workdir)
         if setup.seccomp:
             jail.deny_sockets()
         os.environ.clear()
