@@ -18,7 +18,7 @@ from rich.table import Table
 
 from qlcode import __version__
 from qlcode.errors import QlcodeError
-from qlcode.placement import is_main_process
+from qlcode.ranks import is_main_process
 
 app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, driven by YAML recipes.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
