@@ -22,7 +22,9 @@ DpoLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 ]
-Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference", "repository"]
+# the names of qlcode.data.formats.FORMATS (a test keeps them in step)
+Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference", "repository", "kto", "problems"]
+MIN_LENGTH = 16  # tokens: the instruct framing (12 with the Llama tokenizer) plus a short prompt and answer
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -101,8 +103,8 @@ class DatasetSpec(Section):
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split to train on.")
     format: Format = Field(
-        description="Row format: alpaca, prompt-completion, messages, text, preference, or repository "
-        "(a directory of projects, or builtin:stdlib-packages, one sequence stream per project)."
+        description="Row format: alpaca, prompt-completion, messages, text, preference, kto, problems, or repository "
+        "(a directory of projects, or builtin:stdlib-packages, one sequence stream per project); see README: Formats."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -124,7 +126,7 @@ class DataSection(Section):
         description="codellama-instruct = <s>[INST] ... [/INST] answer</s>; completion = the prompt as code "
         "followed by its completion; raw = rows used as they are.",
     )
-    max_length: int = Field(2048, gt=0, description="Tokens per training sequence; longer rows are truncated.")
+    max_length: int = Field(2048, description="Tokens per training sequence (at least 16); longer rows are truncated.")
     packing: bool = Field(False, description="Pack several rows into each sequence (best-fit decreasing).")
     train_on_completions_only: bool = Field(
         True, description="Loss on the response tokens and eos only, not on the prompt."
@@ -148,6 +150,14 @@ class DataSection(Section):
         for name in v:
             if name not in ("humaneval", "mbpp") and not name.startswith("mbpp:"):
                 raise ValueError(f"unknown benchmark {name!r}: use humaneval, mbpp or mbpp:PATH")
+        return v
+
+    @field_validator("max_length")
+    @classmethod
+    def _room_for_an_example(cls, v: int) -> int:
+        if v < MIN_LENGTH:
+            raise ValueError(f"must be at least {MIN_LENGTH} tokens, got {v}: Code Llama's instruct framing of one "
+                             "exchange (bos, INST marks, eos) alone takes 12, and a sequence needs room for a prompt and an answer")
         return v
 
     @field_validator("validation")
@@ -439,13 +449,13 @@ def read_run_recipe(path: Path) -> Recipe:
 
 def _check_consistency(recipe: Recipe, where) -> None:
     """Rules that span sections or touch the filesystem; each names the key to change."""
+    from qlcode.data.formats import method_problem
+
     problems = []
     for i, ds in enumerate(recipe.data.datasets):
         key = ("data", "datasets", i, "format")
-        if recipe.train.method == "dpo" and ds.format != "preference":
-            problems.append((key, f"train.method dpo needs preference data (chosen/rejected), got {ds.format}"))
-        if recipe.train.method == "sft" and ds.format == "preference":
-            problems.append((key, "preference data trains with train.method: dpo"))
+        if (problem := method_problem(ds.format, recipe.train.method)) is not None:
+            problems.append((key, problem))
         src = ("data", "datasets", i, "source")
         if ds.format == "repository":
             if not recipe.data.packing:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from datasets import Dataset
 
+from qlcode.data.formats.base import row_text
 from qlcode.errors import QlcodeError
 
 N = 13
@@ -50,28 +51,23 @@ def index(names: Iterable[str]) -> dict[tuple[str, ...], str]:
     return grams
 
 
-def row_text(value) -> str:
-    """Every string in a row, conversations included."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return "\n".join(row_text(v) for v in value.values())
-    if isinstance(value, list):
-        return "\n".join(row_text(v) for v in value)
-    return ""
-
-
-def overlaps(ds: Dataset, grams: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
-    """(row index, benchmark task_id) for each row sharing a 13-gram with a benchmark."""
+def overlapping(texts: Iterable[str], grams: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
+    """(index, benchmark task_id) for each text sharing a 13-gram with a benchmark."""
     found = []
-    for i, row in enumerate(ds):
-        hit = next((grams[g] for g in ngrams(row_text(row)) if g in grams), None)
+    for i, text in enumerate(texts):
+        hit = next((grams[g] for g in ngrams(text) if g in grams), None)
         if hit is not None:
             found.append((i, hit))
     return found
 
 
+def overlaps(ds: Dataset, grams: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
+    """(row index, benchmark task_id) for each row (every string in it) sharing a 13-gram with a benchmark."""
+    return overlapping((row_text(row) for row in ds), grams)
+
+
 def drop_overlapping(ds: Dataset, grams: dict[tuple[str, ...], str]) -> tuple[Dataset, list[tuple[int, str]]]:
-    bad = overlaps(ds, grams)
+    """Rendered rows (qlcode.data.pipeline, with their `_text`) without those that overlap a benchmark."""
+    bad = overlapping(ds["_text"], grams)
     drop = {i for i, _ in bad}
     return ds.select([i for i in range(len(ds)) if i not in drop]), bad
