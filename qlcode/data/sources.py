@@ -33,22 +33,36 @@ def _kind(value) -> str | None:
     return "a list" if isinstance(value, list) else "an object"
 
 
-def _table(rows: list[dict], where: list[str], path: Path) -> Dataset:
-    """Rows as a Dataset; a column whose type differs between rows is named with the first such row."""
+def _typed(value, path: str):
+    """(path, type) for a value and every value nested in it: messages[].content for a message's content."""
+    kind = _kind(value)
+    if kind is None:
+        return
+    yield path, kind
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _typed(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            yield from _typed(v, f"{path}[]")
+
+
+def _table(rows: list[dict], where: list[tuple[str, str]], path: Path) -> Dataset:
+    """Rows as a Dataset; a column (or a field nested in one) whose type differs between rows is named with the first such row.
+
+    `where` gives each row's place twice: in full (file:line) and short (line N), for the message.
+    """
     first: dict[str, tuple[str, str]] = {}
-    for row, at in zip(rows, where):
-        for column, value in row.items():
-            kind = _kind(value)
-            if kind is None:
-                continue
-            seen = first.setdefault(column, (kind, at))
+    for row, (at, short) in zip(rows, where):
+        for column, kind in (typed for name, value in row.items() for typed in _typed(value, name)):
+            seen = first.setdefault(column, (kind, short))
             if seen[0] != kind:
-                raise DataError(f"{at}: column {column!r} is {kind} here but {seen[0]} at {seen[1]}; "
+                raise DataError(f"{at}: column {column!r} holds {kind} here but {seen[0]} in {seen[1]}; "
                                 "give the column one type in every row (e.g. quote numbers as text)")
     try:
         return Dataset.from_list(rows)
-    except Exception as e:  # pyarrow: nested values whose types differ between rows
-        raise DataError(f"{path}: rows whose values differ in type below the top level ({e}); give every row the same shape") from None
+    except Exception as e:  # pyarrow refuses what the check above lets through (e.g. an int over 64 bits)
+        raise DataError(f"{path}: cannot hold these rows in a table ({e}); give every row the same shape") from None
 
 
 def _text(raw: bytes, path: Path, line: int = 1) -> str:
@@ -78,7 +92,7 @@ def _read_jsonl(path: Path, split: str | None = None, limit: int | None = None) 
                 raise DataError(f"{path}:{n}: each line of a .jsonl file must be a JSON object, got {type(row).__name__}")
             if split is None or row.get("split") == split:
                 rows.append(row)
-                where.append(f"{path}:{n}")
+                where.append((f"{path}:{n}", f"line {n}"))
             if limit is not None and len(rows) == limit:
                 break
     if not rows:
@@ -97,7 +111,7 @@ def _read_json(path: Path, limit: int | None) -> Dataset:
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise DataError(f"{path}: a .json file must hold a non-empty list of row objects ([{{...}}, {{...}}])")
     rows = rows[:limit]
-    return _table(rows, [f"{path} row {i}" for i in range(len(rows))], path)
+    return _table(rows, [(f"{path} row {i}", f"row {i}") for i in range(len(rows))], path)
 
 
 def _read_csv(path: Path, limit: int | None) -> Dataset:
