@@ -23,10 +23,10 @@ CASES = [  # file, dataset keys, data keys, the message ({path} = the file)
      "{path}:1: not UTF-8 text (byte 0x89 at column 1); save the file as UTF-8"),
     ("mixed_types.jsonl", {"format": "prompt-completion"}, {},
      "{path}:3: column 'completion' holds a number here but text in line 1; give the column one type in every row "
-     "(e.g. quote numbers as text)"),
+     "(quote numbers as text)"),
     ("message_content_not_text.jsonl", {"format": "messages"}, {},
      "{path}:1: column 'messages[].content' holds a number here but text in line 1; give the column one type in every row "
-     "(e.g. quote numbers as text)"),
+     "(quote numbers as text)"),
     ("garbage.csv", {"format": "prompt-completion"}, {},
      "{path}: not a valid CSV file (Expected 2 fields in line 3, saw 4); the first line names the columns and each line "
      "holds one value per column (quote values that contain commas)"),
@@ -94,7 +94,7 @@ def test_recipes_validate_checks_the_data_one_line_per_problem(tmp_path, monkeyp
     assert lines[:2] == [f"note: data.datasets[0]: someone/code-rows is on the Hub and HF_HUB_OFFLINE is set: not checked",
                          f"ok {hub}"]
     assert lines[2] == (f"error: {BAD / 'mixed_types.jsonl'}:3: column 'completion' holds a number here but text in line 1; "
-                        "give the column one type in every row (e.g. quote numbers as text)")
+                        "give the column one type in every row (quote numbers as text)")
     res = CliRunner().invoke(app, ["recipes", "validate", "--no-data", str(bad)])
     assert res.exit_code == 0 and res.output == f"ok {bad}\n"
 

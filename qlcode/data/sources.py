@@ -57,8 +57,9 @@ def _table(rows: list[dict], where: list[tuple[str, str]], path: Path) -> Datase
         for column, kind in (typed for name, value in row.items() for typed in _typed(value, name)):
             seen = first.setdefault(column, (kind, short))
             if seen[0] != kind:
+                hint = " (quote numbers as text)" if "a number" in (kind, seen[0]) else ""
                 raise DataError(f"{at}: column {column!r} holds {kind} here but {seen[0]} in {seen[1]}; "
-                                "give the column one type in every row (e.g. quote numbers as text)")
+                                f"give the column one type in every row{hint}")
     try:
         return Dataset.from_list(rows)
     except Exception as e:  # pyarrow refuses what the check above lets through (e.g. an int over 64 bits)
