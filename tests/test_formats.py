@@ -185,3 +185,22 @@ def test_check_sample_reads_only_the_first_rows(tmp_path):
     assert check_sample(data) == []
     with pytest.raises(DataError, match=r"row 150: text \('text'\) must be non-empty text"):
         build(data)
+
+
+def test_datasets_of_different_row_kinds_are_refused(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "completion": "c"}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}])
+    c = write_jsonl(tmp_path / "c.jsonl", [{"prompt": CONVERSATION, "chosen": "c", "rejected": "r"}])
+    with pytest.raises(DataError) as e:
+        build(_data([{"source": str(a), "format": "prompt-completion"}, {"source": str(b), "format": "preference"}]))
+    assert str(e.value) == ("data.datasets render to different row kinds for training (data.datasets[0]: messages (conversation); "
+                            "data.datasets[1]: chosen (conversation), prompt (conversation), rejected (conversation)); "
+                            "give every dataset the same kind (see README: Formats)")
+    with pytest.raises(DataError, match=r"\[0\]: chosen, prompt, rejected; data.datasets\[1\]: chosen \(conversation\), prompt \(conversation\), "):
+        build(_data([{"source": str(b), "format": "preference"}, {"source": str(c), "format": "preference"}], template="raw"))
+
+
+def test_mbpp_from_the_hub_is_not_checked_offline(monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    data = _data([{"source": "builtin:mbpp-train", "format": "problems"}, {"source": f"builtin:mbpp-train:{MBPP}", "format": "problems"}])
+    assert check_sample(data) == ["data.datasets[0]: builtin:mbpp-train is on the Hub and HF_HUB_OFFLINE is set: not checked"]

@@ -9,7 +9,7 @@ their format's code (for infilling) and text (for decontamination).
 
 from __future__ import annotations
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, List, Sequence, concatenate_datasets
 
 from qlcode.data.formats import FORMATS
 from qlcode.errors import DataError
@@ -40,11 +40,18 @@ def prepared(data: DataSection, i: int, split: str, limit: int | None = None) ->
     return ds.map(rendered_row, remove_columns=ds.column_names, desc=f"Rendering {spec.source}")
 
 
+def _shape(ds: Dataset) -> str:
+    """A rendered dataset's row kind as a user reads it: its columns, and which hold conversations."""
+    return ", ".join(f"{c} (conversation)" if isinstance(ds.features[c], (List, Sequence)) else c
+                     for c in sorted(ds.column_names) if c not in HIDDEN)
+
+
 def _concat(parts: list[Dataset], what: str) -> Dataset:
-    kinds = {tuple(sorted(set(p.column_names) - set(HIDDEN))) for p in parts}
-    if len(kinds) > 1:
-        raise DataError(f"data.datasets render to different row kinds {sorted(kinds)} for {what}; "
-                        "give every dataset the same kind (conversation, prompt/completion or text)")
+    shapes = [_shape(p) for p in parts]
+    if len(set(shapes)) > 1:
+        listed = "; ".join(f"data.datasets[{i}]: {shape}" for i, shape in enumerate(shapes))
+        raise DataError(f"data.datasets render to different row kinds for {what} ({listed}); "
+                        "give every dataset the same kind (see README: Formats)")
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
@@ -107,13 +114,13 @@ def check_sample(data: DataSection, rows: int = 100) -> list[str]:
     Returns notes on what was not checked (Hub datasets when offline; repository directories, which
     the recipe checks exist); raises one DataError listing every problem found.
     """
-    from qlcode.data.sources import is_hub
+    from qlcode.data.sources import needs_hub
 
     notes, problems = [], []
     for i, spec in enumerate(data.datasets):
         if spec.format == "repository":
             continue
-        if is_hub(spec.source) and _offline():
+        if needs_hub(spec.source) and _offline():
             notes.append(f"data.datasets[{i}]: {spec.source} is on the Hub and HF_HUB_OFFLINE is set: not checked")
             continue
         for split in [spec.split] + ([data.validation] if isinstance(data.validation, str) else []):

@@ -14,7 +14,7 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 
 from qlcode import builtin
-from qlcode.errors import DataError
+from qlcode.errors import DataError, QlcodeError
 from qlcode.recipe import LOCAL_DATA_SUFFIXES, DatasetSpec
 
 MBPP_TRAIN = "builtin:mbpp-train"
@@ -174,11 +174,20 @@ def _mbpp_train(source: str, split: str, key: str) -> Dataset:
                         "use data.validation: 0.05 to hold rows out")
     if path is not None and not Path(path).is_file():
         raise DataError(f"{key}.source: no such file {path!r} (MBPP's original mbpp.jsonl)")
-    return Dataset.from_list(mbpp_train_rows(path))
+    try:
+        return Dataset.from_list(mbpp_train_rows(path))
+    except QlcodeError:  # MBPP from the Hub, unreachable
+        raise DataError(f"{key}: cannot load MBPP from the Hub; read a local copy (MBPP's original mbpp.jsonl) "
+                        f"with {key}.source: {MBPP_TRAIN}:PATH") from None
 
 
 def is_hub(source: str) -> bool:
     return not source.startswith("builtin:") and not source.endswith(LOCAL_DATA_SUFFIXES)
+
+
+def needs_hub(source: str) -> bool:
+    """Read from the Hub: a Hub dataset, or MBPP's train split without a local copy."""
+    return is_hub(source) or source == MBPP_TRAIN
 
 
 def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = None) -> Dataset:
