@@ -55,6 +55,14 @@ def test_each_format_renders_to_its_row_kind(name):
         assert fmt.kind(template)
 
 
+def test_a_column_mapped_onto_no_field_lists_the_fields(tmp_path):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"q": "p", "test": "assert True"}])
+    with pytest.raises(DataError) as e:
+        build(_data([{"source": str(f), "format": "problems", "columns": {"question": "q"}}]))
+    assert str(e.value) == ("data.datasets[0].columns: question is not a field of problems rows (fields: prompt, tests "
+                            "(a list of asserts) or test (test code), entry_point and task_id (optional))")
+
+
 def test_method_problems_name_the_fitting_formats():
     assert method_problem("alpaca", "dpo") == "train.method dpo needs preference data (chosen/rejected), got alpaca"
     assert method_problem("preference", "kto") is None and method_problem("kto", "kto") is None
@@ -193,10 +201,11 @@ def test_datasets_of_different_row_kinds_are_refused(tmp_path):
     c = write_jsonl(tmp_path / "c.jsonl", [{"prompt": CONVERSATION, "chosen": "c", "rejected": "r"}])
     with pytest.raises(DataError) as e:
         build(_data([{"source": str(a), "format": "prompt-completion"}, {"source": str(b), "format": "preference"}]))
-    assert str(e.value) == ("data.datasets render to different row kinds for training (data.datasets[0]: messages (conversation); "
-                            "data.datasets[1]: chosen (conversation), prompt (conversation), rejected (conversation)); "
+    assert str(e.value) == ("data.datasets render to different row kinds for training (data.datasets[0]: conversation (messages), "
+                            "messages (conversation); data.datasets[1]: preference (prompt, chosen, rejected), "
+                            "chosen (conversation), prompt (conversation), rejected (conversation)); "
                             "give every dataset the same kind (see README: Formats)")
-    with pytest.raises(DataError, match=r"\[0\]: chosen, prompt, rejected; data.datasets\[1\]: chosen \(conversation\), prompt \(conversation\), "):
+    with pytest.raises(DataError, match=r"rejected\), chosen, prompt, rejected; data.datasets\[1\]: .*, chosen \(conversation\), prompt \(conversation\), "):
         build(_data([{"source": str(b), "format": "preference"}, {"source": str(c), "format": "preference"}], template="raw"))
 
 

@@ -46,10 +46,11 @@ def _shape(ds: Dataset) -> str:
                      for c in sorted(ds.column_names) if c not in HIDDEN)
 
 
-def _concat(parts: list[Dataset], what: str) -> Dataset:
+def _concat(parts: list[Dataset], data: DataSection, what: str) -> Dataset:
     shapes = [_shape(p) for p in parts]
     if len(set(shapes)) > 1:
-        listed = "; ".join(f"data.datasets[{i}]: {shape}" for i, shape in enumerate(shapes))
+        listed = "; ".join(f"data.datasets[{i}]: {FORMATS[spec.format].kind(data.template)}, {shape}"
+                           for i, (spec, shape) in enumerate(zip(data.datasets, shapes)))
         raise DataError(f"data.datasets render to different row kinds for {what} ({listed}); "
                         "give every dataset the same kind (see README: Formats)")
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
@@ -69,8 +70,8 @@ def rendered(data: DataSection) -> tuple[Dataset, Dataset | None]:
             ds = split["train"]
             eval_parts.append(split["test"])
         train_parts.append(ds)
-    train = _concat(train_parts, "training").shuffle(seed=data.seed)
-    return train, (_concat(eval_parts, "validation") if eval_parts else None)
+    train = _concat(train_parts, data, "training").shuffle(seed=data.seed)
+    return train, (_concat(eval_parts, data, "validation") if eval_parts else None)
 
 
 def without_hidden(ds: Dataset | None) -> Dataset | None:

@@ -65,7 +65,7 @@ class DataFormat:
     required: ClassVar[tuple[str, ...]]
     optional: ClassVar[tuple[str, ...]] = ()
     methods: ClassVar[tuple[str, ...]] = ("sft",)  # the train.method values that consume it
-    summary: ClassVar[str]  # its fields, for the README
+    summary: ClassVar[str]  # its fields, for messages and the README
     short: ClassVar[str]  # what it holds, in messages
 
     @property
@@ -126,7 +126,7 @@ class DataFormat:
         unknown = set(columns) - set(self.fields)
         if unknown:
             raise DataError(f"{key}.columns: {', '.join(sorted(unknown))} is not a field of {self.name} rows "
-                            f"(fields: {', '.join(self.fields)})")
+                            f"(fields: {self.summary})")
         column = {f: columns.get(f, f) for f in self.fields}
         present = {f: c for f, c in column.items() if c in ds.column_names}
         self.check_columns(set(present), key, source, column, ds.column_names)
