@@ -213,3 +213,10 @@ def test_mbpp_from_the_hub_is_not_checked_offline(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     data = _data([{"source": "builtin:mbpp-train", "format": "problems"}, {"source": f"builtin:mbpp-train:{MBPP}", "format": "problems"}])
     assert check_sample(data) == ["data.datasets[0]: builtin:mbpp-train is on the Hub and HF_HUB_OFFLINE is set: not checked"]
+
+
+def test_hub_datasets_are_noted_when_the_hub_cannot_be_reached(monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    [note] = check_sample(_data([{"source": "someone/code-rows", "format": "alpaca"}]))
+    assert note.startswith("data.datasets[0]: someone/code-rows: the Hub cannot be reached (") and note.endswith("): not checked")

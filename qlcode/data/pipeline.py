@@ -103,32 +103,26 @@ def build(data: DataSection, tokenizer=None) -> tuple[Dataset, Dataset | None]:
     return without_hidden(train), without_hidden(held)
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE
-
-
 def check_sample(data: DataSection, rows: int = 100) -> list[str]:
     """Check the first `rows` rows of each dataset (each split used) against its format, in seconds.
 
-    Returns notes on what was not checked (Hub datasets when offline; repository directories, which
-    the recipe checks exist); raises one DataError listing every problem found.
+    Returns notes on what was not checked (Hub datasets when the Hub cannot be reached; repository
+    directories, which the recipe checks exist); raises one DataError listing every problem found.
     """
-    from qlcode.data.sources import needs_hub
+    from qlcode.data.sources import hub_note
 
     notes, problems = [], []
     for i, spec in enumerate(data.datasets):
         if spec.format == "repository":
             continue
-        if needs_hub(spec.source) and _offline():
-            notes.append(f"data.datasets[{i}]: {spec.source} is on the Hub and HF_HUB_OFFLINE is set: not checked")
-            continue
-        for split in [spec.split] + ([data.validation] if isinstance(data.validation, str) else []):
-            try:
+        try:
+            if (note := hub_note(spec.source, f"data.datasets[{i}]")) is not None:
+                notes.append(note)
+                continue
+            for split in [spec.split] + ([data.validation] if isinstance(data.validation, str) else []):
                 prepared(data, i, split, limit=rows)
-            except DataError as e:
-                problems.append(str(e))
+        except DataError as e:
+            problems.append(str(e))
     if problems:
         raise DataError("\n".join(problems))
     return notes

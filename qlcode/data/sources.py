@@ -185,9 +185,26 @@ def is_hub(source: str) -> bool:
     return not source.startswith("builtin:") and not source.endswith(LOCAL_DATA_SUFFIXES)
 
 
-def needs_hub(source: str) -> bool:
-    """Read from the Hub: a Hub dataset, or MBPP's train split without a local copy."""
-    return is_hub(source) or source == MBPP_TRAIN
+def hub_note(source: str, key: str) -> str | None:
+    """For a source read from the Hub: a note when the Hub cannot be asked, or a DataError when it has no such dataset.
+
+    None when the source is not on the Hub or the Hub has it.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    repo = "google-research-datasets/mbpp" if source == MBPP_TRAIN else source if is_hub(source) else None
+    if repo is None:
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return f"{key}: {source} is on the Hub and HF_HUB_OFFLINE is set: not checked"
+    try:
+        HfApi().dataset_info(repo, timeout=10)
+    except RepositoryNotFoundError:
+        raise DataError(f"{key}: dataset {repo!r} not found on the Hub (check the id, or log in for a private one)") from None
+    except Exception as e:  # no network: httpx's, OSError and others, by platform
+        return f"{key}: {source}: the Hub cannot be reached ({e}): not checked"
+    return None
 
 
 def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = None) -> Dataset:
