@@ -392,17 +392,18 @@ def recipes_validate(
 
     from qlcode.recipe import load_recipe
 
+    if not no_data:
+        from qlcode.data import check_sample
+
+        quiet_libraries()
     failed = []
     for path in recipes:
         try:
             loaded = load_recipe(path)
             if not no_data:
-                from qlcode.data import check_sample
-
-                quiet_libraries()
                 for note in check_sample(loaded.data):
                     out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-            out.print(f"[green]ok[/] {path}")
+            out.print(f"[green]ok[/] {path}", soft_wrap=True)
         except QlcodeError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             failed.append(path)
