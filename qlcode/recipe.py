@@ -98,7 +98,8 @@ class LoraSection(Section):
 
 class DatasetSpec(Section):
     source: str = Field(
-        description="A Hub dataset id, a local .jsonl/.json/.parquet/.csv file, or builtin:stdlib-python-instruct."
+        description="A Hub dataset id, a local .jsonl/.json/.parquet/.csv file, builtin:stdlib-python-instruct, "
+        "or builtin:mbpp-train (MBPP task_id 601-974 as problems; builtin:mbpp-train:PATH reads a local mbpp.jsonl)."
     )
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split to train on.")
