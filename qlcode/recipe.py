@@ -24,7 +24,7 @@ DpoLoss = Literal[
 ]
 # the names of qlcode.data.formats.FORMATS (a test keeps them in step)
 Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference", "repository", "kto", "problems"]
-MIN_LENGTH = 16  # tokens: the instruct framing (12 with the Llama tokenizer) plus a short prompt and answer
+MIN_LENGTH = 16  # tokens: <s>[INST] x [/INST] y </s> is 12 with Llama's tokenizer, 14 with the micro model's
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -157,8 +157,8 @@ class DataSection(Section):
     @classmethod
     def _room_for_an_example(cls, v: int) -> int:
         if v < MIN_LENGTH:
-            raise ValueError(f"must be at least {MIN_LENGTH} tokens, got {v}: Code Llama's instruct framing of one "
-                             "exchange (bos, INST marks, eos) alone takes 12, and a sequence needs room for a prompt and an answer")
+            raise ValueError(f"must be at least {MIN_LENGTH} tokens, got {v}: one Code Llama Instruct exchange with a "
+                             "one-token prompt and a one-token answer already takes 12 (Llama's tokenizer) to 14 (the micro model's)")
         return v
 
     @field_validator("validation")

@@ -68,8 +68,8 @@ def test_max_length_too_small_is_refused_in_the_recipe(tmp_path):
     path = _recipe(tmp_path, {"source": "builtin:stdlib-python-instruct", "format": "alpaca"}, max_length=1)
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
-    assert str(e.value) == (f"{path}:5: data.max_length: must be at least 16 tokens, got 1: Code Llama's instruct framing "
-                            "of one exchange (bos, INST marks, eos) alone takes 12, and a sequence needs room for a prompt and an answer")
+    assert str(e.value) == (f"{path}:5: data.max_length: must be at least 16 tokens, got 1: one Code Llama Instruct exchange "
+                            "with a one-token prompt and a one-token answer already takes 12 (Llama's tokenizer) to 14 (the micro model's)")
 
 
 def test_build_writes_nothing(tmp_path, monkeypatch):
@@ -104,6 +104,6 @@ def test_recipes_validate_prints_each_recipe_problem_on_one_line(tmp_path):
     res = CliRunner().invoke(app, ["recipes", "validate", str(path)], env={"COLUMNS": "80"})
     assert res.exit_code == 2
     assert res.output.splitlines() == [
-        f"error: {path}:5: data.max_length: must be at least 16 tokens, got 8: Code Llama's instruct framing of one exchange "
-        "(bos, INST marks, eos) alone takes 12, and a sequence needs room for a prompt and an answer",
+        f"error: {path}:5: data.max_length: must be at least 16 tokens, got 8: one Code Llama Instruct exchange with a "
+        "one-token prompt and a one-token answer already takes 12 (Llama's tokenizer) to 14 (the micro model's)",
         f"{path}:6: data.validation: a validation fraction must be in [0, 1), got 1.5"]

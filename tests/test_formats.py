@@ -220,3 +220,17 @@ def test_hub_datasets_are_noted_when_the_hub_cannot_be_reached(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     [note] = check_sample(_data([{"source": "someone/code-rows", "format": "alpaca"}]))
     assert note.startswith("data.datasets[0]: someone/code-rows: the Hub cannot be reached (") and note.endswith("): not checked")
+
+
+def test_min_length_holds_one_short_exchange():
+    """The bound data.max_length >= 16 against the micro model's tokenizer (Llama's takes 12, see recipe.MIN_LENGTH)."""
+    from transformers import AutoTokenizer
+
+    from qlcode.builtin import MODELS
+    from qlcode.data.templates import CODELLAMA_INSTRUCT_CHAT_TEMPLATE
+    from qlcode.recipe import MIN_LENGTH
+
+    tok = AutoTokenizer.from_pretrained(MODELS["micro-codellama"])
+    ids = tok.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                                  chat_template=CODELLAMA_INSTRUCT_CHAT_TEMPLATE, tokenize=True, return_dict=True)["input_ids"]
+    assert len(ids) == 14 < MIN_LENGTH
