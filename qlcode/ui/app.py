@@ -48,9 +48,10 @@ def _fence(code: str) -> str:
 
 
 def _turn(prompt: Prompt, answer: str) -> list[dict]:
-    """A pane's transcript entry: chat as written (code blocks render as code); code modes fenced."""
+    """A pane's transcript entry: chat as written (code blocks render as code); complete and infill
+    show the whole program the answer makes (what the tests run), as code."""
     user = prompt.shown() if prompt.mode == "chat" else _fence(prompt.shown())
-    reply = answer if prompt.mode == "chat" else _fence(answer)
+    reply = answer if prompt.mode == "chat" else _fence(prompt.program(answer))
     return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
 
 
@@ -227,6 +228,8 @@ def build(pool: Pool, votes: Path, left: str, right: str) -> gr.Blocks:
         send_btn.click(send, [mode, message, prefix, suffix, asserts, left_model, right_model, blind, temperature, top_p,
                               max_new_tokens, seed, session], outs, api_name="send")
         new_btn.click(new_chat, [session], [*chats, *stats, *tests, vote_status, *vote_btns, session], api_name="new_chat")
+        for chat in chats:  # a pane's clear button clears both: the panes hold one conversation's two sides
+            chat.clear(new_chat, [session], [*chats, *stats, *tests, vote_status, *vote_btns, session], api_visibility="private")
         run_btn.click(run_tests, [asserts, session], tests, api_name="run_tests")
         for btn, fn in zip(vote_btns, (vote_left, vote_tie, vote_right)):
             btn.click(fn, [blind, session], [vote_status, *vote_btns, *chats, board, session], api_name=fn.__name__)

@@ -93,10 +93,12 @@ class _RowStreamer(BaseStreamer):
         self.ids: list[list[int]] = [[] for _ in panes]
         self.finished = [False] * len(panes)
         self.prompt_seen = False
+        self.anchors: list[list[int]] = []
 
     def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate's first call hands over the prompt
+        if not self.prompt_seen:  # generate's first call hands over the prompt: keep each row's last token
             self.prompt_seen = True
+            self.anchors = value[:, -1:].tolist()
             return
         now = time.perf_counter() - self.start
         for row, token in enumerate(value.reshape(-1).tolist()):
@@ -107,8 +109,15 @@ class _RowStreamer(BaseStreamer):
                 self.events.put((self.panes[row], "done", now))
                 continue
             self.ids[row].append(token)
-            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            text = self._text(row)
             self.events.put((self.panes[row], "token", (text, len(self.ids[row]), now)))
+
+    def _text(self, row: int) -> str:
+        """The row's new text, decoded after the prompt's last token: decoding new tokens alone would
+        drop the leading space SentencePiece folds into a word's first piece."""
+        anchor = self.anchors[row]
+        return self.tokenizer.decode(anchor + self.ids[row], skip_special_tokens=True)[
+            len(self.tokenizer.decode(anchor, skip_special_tokens=True)):]
 
     def end(self) -> None:
         now = time.perf_counter() - self.start
