@@ -64,11 +64,11 @@ COMPLETE = Prompt("complete", text="def add(a, b):\n")
 def test_two_adapters_share_one_base_and_one_batch_gives_each_row_its_own_adapter(pool, adapters):
     assert pool.choices() == ["base", "adapter:one", "adapter:two"]
     base_bytes = _unique_bytes(pool.model)
-    batched = _answers(pool, ["adapter:one", "adapter:two", "base"], COMPLETE)
+    batched = _answers(pool, ["base", "adapter:two", "adapter:one"], COMPLETE)  # the first adapter loads during this call
     adapter_bytes = sum((adapters / n / "adapter_model.safetensors").stat().st_size for n in ("one", "two"))
     grown = _unique_bytes(pool.model) - base_bytes
     assert 0.9 * adapter_bytes <= grown <= 1.2 * adapter_bytes, (grown, adapter_bytes)
-    alone = [_answers(pool, [spec], COMPLETE)[0] for spec in ("adapter:one", "adapter:two", "base")]
+    alone = [_answers(pool, [spec], COMPLETE)[0] for spec in ("base", "adapter:two", "adapter:one")]
     assert batched == alone, "a row of the mixed-adapter batch answers as its model does alone"
     assert len(set(alone)) >= 2, "the adapters answer differently from the base"
 

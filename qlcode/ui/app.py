@@ -226,7 +226,7 @@ def build(pool: Pool, votes: Path, left: str, right: str) -> gr.Blocks:
 
         outs = [*chats, *stats, *tests, notice, *vote_btns, session]
         send_btn.click(send, [mode, message, prefix, suffix, asserts, left_model, right_model, blind, temperature, top_p,
-                              max_new_tokens, seed, session], outs, api_name="send")
+                              max_new_tokens, seed, session], outs, api_name="send", concurrency_limit=1)
         new_btn.click(new_chat, [session], [*chats, *stats, *tests, vote_status, *vote_btns, session], api_name="new_chat")
         for chat in chats:  # a pane's clear button clears both: the panes hold one conversation's two sides
             chat.clear(new_chat, [session], [*chats, *stats, *tests, vote_status, *vote_btns, session], api_visibility="private")
@@ -236,7 +236,7 @@ def build(pool: Pool, votes: Path, left: str, right: str) -> gr.Blocks:
         board_tab.select(leaderboard, None, board, api_name="leaderboard")
         mode.change(show_mode, [mode], [mode_help, message, prefix, suffix, new_btn], api_visibility="private")
         blind.change(show_models, [blind], [left_model, right_model], api_visibility="private")
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=4, max_size=64)  # generations one at a time (send's own limit)
     return demo
 
 

@@ -198,7 +198,8 @@ class Pool:
         panes = [Pane() for _ in specs]
         groups: dict[int, list[int]] = {}
         targets: dict[int, Target] = {}
-        for i, spec in enumerate(specs):
+        # adapters first: loading the first one wraps the shared base, which the base's rows must then use
+        for i, spec in sorted(enumerate(specs), key=lambda item: not item[1].startswith("adapter:")):
             try:
                 targets[i] = self.target(spec)
                 groups.setdefault(id(targets[i].model), []).append(i)

@@ -20,7 +20,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,13 +100,16 @@ class VoteBook:
             self.voted.add(gen.id)
         return row
 
-    def rows(self) -> Iterator[dict]:
-        """Every vote so far, preference rows and ties."""
-        for path in sorted(self.root.glob("*.jsonl")) if self.root.is_dir() else ():
-            with path.open(encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            yield json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise QlcodeError(f"{path} line {n}: not a JSON row ({e}); fix or remove that line") from None
+    def rows(self) -> list[dict]:
+        """Every vote so far, preference rows and ties (read under the lock: no half-appended line)."""
+        rows = []
+        with self.lock:
+            for path in sorted(self.root.glob("*.jsonl")) if self.root.is_dir() else ():
+                with path.open(encoding="utf-8") as f:
+                    for n, line in enumerate(f, 1):
+                        if line.strip():
+                            try:
+                                rows.append(json.loads(line))
+                            except json.JSONDecodeError as e:
+                                raise QlcodeError(f"{path} line {n}: not a JSON row ({e}); fix or remove that line") from None
+        return rows
