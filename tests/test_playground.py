@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -75,10 +76,11 @@ def test_two_adapters_share_one_base_and_one_batch_gives_each_row_its_own_adapte
 
 def test_both_panes_stream_at_the_same_time_with_their_speed(pool):
     chat = pane_prompt("chat", {"text": "Write add."}, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
-    snapshots = [[(p.tokens, p.done) for p in panes] for panes in pool.stream(["base", "adapter:one"], [COMPLETE, chat],
-                                                                             Settings(temperature=0, max_new_tokens=8))]
-    assert any(l_tokens and r_tokens and not l_done and not r_done for (l_tokens, l_done), (r_tokens, r_done) in snapshots), \
-        "the right pane has tokens before the left one is finished"
+    snapshots = [[(p.tokens, p.done, p.stats()) for p in panes] for panes in pool.stream(["base", "adapter:one"], [COMPLETE, chat],
+                                                                                        Settings(temperature=0, max_new_tokens=8))]
+    both_going = [(left, right) for left, right in snapshots if left[0] and right[0] and not left[1] and not right[1]]
+    assert both_going, "the right pane has tokens before the left one is finished"
+    assert all(stats.startswith("generating · first token ") for _, _, stats in both_going[0])
     *_, panes = pool.stream(["base", "adapter:one"], [COMPLETE, chat], Settings(temperature=0, max_new_tokens=8))
     for p in panes:
         assert p.first_token_s > 0 and 0 < p.tokens <= 8 and p.seconds >= p.first_token_s
@@ -158,7 +160,7 @@ def test_one_vote_per_generation_with_clean_rows(tmp_path):
     assert len(list(book.rows())) == 3
 
 
-def test_complete_votes_load_and_train_as_dpo_data(tmp_path):
+def test_complete_and_infill_votes_load_as_dpo_data(tmp_path):
     book = VoteBook(tmp_path / "votes")
     for i in range(4):
         book.record(Generation("complete", ("base", "adapter:one"), (COMPLETE, COMPLETE), (f"    return a - {i}\n", "    return a + b\n")), "right")
@@ -168,6 +170,12 @@ def test_complete_votes_load_and_train_as_dpo_data(tmp_path):
     assert sorted(ds, key=lambda r: r["rejected"]) == [
         {"prompt": "def add(a, b):\n", "chosen": "    return a + b\n", "rejected": f"    return a - {i}\n"} for i in range(4)]
     assert train(recipe).steps == 1
+    infill = pane_prompt("infill", {"prefix": "def sq(x):\n    return ", "suffix": "\n"}, [])
+    book.record(Generation("infill", ("base", "adapter:one"), (infill, infill), ("x * x", "x + x"),
+                           prompt_text="<PRE>def sq(x):\n    return <SUF>\n<MID>"), "left")
+    recipe = make_recipe(tmp_path / "infill", "builtin:micro-codellama", book.file("infill"), fmt="preference",
+                         train={"method": "dpo"}, data={"template": "raw", "validation": 0})
+    assert list(build_datasets(recipe.data)[0]) == [{"prompt": "<PRE>def sq(x):\n    return <SUF>\n<MID>", "chosen": "x * x", "rejected": "x + x"}]
 
 
 @pytest.mark.xfail(strict=True, raises=QlcodeError,
@@ -216,6 +224,12 @@ def test_import_qlcode_loads_no_ui():
     code = "import sys, qlcode, qlcode.cli; print(sorted(m for m in ('gradio', 'qlcode.ui.app') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_play_refuses_bad_bits_with_a_message(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "play", "--bits", "3"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (res.returncode, res.stderr.strip()) == (2, "error: --bits must be 4, 8 or none, got '3'")
 
 
 SEND = dict(mode="chat", message="Write add.", prefix="", suffix="", asserts="", left_model="base", right_model="adapter:one",

@@ -63,8 +63,8 @@ def _send(page, text: str | None = None) -> None:
     page.locator("#send").click()
     for side in ("left", "right"):
         page.wait_for_function(f"() => document.querySelectorAll('#{side}-chat [data-testid=bot]').length > {before}", timeout=60_000)
-    page.wait_for_function("() => document.querySelector('#right-stats').innerText.includes('tokens/s') && "
-                           "document.querySelector('#left-stats').innerText.includes('tokens/s')", timeout=60_000)
+    page.wait_for_function("() => ['#left-stats', '#right-stats'].every(s => document.querySelector(s).innerText.startsWith('first token'))",
+                           timeout=60_000)  # both finished ('generating · first token ...' while streaming)
 
 
 def _max_tokens(page, n: int) -> None:

@@ -117,7 +117,7 @@ def build(pool: Pool, votes: Path, left: str, right: str) -> gr.Blocks:
         answers = tuple(p.text.strip() if mode == "chat" else p.text for p in panes)
         for i in (0, 1):
             session.transcripts[i].extend(_turn(prompts[i], panes[i].error and f"error: {panes[i].error}" or answers[i]))
-            if mode == "chat":
+            if mode == "chat" and not panes[i].error:  # a failed turn stays out of what the model sees next
                 session.histories[i].extend([prompts[i].messages[-1], {"role": "assistant", "content": answers[i]}])
         if not any(p.error for p in panes):
             session.generation = Generation(mode, session.models, tuple(prompts), answers,
@@ -251,6 +251,8 @@ def launch(base: str, bits: int | None, left: str, right: str | None, votes: Pat
     pool = Pool(base, bits)
     if right is None:
         right = "adapter:quickstart-example" if "adapter:quickstart-example" in pool.choices() else "base"
+    for spec in (left, right):  # a wrong spec is an error now, not in the first answer
+        pool.target(spec)
     demo = build(pool, votes, left, right)
     demo.launch(server_name=host, server_port=port, share=share, **kwargs)
     return demo

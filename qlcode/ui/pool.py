@@ -72,7 +72,7 @@ class Pane:
         if self.first_token_s is None:
             return "waiting for the first token" if not self.done else "no tokens"
         rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
-        return f"first token {self.first_token_s:.2f} s · {self.tokens} tokens · {rate:.1f} tokens/s"
+        return ("" if self.done else "generating · ") + f"first token {self.first_token_s:.2f} s · {self.tokens} tokens · {rate:.1f} tokens/s"
 
 
 @dataclass(frozen=True)
