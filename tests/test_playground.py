@@ -283,6 +283,12 @@ def test_the_running_app_through_gradio_client(pool, tmp_path):
                                                          "asserts": "assert f() is None"}, api_name="/send")
         assert notice.startswith("The prompt was cut to its last 8,000 characters (it had 9,009)")
         assert l_tests.startswith("tests: ") and l_tests != "tests: -"
+        client.predict(False, api_name="/vote_left")
+        recipe = make_recipe(tmp_path, "builtin:micro-codellama", votes / "complete.jsonl", fmt="preference",
+                             train={"method": "dpo"}, data={"template": "completion", "validation": 0})
+        (row,) = build_datasets(recipe.data)[0]
+        assert row["prompt"] == ("x" * 9000 + "def f():\n")[-MAX_PROMPT_CHARS:], "a UI vote loads as DPO data, prompt as the model saw it"
+        assert row["chosen"] and row["rejected"]
 
         def one(i: int):
             return client.predict(**{**SEND, "mode": "complete", "message": f"def f{i}():\n", "max_new_tokens": 3}, api_name="/send")
