@@ -362,19 +362,17 @@ def play(
     host: Annotated[str, typer.Option(help="Address to listen on (only this machine by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
     share: Annotated[bool, typer.Option("--share", help="Also open a public Gradio share link.")] = False,
-    votes: Annotated[Path, typer.Option(help="Where votes go, as preference rows for DPO.")] = Path("data/votes.jsonl"),
+    votes: Annotated[Path, typer.Option(help="Directory for the votes: chat/complete/infill.jsonl preference rows for DPO, ties.jsonl.")] = Path("data/votes"),
 ) -> None:
-    """Compare two models side by side in the browser: chat, complete, infill, run the answers' tests, vote."""
-    from app.playground import build
-    from qlcode.playground import Pool
+    """Compare two models side by side in the browser: chat, complete, infill, tests on each answer, vote, leaderboard."""
+    if bits not in ("4", "8", "none"):
+        err.print(f"[bold red]error:[/] --bits must be 4, 8 or none, got {bits!r}", highlight=False)
+        raise typer.Exit(2)
+    from qlcode.ui.app import launch
 
     quiet_libraries()
-    pool = Pool(base, None if bits == "none" else int(bits))
-    if right is None:
-        right = "adapter:quickstart-example" if "adapter:quickstart-example" in pool.choices() else "base"
-    demo = build(pool, votes, left, right)
-    err.print(f"playground: {left} | {right} on http://{host}:{port}")
-    demo.launch(server_name=host, server_port=port, share=share)
+    err.print(f"playground: {left} | {right or 'default'} on http://{host}:{port}")
+    launch(base, None if bits == "none" else int(bits), left, right, votes, host, port, share)
 
 
 @adapters_app.command("list")

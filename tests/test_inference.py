@@ -75,3 +75,23 @@ def test_a_base_alone_loads_with_the_quantization_asked_for(tiny_base):
 def test_sampling_arguments_are_one_rule():
     assert sampling_args(0.0) == {"do_sample": False}
     assert sampling_args(0.7, 0.9) == {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
+
+
+def test_the_playground_loads_each_adapter_on_its_own_base(runs, tiny_base, tmp_path):
+    """An adapter trained on the shared base joins it; one trained on another quantization is a model of its own."""
+    from qlcode.ui.pool import Pool
+
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    for name in ("fp4", "none"):
+        (adapters / name).symlink_to(runs[name].output.run_dir)
+    pool = Pool(base=str(tiny_base), bits=None, adapters=adapters)
+    assert pool.choices() == ["base", "adapter:fp4", "adapter:none"]
+    assert pool.shares_base("adapter:none") and not pool.shares_base("adapter:fp4")
+    fp4 = pool.target("adapter:fp4").model
+    assert fp4 is not pool.model
+    assert {m.weight.quant_type for m in fp4.modules() if isinstance(m, bnb.nn.Linear4bit)} == {"fp4"}
+    ids = torch.tensor([[1, 300, 301, 302]])
+    torch.testing.assert_close(_logits(fp4, ids), _logits(load_model(adapter=runs["fp4"].output.run_dir).model, ids),
+                               rtol=0, atol=1e-6)
+    assert pool.target("adapter:none").model is pool.model  # full precision, like the shared base

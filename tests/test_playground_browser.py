@@ -1,44 +1,167 @@
-"""The playground in a real browser: headless Chromium (Debian's) driven by Playwright."""
+"""The playground in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+The two panes are the shared micro base and the micro model loaded again as a model of its own, so
+both generation paths (one batch on the shared base, a separate model in its own thread) run.
+Screenshots of chat, infill and the leaderboard land in test-artifacts/ (docs/ holds copies).
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from test_playground import adapters, pool  # noqa: F401  (fixtures)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
+LEFT, RIGHT = "base", "builtin:micro-codellama"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Chromium is not installed (.ci/run installs it: apt-get install chromium)")
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (.ci/run installs it: apt-get install chromium)")
-def test_page_loads_a_prompt_gets_both_answers_and_a_screenshot_is_saved(pool, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
-    from app.playground import build
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
 
-    demo = build(pool, tmp_path / "votes.jsonl", "base", "adapter:one")
+
+@pytest.fixture(scope="module")
+def pool():
+    from qlcode.ui.pool import Pool
+
+    return Pool("builtin:micro-codellama", bits=4)
+
+
+@pytest.fixture
+def app(pool, browser, tmp_path):
+    """(page, votes directory) on a fresh app."""
+    from qlcode.ui.app import build
+
+    demo = build(pool, tmp_path / "votes", LEFT, RIGHT)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(demo.local_url)
-            page.locator("#prompt textarea").fill("def add(a, b):\n")
-            page.locator("#send").click()
-            for pane in ("#left-answer textarea", "#right-answer textarea"):
-                page.wait_for_function(f"() => document.querySelector('{pane}').value.length > 0", timeout=120_000)
-            left = page.locator("#left-answer textarea").input_value()
-            right = page.locator("#right-answer textarea").input_value()
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
-            browser.close()
-        assert left and right
-        assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
-    finally:
-        demo.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(demo.local_url)
+    yield page, tmp_path / "votes"
+    page.close()
+    demo.close()
+
+
+def _send(page, text: str | None = None) -> None:
+    if text is not None:
+        page.locator("#prompt textarea").fill(text)
+    before = page.locator("#left-chat [data-testid=bot]").count()
+    page.locator("#send").click()
+    for side in ("left", "right"):
+        page.wait_for_function(f"() => document.querySelectorAll('#{side}-chat [data-testid=bot]').length > {before}", timeout=60_000)
+    page.wait_for_function("() => ['#left-stats', '#right-stats'].every(s => document.querySelector(s).innerText.startsWith('first token'))",
+                           timeout=60_000)  # both finished ('generating · first token ...' while streaming)
+
+
+def _max_tokens(page, n: int) -> None:
+    page.get_by_text("sampling").click()
+    box = page.get_by_label("max new tokens", exact=False).locator("xpath=..").locator("input[type=number]").first
+    box.fill(str(n))
+    box.press("Enter")
+
+
+def _words(text: str) -> str:
+    """Text as a browser shows it: runs of white space collapse."""
+    return " ".join(text.split())
+
+
+def _label(page, side: str) -> str:
+    return page.locator(f"#{side}-chat [data-testid=block-label]").inner_text()
+
+
+def test_a_two_turn_chat_in_both_panes_votes_once_with_the_whole_conversation(app):
+    page, votes = app
+    _max_tokens(page, 8)
+    vote = page.locator("#vote-left")
+    assert vote.is_disabled(), "no vote before a generation"
+    _send(page, "Write add.")
+    page.wait_for_function("() => !document.querySelector('#vote-left').disabled", timeout=30_000)
+    _send(page, "And sub?")
+    for side in ("left", "right"):
+        assert page.locator(f"#{side}-chat [data-testid=user]").all_inner_texts() == ["Write add.", "And sub?"], \
+            "turn 1 stays above turn 2"
+        assert page.locator(f"#{side}-chat [data-testid=bot]").count() == 2
+    page.wait_for_function("() => !document.querySelector('#vote-left').disabled", timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+    long = "x" * 9000 + "Now mul?"
+    _send(page, long)
+    assert page.locator("#notice").inner_text().startswith("The prompt was cut to its last 8,000 characters (it had 9,008)")
+    assert page.locator("#left-chat [data-testid=user]").last.inner_text() == long[-8000:], "the transcript shows what the model saw"
+    answers = {side: page.locator(f"#{side}-chat [data-testid=bot]").all_inner_texts() for side in ("left", "right")}
+    page.wait_for_function("() => !document.querySelector('#vote-left').disabled", timeout=30_000)
+    vote.click()
+    page.wait_for_function("() => document.querySelector('#vote-status').innerText.includes('Saved')", timeout=30_000)
+    assert page.locator("#vote-status").inner_text() == f"Saved the left answer to {votes / 'chat.jsonl'}."
+    assert vote.is_disabled() and page.locator("#vote-right").is_disabled(), "one vote per generation"
+    (row,) = [json.loads(line) for line in (votes / "chat.jsonl").read_text().splitlines()]
+    assert [m["role"] for m in row["prompt"]] == ["user", "assistant"] * 2 + ["user"], "the whole conversation"
+    assert [m["content"] for m in row["prompt"][::2]] == ["Write add.", "And sub?", long[-8000:]], "the prompt as the model saw it"
+    assert [_words(m["content"]) for m in row["prompt"][1::2]] == [_words(a) for a in answers["left"][:2]]
+    assert row["chosen"] == [{"role": "assistant", "content": row["chosen"][0]["content"]}]
+    assert _words(row["chosen"][0]["content"]) == _words(answers["left"][2])
+    assert (row["chosen_model"], row["rejected_model"]) == (LEFT, RIGHT)
+
+    page.get_by_role("tab", name="Leaderboard").click()
+    page.wait_for_function("() => document.querySelector('#leaderboard').innerText.includes('builtin:micro-codellama')", timeout=30_000)
+    cells = [c for c in page.locator("#leaderboard").inner_text().split("95% interval", 1)[1].split("\n") if c.strip()]
+    assert [cells[i:i + 6] for i in (0, 8)] == [[LEFT, "1", "1", "0", "0", "100%"], [RIGHT, "1", "0", "1", "0", "0%"]]
+    page.screenshot(path=str(ARTIFACTS / "playground-leaderboard.png"), full_page=True)
+
+
+def test_modes_show_their_inputs_and_code_renders_as_code(app):
+    page, _ = app
+    _max_tokens(page, 12)
+    visible = lambda: {k: page.locator(f"#{k}").is_visible() for k in ("prompt", "prefix", "suffix", "new-chat")}  # noqa: E731
+    assert visible() == {"prompt": True, "prefix": False, "suffix": False, "new-chat": True}
+    page.get_by_label("infill").check()
+    page.wait_for_function("() => document.querySelector('#mode-help').innerText.startsWith('infill')")
+    assert visible() == {"prompt": False, "prefix": True, "suffix": True, "new-chat": False}
+    page.locator("#prefix textarea").fill("def square(x):\n    return ")
+    page.locator("#suffix textarea").fill("\n\nprint(square(3))\n")
+    page.locator("#asserts textarea").fill("assert square(3) == 9")
+    _send(page)
+    page.wait_for_function("() => document.querySelector('#left-tests').innerText != 'tests: -' && "
+                           "!document.querySelector('#vote-left').disabled", timeout=30_000)
+    for side in ("left", "right"):
+        assert page.locator(f"#{side}-tests").inner_text().startswith(("tests: passed", "tests: failed", "tests: error"))
+        user_code = page.locator(f"#{side}-chat [data-testid=user] pre code.language-python")
+        assert "<FILL>" in user_code.inner_text() and user_code.locator("span.token").count() > 0, "highlighted code"
+        assert page.locator(f"#{side}-chat [data-testid=bot] .copy_code_button").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "playground-infill.png"), full_page=True)
+    page.get_by_label("complete").check()
+    page.wait_for_function("() => document.querySelector('#mode-help').innerText.startsWith('complete')")
+    assert visible() == {"prompt": True, "prefix": False, "suffix": False, "new-chat": False}
+
+
+def test_blind_mode_hides_the_names_until_the_vote(app):
+    page, votes = app
+    _max_tokens(page, 4)
+    page.locator("#blind input").check()
+    page.locator("#left-model").wait_for(state="hidden")
+    _send(page, "Write add.")
+    labels = [_label(page, s) for s in ("left", "right")]
+    assert labels == ["model A (hidden until you vote)", "model B (hidden until you vote)"]
+    assert not page.locator("#left-model").is_visible() and not page.locator("#right-model").is_visible()
+    page.wait_for_function("() => !document.querySelector('#vote-tie').disabled", timeout=30_000)
+    page.locator("#vote-tie").click()
+    page.wait_for_function("() => document.querySelector('#vote-status').innerText.includes('Saved')", timeout=30_000)
+    a, b = (_label(page, s).removeprefix(f"model {x}: ") for s, x in (("left", "A"), ("right", "B")))
+    assert {a, b} == {LEFT, RIGHT}, "the names show after the vote"
+    assert page.locator("#vote-status").inner_text().endswith(f"Model A was {a}, model B {b}.")
+    row = json.loads((votes / "ties.jsonl").read_text())
+    assert row["models"] == [a, b] and row["blind"] is True

@@ -1,1 +1,0 @@
-"""Gradio front ends; they hold no model logic of their own (that lives in qlcode)."""
