@@ -98,8 +98,8 @@ def test_readme_layout_table_is_the_tree():
     named = {p.rstrip("/") for cell in re.findall(r"^\| ([^|]+) \|", table, re.M) for p in re.findall(r"`([^`]+)`", cell)}
     for place in named:
         assert (REPO / place).exists(), f"README's Layout names {place}, which is not in the tree"
-    tops = {f"qlcode/{p.name}" for p in PACKAGE.iterdir() if p.suffix == ".py" and p.name != "__init__.py"
-            or p.is_dir() and p.name != "__pycache__"}
-    tops |= {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "qlcode"
-             and p.name not in ("build", "evals", "data")}
-    assert sorted(tops - named) == [], "every module, package and top-level folder has a row in README's Layout"
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
+    tops = {"/".join(f.split("/")[:2]) for f in tracked if f.startswith("qlcode/") and f.count("/") >= 1}
+    tops = {t for t in tops if t != "qlcode/__init__.py"} | {f.split("/")[0] for f in tracked if "/" in f and not f.startswith((".", "qlcode/"))}
+    covered = {t for t in tops if any(n == t or n.startswith(t + "/") for n in named)}
+    assert sorted(tops - covered) == [], "every module, package and top-level folder has a row in README's Layout"
