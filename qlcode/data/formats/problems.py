@@ -39,6 +39,8 @@ class Problems(DataFormat):
 
     def check_dataset(self, ds: Dataset, key: str, source: str) -> None:
         """MBPP's own file holds its test split too: only task_id 601-974 may train."""
+        from qlcode.execution.benchmarks import MBPP_TRAIN_IDS
+
         if {"task_id", "test_list"} <= set(ds.column_names):
             early = next((i for i, t in enumerate(ds["task_id"]) if str(t).isdigit() and int(t) < MBPP_TRAIN_IDS[0]), None)
             if early is not None:
