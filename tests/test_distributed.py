@@ -68,7 +68,7 @@ def two_processes(tmp_path_factory, tiny_base, ddp_rows) -> RunDir:
     res = qlcode("train", str(tmp / "recipe.yaml"), "--gpus", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("run summary") == 1 and "effective batch 4 x 1 x 2" in " ".join(res.stderr.split())
-    assert "2 processes" in res.stderr.splitlines()[0]
+    assert "run: 2 processes" in " ".join(res.stderr.split())
     return RunDir(recipe.output.run_dir)
 
 
@@ -105,3 +105,40 @@ def test_two_machines_on_one_host(tmp_path, tiny_base, ddp_rows, two_processes):
     assert [n.returncode for n in nodes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert "2 machines" in " ".join(outs[0][1].split()) and "qlcode train" not in outs[1][1]
     assert_adapters_close(RunDir(recipe.output.run_dir), two_processes, 0.0)
+
+
+def test_a_killed_rank_ends_the_run_with_its_name_and_resume_finishes_it(tmp_path, tiny_base, ddp_rows, two_processes):
+    import psutil
+
+    from qlcode.distributed.resume import check_resume
+    from qlcode.errors import QlcodeError
+
+    recipe = make_recipe(tmp_path, tiny_base, ddp_rows, train=STEPS)
+    run = RunDir(recipe.output.run_dir)
+    cmd = [sys.executable, "-m", "qlcode.cli", "train", str(tmp_path / "recipe.yaml"), "--gpus", "2"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 300
+    while run.latest_checkpoint() is None and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank1 = [p for p in psutil.Process(launcher.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    assert len(rank1) == 1 and not run.finished, "the run ended before a checkpoint could be watched for"
+    rank1[0].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = launcher.communicate(timeout=120)
+    print(f"launcher exited {time.monotonic() - killed:.1f} s after the kill")
+    assert launcher.returncode == 2 and time.monotonic() - killed < 60
+    assert f"error: rank 1 (local rank 1, pid {rank1[0].pid}) was killed by SIGKILL" in " ".join(stderr.split())
+    assert not run.finished and run.recorded_world_size() == 2
+
+    # another number of processes: DDP goes on and says what changes; sharded state refuses
+    assert "resuming with 1 processes where the checkpoints were written by 2" in check_resume(recipe, 1)
+    sharded = load_recipe(tmp_path / "recipe.yaml", ["distributed.strategy=deepspeed"])
+    with pytest.raises(QlcodeError, match=r"its checkpoints hold deepspeed state sharded over 2 process\(es\), and this run "
+                                          r"has 1: resume with 2 \(--gpus 2 on one machine\)"):
+        check_resume(sharded, 1)
+    assert check_resume(recipe, 2) is None
+
+    res = qlcode("train", str(tmp_path / "recipe.yaml"), "--gpus", "2", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in run.metrics() if "loss" in r] == [1, 2, 3, 4, 5]
+    assert_adapters_close(run, two_processes, 1e-6)

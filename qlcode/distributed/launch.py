@@ -9,6 +9,7 @@ distributed.timeout_minutes). Nothing waits forever.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from qlcode.errors import QlcodeError
@@ -72,16 +73,15 @@ def launch(spec: Launch, command: list[str]) -> None:
 
 
 def failure_message(failures: dict) -> str:
-    """'rank 1 (local rank 1, pid 123) was killed by SIGKILL', first failure first."""
-    rank, first = min(failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))
+    """'rank 1 (local rank 1, pid 123) was killed by SIGKILL; ...': the first failure that is not the
+    launcher's own SIGTERM to the survivors."""
+    causes = {r: f for r, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
+    rank, first = min(causes.items(), key=lambda kv: (kv[1].timestamp, kv[0]))
     how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
     text = f"rank {rank} (local rank {first.local_rank}, pid {first.pid}) {how}"
     if first.exitcode == 2:
         text += " (its error is above)"
-    others = sorted(r for r in failures if r != rank)
-    if others:
-        text += f"; then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} stopped"
-    return text + "; the launcher ended the run's other processes"
+    return text + "; the launcher stopped the run's other processes on this machine"
 
 
 def relaunch_command(argv: list[str]) -> list[str]:
