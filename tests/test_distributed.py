@@ -4,6 +4,7 @@ DeepSpeed configs as DeepSpeed validates them, and the recipe's checks of combin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -142,3 +143,62 @@ def test_a_killed_rank_ends_the_run_with_its_name_and_resume_finishes_it(tmp_pat
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["step"] for r in run.metrics() if "loss" in r] == [1, 2, 3, 4, 5]
     assert_adapters_close(run, two_processes, 1e-6)
+
+
+def test_fsdp_shards_the_4bit_model_with_lora_and_gathers_the_adapter(tmp_path):
+    """accelerate enables FSDP on GPUs only: qlcode's fsdp_config, through transformers and accelerate's FSDP2
+    preparation, applied on 2 gloo processes to the micro model in 4-bit with LoRA (tests/fsdp_worker.py)."""
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads((tmp_path / "result.json").read_text())
+    assert got["sharded"] and got["n_weights4"] == 28 and got["n_lora"] == 56, "every 4-bit weight and LoRA matrix is a shard"
+    assert got["loss"] == pytest.approx(got["ref_loss"], abs=1e-6) and got["grad_rel_error"] <= 1e-6
+    assert got["step_error"] <= 1e-6 and got["loss_after_step"] == pytest.approx(got["ref_loss_after_step"], abs=1e-5)
+    assert got["loss_after_step"] < got["loss"] - 0.1, "the optimizer step on the shards trains"
+    assert got["reload_loss_error"] <= 1e-5, "the adapter gathered to rank 0 reloads as the model trained"
+    assert RunDir(tmp_path / "run").finished
+
+
+def recipe_error(tmp_path, tiny_base, ddp_rows, **sections) -> str:
+    from qlcode.errors import RecipeError
+
+    with pytest.raises(RecipeError) as e:
+        make_recipe(tmp_path, tiny_base, ddp_rows, **sections)
+    where, message = str(e.value).split(": ", 1)
+    assert where.startswith(str(tmp_path / "recipe.yaml"))  # file:line
+    return message
+
+
+def test_fsdp_and_zero3_combinations_that_fail_are_recipe_errors(tmp_path, tiny_base, ddp_rows):
+    fsdp = {"distributed": {"strategy": "fsdp"}}
+    assert recipe_error(tmp_path, tiny_base, ddp_rows, **fsdp) == (
+        "quant.storage_dtype: FSDP shards 4-bit weights only in a float container (uint8 ones stay whole on "
+        "every GPU): set quant.storage_dtype: bf16 and model.dtype: bf16")
+    assert recipe_error(tmp_path, tiny_base, ddp_rows, quant={"storage_dtype": "bf16"}, **fsdp) == (
+        "model.dtype: FSDP with 4-bit weights needs model.dtype equal to quant.storage_dtype (bf16), so that "
+        "every shard holds one dtype: set model.dtype: bf16")
+    assert recipe_error(tmp_path, tiny_base, ddp_rows, model={"dtype": "bf16"}, quant={"storage_dtype": "bf16"},
+                        train={"optimizer": "paged_adamw_8bit"}, **fsdp) == (
+        "train.optimizer: paged_adamw_8bit fails when FSDP saves a checkpoint of a 4-bit model: set "
+        "train.optimizer: adamw_torch (or adamw_8bit)")
+    assert recipe_error(tmp_path, tiny_base, ddp_rows, quant={"bits": 8}, distributed={"strategy": "deepspeed", "zero_stage": 3}) == (
+        "quant.bits: DeepSpeed ZeRO-3 cannot shard 8-bit bitsandbytes weights: use quant.bits: 4 (with "
+        "quant.storage_dtype: bf16) or distributed.strategy: ddp")
+    assert "distributed.zero_stage is a DeepSpeed setting, but distributed.strategy is fsdp" in recipe_error(
+        tmp_path, tiny_base, ddp_rows, distributed={"strategy": "fsdp", "zero_stage": 3})
+    ok = make_recipe(tmp_path, tiny_base, ddp_rows, model={"dtype": "bf16"}, quant={"storage_dtype": "bf16"}, **fsdp)
+    assert ok.distributed.strategy == "fsdp" and ok.distributed.zero_stage is None
+
+
+def test_fsdp_on_cpu_says_it_needs_gpus_instead_of_training_as_ddp(tmp_path, tiny_base, ddp_rows, monkeypatch):
+    from qlcode.distributed.args import trainer_args
+    from qlcode.errors import QlcodeError
+
+    recipe = make_recipe(tmp_path, tiny_base, ddp_rows, quant={"storage_dtype": "fp32"}, model={"dtype": "fp32"},
+                         distributed={"strategy": "fsdp", "timeout_minutes": 5})
+    assert trainer_args(recipe) == {"ddp_timeout": 300}, "one process trains alone whatever the strategy"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(QlcodeError, match=r"^distributed.strategy: fsdp runs on GPUs .* use distributed.strategy: ddp here$"):
+        trainer_args(recipe)
