@@ -26,7 +26,7 @@ from qlcode.data.decontaminate import drop_overlapping, index
 from qlcode.data.fim import with_infilling
 from qlcode.distributed.adapter import gathered_adapter
 from qlcode.distributed.args import trainer_args
-from qlcode.distributed.ddp import wrap_again_after_evaluation
+from qlcode.distributed.evaluation import can_evaluate_before_training, wrap_again_after_evaluation
 from qlcode.errors import QlcodeError
 from qlcode.methods import METHODS
 from qlcode.model_card import adapter_card
@@ -191,7 +191,7 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
         start = time.perf_counter()
         before = next((r["eval_loss"] for r in run.metrics() if r["step"] == 0 and "eval_loss" in r), None)
         if checkpoint is None:
-            before = _eval_loss(trainer)  # logged to metrics.jsonl as step 0
+            before = _eval_loss(trainer) if can_evaluate_before_training(trainer) else None  # logged to metrics.jsonl as step 0
             wrap_again_after_evaluation(trainer)
         if _completed(checkpoint):
             # killed during the final save: the weights are the checkpoint's, no step is left to train

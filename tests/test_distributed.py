@@ -4,6 +4,7 @@ DeepSpeed configs as DeepSpeed validates them, and the recipe's checks of combin
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import pytest
 import torch
@@ -192,7 +194,7 @@ def test_fsdp_and_zero3_combinations_that_fail_are_recipe_errors(tmp_path, tiny_
     assert ok.distributed.strategy == "fsdp" and ok.distributed.zero_stage is None
 
 
-def test_fsdp_on_cpu_says_it_needs_gpus_instead_of_training_as_ddp(tmp_path, tiny_base, ddp_rows, monkeypatch):
+def test_fsdp_and_deepspeed_on_cpu_say_they_need_gpus_instead_of_training_as_ddp(tmp_path, tiny_base, ddp_rows, monkeypatch):
     from qlcode.distributed.args import trainer_args
     from qlcode.errors import QlcodeError
 
@@ -202,3 +204,59 @@ def test_fsdp_on_cpu_says_it_needs_gpus_instead_of_training_as_ddp(tmp_path, tin
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(QlcodeError, match=r"^distributed.strategy: fsdp runs on GPUs .* use distributed.strategy: ddp here$"):
         trainer_args(recipe)
+    zero2 = make_recipe(tmp_path, tiny_base, ddp_rows, distributed={"strategy": "deepspeed"})
+    assert zero2.distributed.zero_stage == 2
+    with pytest.raises(QlcodeError, match=r"^distributed.strategy: deepspeed runs on GPUs .* use distributed.strategy: ddp here$"):
+        trainer_args(zero2)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    assert "distributed.strategy: DeepSpeed is not installed: pip install 'qlcode[deepspeed]', or set distributed.strategy: " \
+           "ddp or fsdp" in " ".join(recipe_error(tmp_path, tiny_base, ddp_rows, distributed={"strategy": "deepspeed"}).split())
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_configs_pass_deepspeeds_own_validation(tmp_path, tiny_base, ddp_rows, stage):
+    with mock.patch.dict(os.environ):  # DeepSpeed's plugin sets ACCELERATE_* variables: none outlives the test
+        check_deepspeed_config(tmp_path, tiny_base, ddp_rows, stage)
+    gc.collect()  # transformers holds the DeepSpeed config by a weak reference: ZeRO-3 ends with the arguments
+
+
+def check_deepspeed_config(tmp_path, tiny_base, ddp_rows, stage):
+    """The generated ZeRO config, its "auto" values filled by transformers from the recipe's TrainingArguments
+    as the Trainer fills them, then parsed by DeepSpeed's DeepSpeedConfig (which checks the batch arithmetic)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'qlcode[deepspeed]'")
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers import AutoModelForCausalLM
+
+    from qlcode.distributed.deepspeed_config import deepspeed_config
+    from qlcode.methods import METHODS
+    from qlcode.train import common_args
+
+    recipe = make_recipe(tmp_path, tiny_base, ddp_rows, model={"dtype": "fp32"}, quant={"storage_dtype": "fp32"},
+                         train={"micro_batch_size": 2, "gradient_accumulation_steps": 3, "max_grad_norm": 0.5},
+                         distributed={"strategy": "deepspeed", "zero_stage": stage})
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)  # before the arguments: with them ZeRO-3 partitions at load
+    common = {**common_args(recipe), "use_cpu": False, "deepspeed": deepspeed_config(recipe)}
+    args = METHODS["sft"].config(recipe, common, conversational=False)
+    args.hf_deepspeed_config.trainer_config_finalize(args, model, 10)
+    parsed = DeepSpeedConfig(args.hf_deepspeed_config.config)
+    assert parsed.zero_optimization_stage == stage and parsed.train_micro_batch_size_per_gpu == 2
+    assert parsed.gradient_accumulation_steps == 3 and parsed.train_batch_size == 6 and parsed.gradient_clipping == 0.5
+    if stage == 3:
+        assert parsed.zero_config.gather_16bit_weights_on_model_save
+        assert parsed.zero_config.prefetch_bucket_size == int(0.9 * 64 * 64)  # hidden_size 64, filled from the model
+
+    own = tmp_path / "ds.json"  # a user's own file is used as it is, its "auto" values filled the same way
+    own.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                               "train_batch_size": "auto", "zero_optimization": {"stage": 1}}))
+    users = make_recipe(tmp_path, tiny_base, ddp_rows, distributed={"strategy": "deepspeed", "deepspeed_config": str(own)})
+    assert deepspeed_config(users)["zero_optimization"] == {"stage": 1} and users.distributed.zero_stage is None
+    own.write_text("{not json")
+    from qlcode.errors import QlcodeError
+
+    with pytest.raises(QlcodeError, match=rf"^distributed.deepspeed_config: cannot read {own} as JSON"):
+        deepspeed_config(users)
+    assert "no such file 'missing.json'" in recipe_error(tmp_path, tiny_base, ddp_rows, distributed={
+        "strategy": "deepspeed", "deepspeed_config": "missing.json"})

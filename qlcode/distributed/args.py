@@ -14,7 +14,7 @@ def trainer_args(recipe) -> dict:
 
         args |= fsdp_args(recipe)
     elif world_size() > 1 and d.strategy == "deepspeed":
-        from qlcode.distributed.deepspeed_config import deepspeed_config
+        from qlcode.distributed.deepspeed_config import deepspeed_args
 
-        args["deepspeed"] = deepspeed_config(recipe)
+        args |= deepspeed_args(recipe)
     return args

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from qlcode.errors import QlcodeError
 
 
@@ -46,3 +48,10 @@ def deepspeed_config(recipe) -> dict:
     if not isinstance(config, dict):
         raise QlcodeError(f"distributed.deepspeed_config: {path} holds no JSON object")
     return config
+
+
+def deepspeed_args(recipe) -> dict:
+    if not torch.cuda.is_available():
+        raise QlcodeError("distributed.strategy: deepspeed runs on GPUs (accelerate does not start DeepSpeed for CPU "
+                          "training): use distributed.strategy: ddp here")
+    return {"deepspeed": deepspeed_config(recipe)}

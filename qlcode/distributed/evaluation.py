@@ -1,6 +1,20 @@
-"""DDP through the Trainer: one fix for evaluating before training."""
+"""The evaluation before training under the engines: two gaps in the Trainer's handling of it."""
 
 from __future__ import annotations
+
+from qlcode.placement import is_main_process
+from qlcode.progress import console
+
+
+def can_evaluate_before_training(trainer) -> bool:
+    """False under DeepSpeed ZeRO-1/2: the Trainer's evaluate() before train() starts DeepSpeed for
+    inference, which transformers allows for ZeRO-3 only ("ZeRO inference only makes sense with ZeRO
+    Stage 3"); the run then logs no eval loss at step 0, and evaluates as usual once training runs."""
+    if not trainer.is_deepspeed_enabled or trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        return True
+    if is_main_process():
+        console.print("DeepSpeed ZeRO-2: no evaluation before training (transformers runs ZeRO inference with stage 3 only)")
+    return False
 
 
 def wrap_again_after_evaluation(trainer) -> None:
