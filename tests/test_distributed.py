@@ -88,12 +88,17 @@ def test_two_processes_train_the_adapter_one_process_trains_with_their_batch(one
         ["rng_state_0.pth", "rng_state_1.pth"]
 
 
-def test_torchrun_runs_the_same_command(tmp_path, tiny_base, ddp_rows, two_processes):
+@pytest.mark.parametrize("launcher", [
+    ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", "{port}"],
+    ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "{port}"],  # gloo on CPU
+], ids=["torchrun", "accelerate-launch"])
+def test_torchrun_and_accelerate_launch_run_the_same_command(tmp_path, tiny_base, ddp_rows, two_processes, launcher):
     recipe = make_recipe(tmp_path, tiny_base, ddp_rows, train=STEPS)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(free_port()), "-m", "qlcode.cli", "train", str(tmp_path / "recipe.yaml")],
-                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    port = str(free_port())
+    res = subprocess.run([sys.executable, "-m", *[a.format(port=port) for a in launcher], "-m", "qlcode.cli", "train",
+                          str(tmp_path / "recipe.yaml")], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run summary") == 1
     assert_adapters_close(RunDir(recipe.output.run_dir), two_processes, 0.0)
 
 

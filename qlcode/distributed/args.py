@@ -9,7 +9,9 @@ def trainer_args(recipe) -> dict:
     """A finite collective timeout always; the engine's arguments when several processes train."""
     d = recipe.distributed
     args: dict = {"ddp_timeout": d.timeout_minutes * 60}
-    if world_size() > 1 and d.strategy == "fsdp":
+    if world_size() > 1 and d.strategy == "ddp":
+        args["ddp_find_unused_parameters"] = False  # LoRA uses every trainable weight in each forward
+    elif world_size() > 1 and d.strategy == "fsdp":
         from qlcode.distributed.fsdp import fsdp_args
 
         args |= fsdp_args(recipe)
