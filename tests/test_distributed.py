@@ -265,3 +265,27 @@ def check_deepspeed_config(tmp_path, tiny_base, ddp_rows, stage):
         deepspeed_config(users)
     assert "no such file 'missing.json'" in recipe_error(tmp_path, tiny_base, ddp_rows, distributed={
         "strategy": "deepspeed", "deepspeed_config": "missing.json"})
+
+
+def test_launch_options_that_cannot_work_say_why(monkeypatch):
+    from qlcode.distributed.launch import Launch, relaunch_command
+    from qlcode.errors import QlcodeError
+
+    for spec, message in [
+        (Launch(gpus=0), r"--gpus and --nnodes count processes and machines: at least 1 \(got 0, 1\)"),
+        (Launch(nnodes=2, node_rank=2, master_addr="10.0.0.1"), r"--node-rank 2: machines are numbered 0 to 1 \(--nnodes 2\)"),
+        (Launch(nnodes=2), r"--nnodes > 1: give every machine the same --master-addr"),
+    ]:
+        with pytest.raises(QlcodeError, match=message):
+            spec.check()
+    two = Launch(gpus=2, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29600)
+    assert two.world_size == 4 and two.launcher_args(["train", "r.yaml"]) == [
+        "--nproc_per_node", "2", "--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1", "--master_port", "29600",
+        "--max_restarts", "0", "-m", "qlcode.cli", "train", "r.yaml"]
+    assert Launch(gpus=2).launcher_args(["train"])[0] == "--standalone"
+    assert relaunch_command(["train", "r.yaml", "--gpus", "2", "--master-port=29600", "lora.r=8", "--resume"]) == \
+        ["train", "r.yaml", "lora.r=8", "--resume"]
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not Launch(gpus=2).needed
+    with pytest.raises(QlcodeError, match=r"already runs under one \(torchrun or accelerate launch\): drop --gpus and --nnodes"):
+        Launch(gpus=2).check()

@@ -63,6 +63,7 @@ class Launch:
 def launch(spec: Launch, command: list[str]) -> None:
     """Run `qlcode COMMAND` in spec.gpus processes here (one machine of spec.nnodes); returns when all
     succeeded, else raises QlcodeError naming the first rank that failed and how."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -70,6 +71,9 @@ def launch(spec: Launch, command: list[str]) -> None:
         run(parse_args(spec.launcher_args(command)))
     except ChildFailedError as e:
         raise QlcodeError(failure_message(e.failures)) from None
+    except SignalException as e:  # Ctrl-C or a kill of this launcher: the agent has stopped its processes
+        raise QlcodeError(f"the launcher got {e.sigval.name} and stopped every process of this run; continue from "
+                          "the last checkpoint with --resume") from None
 
 
 def failure_message(failures: dict) -> str:
