@@ -41,7 +41,7 @@ def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     reference, model = lora_model(), lora_model()
-    args = TrainingArguments(output_dir=str(out / "trainer"), fsdp=True, fsdp_config=fsdp_config(None), use_cpu=True,
+    args = TrainingArguments(output_dir=str(out / "trainer"), fsdp=True, fsdp_config=fsdp_config(), use_cpu=True,
                              report_to=[])
     accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)),
                                   mixed_precision="no", is_main_process=rank == 0, parallelism_config=None,

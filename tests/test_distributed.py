@@ -15,7 +15,6 @@ import time
 from unittest import mock
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from qlcode.recipe import load_recipe

@@ -13,7 +13,7 @@ import torch
 from qlcode.errors import QlcodeError
 
 
-def fsdp_config(recipe) -> dict:
+def fsdp_config() -> dict:
     """TrainingArguments.fsdp_config (transformers turns it into accelerate's FSDP plugin)."""
     return {
         "version": 2,
@@ -28,4 +28,4 @@ def fsdp_args(recipe) -> dict:
     if not torch.cuda.is_available():
         raise QlcodeError("distributed.strategy: fsdp runs on GPUs (accelerate enables FSDP for CUDA devices only; "
                           "on CPU it would silently train as DDP): use distributed.strategy: ddp here")
-    return {"fsdp": True, "fsdp_config": fsdp_config(recipe)}
+    return {"fsdp": True, "fsdp_config": fsdp_config()}
