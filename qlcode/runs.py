@@ -2,6 +2,7 @@
 
     adapters/<name>/
       recipe.yaml          the resolved recipe (every default filled in)
+      world.json           the number of processes the run was started with (--resume compares)
       metrics.jsonl        one JSON object per log event; step 0 holds the eval loss before training
       checkpoints/         checkpoint-N/ every train.save_steps (the trainer writes trainer_state.json last)
       best/                the best adapter by in-training pass@1, with best.json

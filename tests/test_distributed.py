@@ -151,6 +151,29 @@ def test_a_killed_rank_ends_the_run_with_its_name_and_resume_finishes_it(tmp_pat
     assert_adapters_close(run, two_processes, 1e-6)
 
 
+def test_a_rank_killed_on_one_machine_ends_the_other_machine_too(tmp_path, tiny_base, ddp_rows):
+    import psutil
+
+    recipe = make_recipe(tmp_path, tiny_base, ddp_rows, train={**STEPS, "max_steps": 40})
+    run, port = RunDir(recipe.output.run_dir), str(free_port())
+    nodes = [subprocess.Popen([sys.executable, "-m", "qlcode.cli", "train", str(tmp_path / "recipe.yaml"), "--nnodes", "2",
+                               "--node-rank", str(i), "--master-addr", "127.0.0.1", "--master-port", port],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for i in (0, 1)]
+    deadline = time.monotonic() + 300
+    while run.latest_checkpoint() is None and nodes[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank1 = [p for p in psutil.Process(nodes[1].pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    assert len(rank1) == 1 and not run.finished
+    rank1[0].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    errs = [" ".join(n.communicate(timeout=300)[1].split()) for n in nodes]
+    print(f"both machines' launchers exited {time.monotonic() - killed:.1f} s after the kill")
+    assert [n.returncode for n in nodes] == [2, 2] and time.monotonic() - killed < 60
+    assert f"error: rank 1 (local rank 0, pid {rank1[0].pid}) was killed by SIGKILL" in errs[1]
+    assert "error: rank 0 (local rank 0, pid" in errs[0] and "exited with code 1" in errs[0]
+    assert "a process that died on another machine fails this one's next collective: see that machine's output" in errs[0]
+
+
 def test_fsdp_shards_the_4bit_model_with_lora_and_gathers_the_adapter(tmp_path):
     """accelerate enables FSDP on GPUs only: qlcode's fsdp_config, through transformers and accelerate's FSDP2
     preparation, applied on 2 gloo processes to the micro model in 4-bit with LoRA (tests/fsdp_worker.py)."""

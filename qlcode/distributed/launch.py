@@ -70,13 +70,13 @@ def launch(spec: Launch, command: list[str]) -> None:
     try:
         run(parse_args(spec.launcher_args(command)))
     except ChildFailedError as e:
-        raise QlcodeError(failure_message(e.failures)) from None
+        raise QlcodeError(failure_message(e.failures, spec.nnodes)) from None
     except SignalException as e:  # Ctrl-C or a kill of this launcher: the agent has stopped its processes
         raise QlcodeError(f"the launcher got {e.sigval.name} and stopped every process of this run; continue from "
                           "the last checkpoint with --resume") from None
 
 
-def failure_message(failures: dict) -> str:
+def failure_message(failures: dict, nnodes: int = 1) -> str:
     """'rank 1 (local rank 1, pid 123) was killed by SIGKILL; ...': the first failure that is not the
     launcher's own SIGTERM to the survivors."""
     causes = {r: f for r, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
@@ -85,7 +85,10 @@ def failure_message(failures: dict) -> str:
     text = f"rank {rank} (local rank {first.local_rank}, pid {first.pid}) {how}"
     if first.exitcode == 2:
         text += " (its error is above)"
-    return text + "; the launcher stopped the run's other processes on this machine"
+    text += "; the launcher stopped the run's other processes on this machine"
+    if nnodes > 1 and first.exitcode > 0:
+        text += " (a process that died on another machine fails this one's next collective: see that machine's output)"
+    return text
 
 
 def relaunch_command(argv: list[str]) -> list[str]:
