@@ -99,13 +99,33 @@ def train(
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's newest checkpoint.")] = False,
     no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Train even when qlcode plan says the run cannot fit the GPU.")] = False,
+    gpus: Annotated[int, typer.Option("--gpus", help="Processes on this machine, one per GPU (on a CPU machine: gloo processes); the recipe's distributed.strategy shares the work.")] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the run; start the same command on each.")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This machine's number, 0 to nnodes-1.")] = 0,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", help="Address of machine 0, where the processes meet.")] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", help="A free port on machine 0 (default: any free port with one machine).")] = None,
 ) -> None:
     """Train a LoRA adapter as the recipe says; the run lands in adapters/<name>/."""
+    from qlcode.distributed.launch import Launch, launch, relaunch_command
+    from qlcode.distributed.resume import check_resume
     from qlcode.plan import preflight
+    from qlcode.ranks import world_size
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
-    preflight(loaded, skip=no_preflight)
+    # the plan counts one GPU's whole model: it speaks for DDP (and one process), not for sharded strategies
+    preflight(loaded, skip=no_preflight or loaded.distributed.strategy != "ddp" or not is_main_process())
+    spec = Launch(gpus, nnodes, node_rank, master_addr, master_port)
+    spec.check()
+    note = check_resume(loaded, spec.world_size if spec.needed else world_size()) if resume else None
+    if spec.needed:  # this process starts the others and waits; they run this command without these options
+        if node_rank == 0:
+            err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}: {spec.gpus} processes"
+                      + (f" on each of {nnodes} machines" if nnodes > 1 else ""))
+        launch(spec, relaunch_command(sys.argv[1:]))
+        return
+    if note and is_main_process():
+        err.print(f"[yellow]note:[/] {note}")
     import torch
 
     from qlcode.train import train as run  # heavy imports after the recipe is known to be valid

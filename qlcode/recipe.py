@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from qlcode.distributed.section import DistributedSection, distributed_problems
 from qlcode.errors import RecipeError
 from qlcode.methods import METHODS, format_problem
 from qlcode.schema import LOCAL_DATA_SUFFIXES, DType, Section
@@ -266,6 +267,7 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
     hub: HubSection = Field(default_factory=HubSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -284,6 +286,7 @@ SECTIONS: dict[str, type[Section]] = {
     **{f"train.{name}": m.section for name, m in METHODS.items()},
     "output": OutputSection,
     "hub": HubSection,
+    "distributed": DistributedSection,
 }
 
 
@@ -520,6 +523,7 @@ def _check_consistency(recipe: Recipe, where) -> None:
                                                "use quant.kernels: auto or bitsandbytes"))
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append((("hub", "push"), "pushing needs hub.repo_id (user/name)"))
+    problems += distributed_problems(recipe)
     if problems:
         raise RecipeError("\n".join(f"{where(k)}: {dotted(k)}: {msg}" for k, msg in problems))
 

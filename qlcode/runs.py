@@ -2,6 +2,7 @@
 
     adapters/<name>/
       recipe.yaml          the resolved recipe (every default filled in)
+      world.json           the number of processes the run was started with (--resume compares)
       metrics.jsonl        one JSON object per log event; step 0 holds the eval loss before training
       checkpoints/         checkpoint-N/ every train.save_steps (the trainer writes trainer_state.json last)
       best/                the best adapter by in-training pass@1, with best.json
@@ -28,10 +29,12 @@ from pathlib import Path
 
 from qlcode.errors import QlcodeError, RecipeError
 from qlcode.files import move_files_into, write_text_atomic
+from qlcode.ranks import world_size
 from qlcode.recipe import Recipe, read_run_recipe
 
 WEIGHTS = "adapter_model.safetensors"
 LOCK = ".qlcode.lock"
+WORLD = "world.json"  # how many processes train the run: --resume compares
 # keys of a trainer log event that metrics.jsonl keeps
 LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/accuracies", "rewards/margins", "pass@1",
           "reward", "reward_std", "frac_reward_zero_std", "pass_rate", "timeouts", "kl")
@@ -90,6 +93,11 @@ class RunDir:
             raise QlcodeError(f"{what}: {self.path} holds no finished adapter (a finished run directory has "
                               f"adapter_config.json and {WEIGHTS})")
 
+    def recorded_world_size(self) -> int | None:
+        """The number of processes the run was last started with (None for a run not started yet)."""
+        path = self.path / WORLD
+        return json.loads(path.read_text())["world_size"] if path.is_file() else None
+
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint; the trainer writes trainer_state.json last."""
         done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
@@ -143,6 +151,7 @@ class RunDir:
     def start(self, recipe: Recipe, checkpoint: Path | None) -> None:
         """Write the recipe; keep exactly the metrics rows the checkpoint had seen (a resumed run writes the rest again)."""
         write_text_atomic(self.recipe_path, recipe.to_yaml())
+        write_text_atomic(self.path / WORLD, json.dumps({"world_size": world_size()}) + "\n")
         if checkpoint is None:
             self.metrics_path.unlink(missing_ok=True)
             return
@@ -160,12 +169,12 @@ class RunDir:
         with self.metrics_path.open("a", encoding="utf-8") as f:  # one line per write: a kill leaves whole rows
             f.write(json.dumps(row) + "\n")
 
-    def save_adapter(self, model, tokenizer, base: str, card: str) -> None:
+    def save_adapter(self, model, tokenizer, base: str, card: str, state_dict: dict | None = None) -> None:
         """Write the final adapter beside the run's files atomically: weights last, so a directory
-        without them is unfinished."""
+        without them is unfinished. state_dict: the adapter's weights gathered from sharded ranks."""
         tmp = self.path / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, selected_adapters=["default"])
+        model.save_pretrained(tmp, selected_adapters=["default"], state_dict=state_dict)
         config = json.loads((tmp / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = base  # the recipe's name, not a local cache path
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))

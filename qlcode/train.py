@@ -22,6 +22,9 @@ from transformers.trainer_callback import PrinterCallback
 
 from qlcode.callbacks import MetricsLog, ProgressBar, Throughput
 from qlcode.data import build
+from qlcode.distributed.adapter import gathered_adapter
+from qlcode.distributed.args import trainer_args
+from qlcode.distributed.evaluation import can_evaluate_before_training, wrap_again_after_evaluation
 from qlcode.errors import QlcodeError
 from qlcode.methods import METHODS
 from qlcode.model_card import adapter_card
@@ -89,6 +92,7 @@ def common_args(recipe: Recipe) -> dict:
         include_num_input_tokens_seen="non_padding",
         max_length=data.max_length,
         **_precision(recipe),
+        **trainer_args(recipe),
     )
 
 
@@ -180,7 +184,8 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
         start = time.perf_counter()
         before = next((r["eval_loss"] for r in run.metrics() if r["step"] == 0 and "eval_loss" in r), None)
         if checkpoint is None:
-            before = _eval_loss(trainer)  # logged to metrics.jsonl as step 0
+            before = _eval_loss(trainer) if can_evaluate_before_training(trainer) else None  # logged to metrics.jsonl as step 0
+            wrap_again_after_evaluation(trainer)
         if _completed(checkpoint):
             # killed during the final save: the weights are the checkpoint's, no step is left to train
             trainer._load_from_checkpoint(str(checkpoint))
@@ -204,8 +209,9 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
             eval_loss_after=after,
             train_loss=train_loss,
         )
+        adapter = gathered_adapter(trainer.model)  # every rank: FSDP and ZeRO-3 gather the adapter's shards
         if main:
-            run.save_adapter(trainer.model, trainer.processing_class, recipe.model.base, adapter_card(recipe, asdict(result)))
+            run.save_adapter(trainer.model, trainer.processing_class, recipe.model.base, adapter_card(recipe, asdict(result)), adapter)
             run.write_summary(asdict(result))
             if recipe.hub.push:
                 _push(recipe)
