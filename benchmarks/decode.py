@@ -42,11 +42,10 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     args = ap.parse_args()
 
-    from qlcode.inference import load_model
-    from qlcode.models import Quantization, use_kernels
+    from qlcode.models import Quantization, load_base, use_kernels
 
     model_dir = harness.random_codellama("7B", args.scale, args.layers)
-    model = load_model(str(model_dir), quant=Quantization(bits=4, kernels="bitsandbytes")).model
+    model = load_base(str(model_dir), Quantization(bits=4, kernels="bitsandbytes")).eval()  # random weights, no tokenizer
     theirs = {batch: generate(model, batch, args) for batch in args.batch}
     use_kernels(model, Quantization(bits=4, kernels="triton"))  # the same model, patched in place
     ours = {batch: generate(model, batch, args) for batch in args.batch}

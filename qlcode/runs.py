@@ -76,8 +76,8 @@ class RunDir:
         return self.weights.is_file()
 
     def is_run(self) -> bool:
-        """Whether qlcode made this directory: it holds a run's recipe or lock."""
-        return self.recipe_path.is_file() or (self.path / LOCK).is_file()
+        """Whether qlcode made this directory: it holds a run's recipe, lock or checkpoints."""
+        return self.recipe_path.is_file() or (self.path / LOCK).is_file() or self.checkpoints.is_dir()
 
     def recipe(self) -> Recipe:
         return read_run_recipe(self.recipe_path)
