@@ -42,13 +42,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     args = ap.parse_args()
 
-    from qlcode.models import load_base, use_kernels
-    from qlcode.recipe import ModelSection, QuantSection
+    from qlcode.inference import load_model
+    from qlcode.models import Quantization, use_kernels
 
     model_dir = harness.random_codellama("7B", args.scale, args.layers)
-    model = load_base(ModelSection(base=str(model_dir)), QuantSection(bits=4, kernels="bitsandbytes")).eval()
+    model = load_model(str(model_dir), quant=Quantization(bits=4, kernels="bitsandbytes")).model
     theirs = {batch: generate(model, batch, args) for batch in args.batch}
-    use_kernels(model, QuantSection(bits=4, kernels="triton"))  # the same model, patched in place
+    use_kernels(model, Quantization(bits=4, kernels="triton"))  # the same model, patched in place
     ours = {batch: generate(model, batch, args) for batch in args.batch}
     rows = []
     for batch in args.batch:

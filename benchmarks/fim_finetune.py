@@ -21,9 +21,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from qlcode.builtin.evaluate_micro_codellama import held_out_infill_cases  # noqa: E402
+from qlcode.builtin.build.evaluate import held_out_infill_cases  # noqa: E402
 from qlcode.infill import exact_match, middle_nll  # noqa: E402
-from qlcode.models import load_for_inference  # noqa: E402
+from qlcode.inference import load_model  # noqa: E402
+from qlcode.models import Quantization  # noqa: E402
 from qlcode.recipe import load_recipe  # noqa: E402
 from qlcode.train import train  # noqa: E402
 
@@ -35,13 +36,15 @@ def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     cases = held_out_infill_cases(CASES)
     rows = []
-    base, tok = load_for_inference("builtin:micro-codellama", None, bits=None)
+    loaded = load_model("builtin:micro-codellama", quant=Quantization(bits=None))
+    base, tok = loaded.model, loaded.tokenizer
     rows.append(("base (pretrained micro-codellama)", None, exact_match(base, tok, cases), middle_nll(base, tok, cases)))
     for name, overrides in [("adapter, no data.fim", []), ("adapter, data.fim rate 0.5", ["data.fim={rate: 0.5, unit: line}"])]:
         run = OUT / name.split(",")[1].strip().replace(" ", "-").replace(".", "")
         recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [f"output.dir={run}", *overrides])
         result = train(recipe)
-        model, tok = load_for_inference(None, str(run), bits=None)
+        loaded = load_model(adapter=run)
+        model, tok = loaded.model, loaded.tokenizer
         rows.append((name, result.eval_loss_after, exact_match(model, tok, cases), middle_nll(model, tok, cases)))
     print(f"micro-codellama, recipes/quickstart.yaml, {CASES} held-out lines, {time.strftime('%Y-%m-%d')}, "
           f"torch {torch.__version__}, {'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}\n")

@@ -15,6 +15,7 @@ first. The first step's loss is printed for both: the kernels must not change it
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import harness
 import torch
@@ -50,19 +51,20 @@ def main() -> None:
 
     import bitsandbytes as bnb
 
-    from qlcode.models import load_base, use_kernels, with_lora
+    from qlcode.models import quantization_of, use_kernels
     from qlcode.recipe import load_recipe
+    from qlcode.train import trainable_model
 
     model_dir = harness.random_codellama("7B", args.scale, args.layers)
     recipe = load_recipe(harness.REPO / "recipes" / "python-sft.yaml",
                          [f"model.base={model_dir}", "quant.kernels=bitsandbytes", "lora.dropout=0"])
-    model = with_lora(load_base(recipe.model, recipe.quant), recipe).train()
+    model = trainable_model(recipe).train()
     params = [p for p in model.parameters() if p.requires_grad]
     # lr 0: the optimizer does all its work but the weights stay, so both variants step the same model
     opt = bnb.optim.AdamW8bit(params, lr=0.0) if harness.GPU else torch.optim.AdamW(params, lr=0.0)
     ids = torch.randint(3, harness.VOCAB, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(harness.DEVICE)
     results = {"bitsandbytes": measure(model, opt, ids, args)}
-    use_kernels(model, recipe.quant.model_copy(update={"kernels": "triton"}))  # the same model, patched in place
+    use_kernels(model, replace(quantization_of(recipe), kernels="triton"))  # the same model, patched in place
     results["triton"] = measure(model, opt, ids, args)
     print(harness.header(f"train step: CodeLlama-7B architecture (/{args.scale}, {args.layers or 32} layers), "
                          f"QLoRA r16 all-linear, micro batch {args.batch} x {args.seq_len}, gradient checkpointing, "

@@ -1,32 +1,18 @@
-"""Trainer callbacks: a progress bar people can read, and metrics.jsonl that programs can read."""
+"""Trainer callbacks: a progress bar people can read, and metrics.jsonl that programs can read.
+
+Both belong to the main process: under a launcher the other ranks train without writing.
+"""
 
 from __future__ import annotations
 
-import json
-import resource
 import time
-from pathlib import Path
 
-import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from transformers import TrainerCallback
 
-console = Console(stderr=True)
-LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/accuracies", "rewards/margins", "pass@1")
-
-
-def progress_bar(label: str, *fields: str, show: bool = True) -> Progress:
-    """The one progress bar style of qlcode: label, bar, n/total, the given fields, elapsed, ETA."""
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *(TextColumn(f) for f in fields),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show)
-
-
-def peak_memory_gb() -> float:
-    """Peak GPU memory allocated by torch on CUDA; peak resident memory of this process on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from qlcode.placement import is_main_process
+from qlcode.progress import peak_memory_gb, progress_bar
+from qlcode.runs import RunDir, metrics_row
 
 
 class Throughput(TrainerCallback):
@@ -61,30 +47,20 @@ class Throughput(TrainerCallback):
 
 
 class MetricsLog(TrainerCallback):
-    """Appends one JSON object per log event to metrics.jsonl (flushed, so a kill loses nothing logged)."""
+    """Appends one JSON object per log event to the run's metrics.jsonl (main process only)."""
 
-    def __init__(self, path: Path, throughput: Throughput) -> None:
-        self.path = path
+    def __init__(self, run: RunDir, throughput: Throughput) -> None:
+        self.run = run
         self.throughput = throughput
 
-    def write(self, row: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
     def on_log(self, args, state, control, logs=None, **kw):
-        row = {"step": state.global_step, **{k: v for k, v in (logs or {}).items() if k in LOGGED}}
-        if len(row) == 1:
+        row = metrics_row(state.global_step, logs or {})
+        if row is None or not is_main_process():
             return
         if "loss" in row:
             row["tokens_per_s"] = self.throughput.tokens_per_s
             row["peak_memory_gb"] = round(peak_memory_gb(), 3)
-        self.write(row)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        self.run.append_metrics(row)
 
 
 class ProgressBar(TrainerCallback):
@@ -94,10 +70,10 @@ class ProgressBar(TrainerCallback):
         self.throughput = throughput
         self.progress: Progress | None = None
         self.task = None
-        self.fields = {"loss": "-", "tps": "-"}
+        self.fields = {"loss": "-", "tps": "-", "reward": ""}
 
     def on_train_begin(self, args, state, control, **kw):
-        self.progress = progress_bar("train", "loss {task.fields[loss]}", "{task.fields[tps]} tok/s")
+        self.progress = progress_bar("train", "loss {task.fields[loss]}", "{task.fields[tps]} tok/s", "{task.fields[reward]}")
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, **self.fields)
 
@@ -108,6 +84,8 @@ class ProgressBar(TrainerCallback):
         if self.progress is None or "loss" not in (logs or {}):
             return
         self.fields["loss"] = f"{logs['loss']:.4f}"
+        if "reward" in logs:  # methods that learn from rewards (GRPO)
+            self.fields["reward"] = f"reward {logs['reward']:.3f}"
         if self.throughput.tokens_per_s:
             self.fields["tps"] = f"{self.throughput.tokens_per_s:,.0f}"
         self.progress.update(self.task, **self.fields)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from qlcode import __version__
 from qlcode.errors import QlcodeError
+from qlcode.placement import is_main_process
 
 app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, driven by YAML recipes.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -27,10 +28,11 @@ adapters_app = typer.Typer(help="Inspect trained adapters.", no_args_is_help=Tru
 app.add_typer(adapters_app, name="adapters")
 data_app = typer.Typer(help="Inspect a recipe's data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-out = Console()
+out = Console(quiet=not is_main_process())  # under a launcher, one process speaks for the run
 err = Console(stderr=True)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.max_steps=20 lora.r=16.", show_default=False)]
+Bits = Annotated[str, typer.Option("--bits", help="Quantization of a base given alone: 4, 8 or none (an adapter loads on its base as it was trained).")]
 
 
 def print_pairs(title: str, rows: list[tuple[str, str]]) -> None:
@@ -68,6 +70,15 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*(gradient_checkpointing|use_cache=True|torch_dtype|kernels).*")
 
 
+def quantization(bits: str):
+    """--bits as the models' Quantization."""
+    from qlcode.models import Quantization
+
+    if bits not in ("4", "8", "none"):
+        raise QlcodeError(f"--bits: 4, 8 or none, not {bits!r}")
+    return Quantization(bits=None if bits == "none" else int(bits))
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"qlcode {__version__}")
@@ -97,7 +108,8 @@ def train(
     from qlcode.train import train as run  # heavy imports after the recipe is known to be valid
 
     quiet_libraries()
-    err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}")
+    if is_main_process():
+        err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}")
     try:
         result = run(loaded, resume=resume)
     except KeyboardInterrupt:
@@ -129,6 +141,7 @@ def infill(
     max_new_tokens: Annotated[int, typer.Option(help="Longest middle to generate.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     spm: Annotated[bool, typer.Option("--spm", help="Suffix-prefix-middle prompt order instead of prefix-suffix-middle.")] = False,
+    bits: Bits = "4",
 ) -> None:
     """Fill in the missing middle of a file with Code Llama's <PRE> <SUF> <MID> infilling; prints the file filled in."""
     text = sys.stdin.read() if str(file) == "-" else (file.read_text() if file.is_file() else None)
@@ -137,12 +150,12 @@ def infill(
     if text.count(FILL) != 1:
         raise QlcodeError(f"{file}: put exactly one {FILL} where the missing code goes (found {text.count(FILL)})")
     prefix, suffix = text.split(FILL)
+    from qlcode.inference import load_model
     from qlcode.infill import generate_middle
-    from qlcode.models import load_for_inference
 
     quiet_libraries()
-    lm, tok = load_for_inference(model or (None if adapter else "builtin:micro-codellama"), adapter)
-    middle = generate_middle(lm, tok, prefix, suffix, max_new_tokens, spm=spm, temperature=temperature)
+    loaded = load_model(model or (None if adapter else "builtin:micro-codellama"), adapter, quantization(bits))
+    middle = generate_middle(loaded.model, loaded.tokenizer, prefix, suffix, max_new_tokens, spm=spm, temperature=temperature)
     err.print(f"[dim]middle ({len(middle)} characters):[/]")
     sys.stdout.write(prefix + middle + suffix)
 
@@ -211,17 +224,6 @@ def push(
     out.print(f"pushed {len(report.files)} files to {report.repo_id}@{report.revision}: {report.commit_url}")
 
 
-def _model_for_sampling(model: str | None, adapter: str | None):
-    """(model, tokenizer, instruct?) with the adapter's own base quantization and prompt format."""
-    from qlcode.execution.generate import is_instruct
-    from qlcode.models import load_for_inference
-    from qlcode.recipe import read_run_recipe
-
-    trained = read_run_recipe(Path(adapter) / "recipe.yaml") if adapter else None
-    lm, tok = load_for_inference(model, adapter, bits=trained.quant.bits if trained else None)
-    return lm, tok, is_instruct(model or (trained.model.base if trained else None), trained.data.template if trained else None)
-
-
 @app.command("eval")
 @user_errors
 def eval_(
@@ -238,6 +240,7 @@ def eval_(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
     workers: Annotated[int, typer.Option(help="Sandboxes running at once.")] = 2,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where results go (default evals/BENCH-LABEL).")] = None,
+    bits: Bits = "4",
 ) -> None:
     """Generate solutions, run them with the benchmark's tests in the sandbox, report pass@k (Chen et al. 2021)."""
     from contextlib import nullcontext
@@ -257,13 +260,14 @@ def eval_(
         if not (model or adapter):
             raise QlcodeError("give --model BASE and/or --adapter DIR, or --solutions reference")
         from qlcode.execution.generate import sample
+        from qlcode.inference import load_model
 
         quiet_libraries()
-        lm, tok, instruct = _model_for_sampling(model, adapter)
-        gen = lambda p: sample(lm, tok, p, instruct, n, temperature, max_new_tokens)  # noqa: E731
+        loaded = load_model(model, adapter, quantization(bits))
+        gen = lambda p: sample(loaded.model, loaded.tokenizer, p, loaded.instruct, n, temperature, max_new_tokens)  # noqa: E731
         runs = [("adapter" if adapter else "base", gen, nullcontext)]
         if compare and adapter:
-            runs.insert(0, ("base", gen, lm.disable_adapter))
+            runs.insert(0, ("base", gen, loaded.model.disable_adapter))
     table = Table(title=f"{bench}: pass@k ({len(problems)} problems, n={n if solutions is None else 1})")
     for col in ("model", "problems", *[f"pass@{x}" for x in ks]):
         table.add_column(col)
@@ -294,6 +298,7 @@ def pairs(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer to generate.")] = 384,
     data: Annotated[str | None, typer.Option("--data", help="MBPP as a local jsonl (default: the Hub).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
+    bits: Bits = "4",
 ) -> None:
     """Sample answers, run their unit tests in the sandbox, and pair a passing answer with a failing one."""
     from qlcode.execution.pairs import load_problems, make_pairs
@@ -301,9 +306,11 @@ def pairs(
     if samples < 2:
         raise QlcodeError("--samples: a pair needs at least 2 samples per problem")
     chosen = load_problems(problems, data)[:limit]
+    from qlcode.inference import load_model
+
     quiet_libraries()
-    lm, tok, instruct = _model_for_sampling(model, adapter)
-    report = make_pairs(lm, tok, chosen, instruct, samples, temperature, out_file, max_new_tokens)
+    loaded = load_model(model, adapter, quantization(bits))
+    report = make_pairs(loaded.model, loaded.tokenizer, chosen, loaded.instruct, samples, temperature, out_file, max_new_tokens)
     out.print(f"{report.pairs} pairs from {report.problems} problems written to {out_file}")
     if report.no_passing:
         out.print(f"{len(report.no_passing)} problems had no passing sample: {', '.join(report.no_passing[:20])}")

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def read_json(path: Path, fix: str) -> dict:
+    """A JSON object from a file, or a QlcodeError naming the file, the line and `fix`."""
+    from qlcode.errors import QlcodeError
+
+    if not path.is_file():
+        raise QlcodeError(f"{path.parent}: no {path.name}; {fix}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise QlcodeError(f"{path}: not UTF-8 text; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise QlcodeError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); {fix}") from None
+    if not isinstance(value, dict):
+        raise QlcodeError(f"{path}: a JSON object is expected, not {type(value).__name__}; {fix}")
+    return value
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -6,7 +6,8 @@ import random
 
 import torch
 
-from qlcode.data.fim import fim_ids, infill_prompt
+from qlcode.data.fim import MARK, encode, fim_ids, infill_prompt
+from qlcode.inference import sampling_args
 
 
 @torch.no_grad()
@@ -16,11 +17,19 @@ def generate_middle(model, tokenizer, prefix: str, suffix: str, max_new_tokens: 
     ids = fim_ids(tokenizer)
     prompt = torch.tensor([infill_prompt(tokenizer, ids, prefix, suffix, spm)], device=model.device)
     torch.manual_seed(seed)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
     out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                         eos_token_id=[ids.eot, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id, **sampling)
+                         eos_token_id=[ids.eot, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
+                         **sampling_args(temperature))
     new = [t for t in out[0, prompt.shape[1]:].tolist() if t not in (ids.eot, tokenizer.eos_token_id)]
-    return tokenizer.decode(new, skip_special_tokens=True)
+    return decode_middle(tokenizer, new)
+
+
+def decode_middle(tokenizer, tokens: list[int]) -> str:
+    """The middle's exact text: SentencePiece drops a leading "▁" when decoding a text's first token,
+    so decode after MARK's tokens and cut MARK off (the reference's decode_infilling)."""
+    mark = encode(tokenizer, MARK, leading_space=False)
+    text = tokenizer.decode(mark + tokens, skip_special_tokens=True)
+    return text[len(MARK):] if text.startswith(MARK) else tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 def line_cases(sources: list[str], n: int, seed: int = 0, context: int = 800) -> list[tuple[str, str, str]]:
@@ -55,7 +64,7 @@ def middle_nll(model, tokenizer, cases: list[tuple[str, str, str]]) -> float:
     total = 0.0
     for prefix, middle, suffix in cases:
         prompt = infill_prompt(tokenizer, ids, prefix, suffix)
-        target = tokenizer(middle, add_special_tokens=False)["input_ids"] + [ids.eot]
+        target = encode(tokenizer, middle, leading_space=False) + [ids.eot]
         x = torch.tensor([prompt + target], device=model.device)
         logp = model(input_ids=x).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
         total += -logp[torch.arange(len(target)), torch.tensor(target)].mean().item()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from qlcode import __version__
+from qlcode.methods import METHODS
 from qlcode.recipe import Recipe
 
 
@@ -55,8 +56,7 @@ def adapter_card(recipe: Recipe, summary: dict) -> str:
         ("batch", f"{recipe.train.micro_batch_size} x {recipe.train.gradient_accumulation_steps} accumulation"),
         ("optimizer", recipe.train.optimizer),
     ]
-    if recipe.train.method == "dpo":
-        rows.append(("DPO", f"beta={recipe.train.dpo_beta}, loss={recipe.train.dpo_loss}"))
+    rows += METHODS[recipe.train.method].card_lines(recipe)
     data = "\n".join(f"- `{d.source}` ({d.format}, split {d.split}" + (f", {d.max_rows} rows max" if d.max_rows else "") + ")"
                      for d in recipe.data.datasets)
     hyper = "\n".join(f"| {k} | {v} |" for k, v in rows)

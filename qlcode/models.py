@@ -1,51 +1,43 @@
-"""Loading bases, tokenizers and adapters: quantization, LoRA, and the device and dtype policy.
+"""Loading bases and tokenizers: quantization, LoRA and kernel patching, from plain arguments.
 
-Policy: CUDA when present, else CPU, through the same code. On CUDA the 4-bit path computes in
-bf16 (fp16 where the GPU lacks bf16); on CPU it computes in fp32 with bitsandbytes' CPU kernels.
+Training turns a recipe's sections into these arguments (qlcode.train); inference reads them from
+a run's own recipe (qlcode.inference), so a model is always loaded the way it was trained.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from tokenizers import pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from qlcode import builtin
 from qlcode.data.templates import CODELLAMA_INSTRUCT_CHAT_TEMPLATE
 from qlcode.errors import ModelError
-from qlcode.recipe import ModelSection, QuantSection, Recipe
+from qlcode.placement import DTYPES, Placement, placement
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-CPU = torch.device("cpu")
+if TYPE_CHECKING:
+    from qlcode.recipe import Recipe
+
 M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
-class Placement:
-    device: torch.device
-    dtype: torch.dtype  # unquantized weights
-    compute_dtype: torch.dtype  # 4-bit matmuls
+class Quantization:
+    """How the base's linear layers are stored and computed (the recipe's `quant:` keys)."""
 
-    @property
-    def device_map(self) -> dict[str, int | str]:
-        return {"": self.device.index or 0} if self.device.type == "cuda" else {"": "cpu"}
-
-
-def placement(model: ModelSection, quant: QuantSection) -> Placement:
-    """auto dtypes: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
-    if torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
-        auto = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        device, auto = CPU, torch.float32
-    dtype = auto if model.dtype == "auto" else DTYPES[model.dtype]
-    compute = dtype if quant.compute_dtype == "auto" else DTYPES[quant.compute_dtype]
-    return Placement(device, dtype, compute)
+    bits: int | None = 4  # 4, 8, or None for a full-precision base
+    type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"
+    storage_dtype: str = "uint8"
+    kernels: str = "auto"  # triton | bitsandbytes | auto (triton on CUDA)
 
 
 def base_path(spec: str) -> str:
@@ -53,31 +45,36 @@ def base_path(spec: str) -> str:
     return str(builtin.model_path(spec)) if spec.startswith("builtin:") else spec
 
 
-def load_tokenizer(model: ModelSection, template: str = "raw") -> AutoTokenizer:
-    """The base's tokenizer with Code Llama's quirks settled.
+def load_tokenizer(base: str, revision: str | None = None, template: str = "raw") -> AutoTokenizer:
+    """The tokenizer of `base` (a model or an adapter directory) with Code Llama's quirks settled.
 
     Code Llama's tokenizers have no pad token. Padding with eos would be harmless for the loss
     (TRL masks padding by position) but makes `generate` and batching ambiguous about where a
     sequence ends, so we pad with <unk>, which the model never needs to predict. Training pads on
     the right; the eos that ends every answer is appended by TRL (prompt/completion rows) or by the
-    chat template (conversations).
+    chat template (conversations). transformers 5 gives SentencePiece tokenizers (Llama's) their
+    leading "▁" on a text's first segment only, so "<s>[INST]" lost the "▁[" Code Llama Instruct was
+    trained on; every segment gets it again, as in transformers 4 and Meta's reference.
     """
     try:
-        tok = AutoTokenizer.from_pretrained(base_path(model.base), revision=model.revision)
+        tok = AutoTokenizer.from_pretrained(base_path(base), revision=revision)
     except (OSError, ValueError) as e:
-        raise ModelError(f"model.base: cannot load a tokenizer from {model.base!r}: {e}") from None
+        raise ModelError(f"model.base: cannot load a tokenizer from {base!r}: {e}") from None
     if tok.pad_token is None:
         if tok.unk_token is not None and tok.unk_token != tok.eos_token:
             tok.pad_token = tok.unk_token
         else:
             tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    spm = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
+    if isinstance(spm, pre_tokenizers.Metaspace) and spm.prepend_scheme == "first":
+        spm.prepend_scheme = "always"  # "<s>[INST]" -> 1, 518 ("▁["): Meta encodes each turn as a text of its own
     if template == "codellama-instruct":
         tok.chat_template = CODELLAMA_INSTRUCT_CHAT_TEMPLATE
     return tok
 
 
-def quantization_config(quant: QuantSection, place: Placement) -> BitsAndBytesConfig | None:
+def quantization_config(quant: Quantization, place: Placement) -> BitsAndBytesConfig | None:
     if quant.bits == 4:
         return BitsAndBytesConfig(
             load_in_4bit=True,
@@ -106,73 +103,107 @@ def disable_cpu_repacking(model: torch.nn.Module) -> int:
     return len(layers)
 
 
-def load_base(model: ModelSection, quant: QuantSection) -> PreTrainedModel:
-    """The base model as the recipe asks: quantized or not, with its RoPE overrides applied."""
-    place = placement(model, quant)
-    path = base_path(model.base)
+def load_base(base: str, quant: Quantization = Quantization(), revision: str | None = None, dtype: str = "auto",
+              attn_implementation: str = "sdpa", rope_theta: float | None = None, rope_scaling: dict | None = None,
+              max_position_embeddings: int | None = None) -> PreTrainedModel:
+    """The base model on this process's device, quantized or not, with its RoPE overrides applied."""
+    place = placement(dtype, quant.compute_dtype)
+    path = base_path(base)
     try:
-        config = AutoConfig.from_pretrained(path, revision=model.revision)
+        config = AutoConfig.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as e:
-        raise ModelError(f"model.base: cannot load {model.base!r}: {e}") from None
-    if model.rope_theta is not None or model.rope_scaling is not None:
+        raise ModelError(f"model.base: cannot load {base!r}: {e}") from None
+    if rope_theta is not None or rope_scaling is not None:
         rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
-        if model.rope_theta is not None:
-            rope["rope_theta"] = model.rope_theta
-        if model.rope_scaling is not None:
-            rope.update(rope_type=model.rope_scaling.type, factor=model.rope_scaling.factor)
+        if rope_theta is not None:
+            rope["rope_theta"] = rope_theta
+        if rope_scaling is not None:
+            rope.update(rope_type=rope_scaling["type"], factor=rope_scaling["factor"])
         config.rope_parameters = rope
-    if model.max_position_embeddings is not None:
-        config.max_position_embeddings = model.max_position_embeddings
-    qconfig = quantization_config(quant, place)
+    if max_position_embeddings is not None:
+        config.max_position_embeddings = max_position_embeddings
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(torch_dtype|fast path|kernels).*")
-        base = AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             path,
             config=config,
-            revision=model.revision,
+            revision=revision,
             dtype=place.dtype,
-            quantization_config=qconfig,
+            quantization_config=quantization_config(quant, place),
             device_map=place.device_map,
-            attn_implementation=model.attn_implementation,
+            attn_implementation=attn_implementation,
         )
-    disable_cpu_repacking(base)
-    return base
+    disable_cpu_repacking(model)
+    return model
 
 
-def with_lora(base: PreTrainedModel, recipe: Recipe) -> PeftModel:
-    """Make the base trainable through LoRA: a new adapter, or `lora.adapter` to continue one."""
-    lora, gc = recipe.lora, recipe.train.gradient_checkpointing
-    if recipe.quant.bits is not None:
+def quantization_of(recipe: Recipe) -> Quantization:
+    return Quantization(**recipe.quant.model_dump())
+
+
+def load_recipe_base(recipe: Recipe, quant: Quantization | None = None) -> PreTrainedModel:
+    """The base as a recipe (a training run's, or an adapter's own recipe.yaml) says: the one place
+    where recipe sections become load_base's arguments."""
+    m = recipe.model
+    return load_base(m.base, quant or quantization_of(recipe), m.revision, m.dtype, m.attn_implementation, m.rope_theta,
+                     m.rope_scaling.model_dump() if m.rope_scaling else None, m.max_position_embeddings)
+
+
+def linear_names(model: torch.nn.Module) -> list[str]:
+    """The distinct names of the linear layers LoRA can target (q_proj, ..., down_proj)."""
+    import bitsandbytes as bnb
+
+    kinds = (torch.nn.Linear, bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, kinds) and n != "lm_head"})
+
+
+def check_targets(model: torch.nn.Module, target_modules: str | list[str]) -> None:
+    """A target that matches no module is a typo, never a silent no-op (PEFT adapts the others)."""
+    if target_modules == "all-linear":
+        return
+    names = linear_names(model)
+    unknown = [t for t in target_modules if t not in names]
+    if unknown:
+        raise ModelError(f"lora.target_modules: {', '.join(unknown)} matches no module of this model; "
+                         f"its linear layers are: {', '.join(names)} (or use all-linear)")
+
+
+def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules: str | list[str],
+              rslora: bool = False, dora: bool = False, modules_to_save: list[str] = (), adapter: str | None = None,
+              gradient_checkpointing: bool = True, seed: int = 42) -> PeftModel:
+    """Make the base trainable through LoRA: a new adapter, or `adapter` (a directory) to continue one."""
+    quantized = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
+    if quantized:
         base = prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
-    elif gc:
+            base, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if lora.adapter:
-        if not (Path(lora.adapter) / "adapter_config.json").is_file():
-            raise ModelError(f"lora.adapter: {lora.adapter!r} holds no adapter_config.json; train that adapter first")
-        return use_kernels(PeftModel.from_pretrained(base, lora.adapter, is_trainable=True), recipe.quant)
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelError(f"lora.adapter: {adapter!r} holds no adapter_config.json; train that adapter first")
+        return PeftModel.from_pretrained(base, adapter, is_trainable=True)
+    check_targets(base, target_modules)
     config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        use_rslora=lora.rslora,
-        use_dora=lora.dora,
-        modules_to_save=lora.modules_to_save or None,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        use_rslora=rslora,
+        use_dora=dora,
+        modules_to_save=list(modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
-    torch.manual_seed(recipe.train.seed)
-    return use_kernels(get_peft_model(base, config), recipe.quant)
+    torch.manual_seed(seed)
+    return get_peft_model(base, config)
 
 
-def use_kernels(model: M, quant: QuantSection) -> M:
+def use_kernels(model: M, quant: Quantization) -> M:
     """Route 4-bit layers (LoRA-wrapped or bare) through qlcode's Triton kernels when quant.kernels
-    asks (auto: on CUDA): training, and decoding through the fused dequant-matmul."""
-    import os
+    asks (auto: on CUDA, once they check out there): training, and decoding through the fused dequant-matmul."""
+    from qlcode.kernels.selfcheck import auto_kernels
 
-    choice = quant.kernels if quant.kernels != "auto" else ("triton" if torch.cuda.is_available() else "bitsandbytes")
-    if quant.bits != 4 or choice != "triton":
+    if quant.bits != 4 or (auto_kernels(model) if quant.kernels == "auto" else quant.kernels) != "triton":
         return model
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise ModelError("quant.kernels: triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it slowly on CPU, for tests); "
@@ -181,28 +212,3 @@ def use_kernels(model: M, quant: QuantSection) -> M:
 
     patch_model(model, TRITON)
     return model
-
-
-
-def load_for_inference(base: str | None, adapter: str | None, bits: int | None = 4) -> tuple[PreTrainedModel, AutoTokenizer]:
-    """A base (and optionally an adapter run directory on it) ready to generate.
-
-    With an adapter and no base, the base is the one named in the adapter's recipe.yaml; the
-    tokenizer is the adapter's own (it carries the chat template it was trained with).
-    """
-    from qlcode.recipe import read_run_recipe
-
-    model_section = ModelSection(base=base) if base else None
-    if adapter:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise ModelError(f"--adapter: {adapter!r} holds no adapter_config.json (a finished run directory has one)")
-        trained = read_run_recipe(Path(adapter) / "recipe.yaml")
-        model_section = model_section or trained.model
-    if model_section is None:
-        raise ModelError("give a base model (--model) or an adapter (--adapter)")
-    quant = QuantSection(bits=bits)
-    model = load_base(model_section, quant)
-    tok = load_tokenizer(ModelSection(base=adapter) if adapter else model_section)
-    if adapter:
-        model = PeftModel.from_pretrained(model, adapter)
-    return use_kernels(model, quant).eval(), tok

@@ -13,24 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from qlcode.errors import RecipeError
+from qlcode.methods import METHODS
+from qlcode.schema import DType, Section
 
-DType = Literal["auto", "bf16", "fp16", "fp32"]
-DpoLoss = Literal[
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-]
 Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference", "repository"]
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-class Section(BaseModel):
-    """A recipe section: unknown keys are errors, so a typo never silently falls back to a default."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class RopeScaling(Section):
@@ -92,6 +83,13 @@ class LoraSection(Section):
     adapter: str | None = Field(
         None, description="Continue training this existing adapter directory (e.g. DPO after SFT) instead of a new one."
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, v: str | list[str]) -> str | list[str]:
+        if v == []:
+            raise ValueError("an empty list adapts nothing: name modules such as [q_proj, v_proj], or use all-linear")
+        return v
 
 
 class DatasetSpec(Section):
@@ -166,8 +164,10 @@ class PassAt1Section(Section):
     max_new_tokens: int = Field(256, gt=0, description="Longest completion.")
 
 
-class TrainSection(Section):
-    method: Literal["sft", "dpo"] = Field("sft", description="Supervised fine-tuning or Direct Preference Optimization.")
+class TrainOptions(Section):
+    """The keys every method shares; each method's own keys live under train.<method> (see qlcode/methods)."""
+
+    method: str = Field("sft", description="Training method: " + ", ".join(f"{n} ({m.summary})" for n, m in METHODS.items()) + ".")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     micro_batch_size: int = Field(1, gt=0, description="Sequences per forward pass.")
@@ -183,11 +183,6 @@ class TrainSection(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
-    neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune embedding noise (e.g. 5); off when unset.")
-    dpo_beta: float = Field(0.1, gt=0, description="DPO: strength of the pull towards the reference.")
-    dpo_loss: list[DpoLoss] = Field(
-        default_factory=lambda: ["sigmoid"], description="DPO: TRL loss type(s); several are summed (e.g. [sigmoid, sft])."
-    )
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (always before and after training).")
     pass_at_1: PassAt1Section | None = Field(
         None, description="Execution-grounded eval in the loop: {bench, problems, every}; the best adapter by it is kept in best/."
@@ -198,10 +193,30 @@ class TrainSection(Section):
     report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
     seed: int = Field(42, description="Seed for model init, dropout and data order.")
 
-    @field_validator("dpo_loss", mode="before")
+    @field_validator("method")
     @classmethod
-    def _one_loss(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; the methods are: {', '.join(METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _method_section(self) -> TrainOptions:
+        """The chosen method's section gets its defaults; another method's section is a mistake."""
+        for name, method in METHODS.items():
+            given = getattr(self, name)
+            if name == self.method and given is None:
+                setattr(self, name, method.section())
+            elif name != self.method and given is not None:
+                raise ValueError(f"train.{name} is set, but train.method is {self.method}: "
+                                 f"remove train.{name} or set train.method: {name}")
+        return self
+
+
+TrainSection = create_model(
+    "TrainSection", __base__=TrainOptions,
+    **{name: (m.section | None, Field(None, description=f"{m.summary}: its keys (used when train.method is {name}).")) for name, m in METHODS.items()},
+)
 
 
 class OutputSection(Section):
@@ -211,8 +226,8 @@ class OutputSection(Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[\w.-]+", v):
-            raise ValueError(f"a run name may hold letters, digits, '.', '_' and '-' only, got {v!r}")
+        if v is not None and (not re.fullmatch(r"[\w.-]+", v) or v in (".", "..")):
+            raise ValueError(f"a run name may hold letters, digits, '.', '_' and '-' only, and is not . or .. (got {v!r})")
         return v
 
     @property
@@ -253,8 +268,10 @@ SECTIONS: dict[str, type[Section]] = {
     "data": DataSection,
     "data.datasets[]": DatasetSpec,
     "data.fim": FimSection,
+    "model.rope_scaling": RopeScaling,
     "train": TrainSection,
     "train.pass_at_1": PassAt1Section,
+    **{f"train.{name}": m.section for name, m in METHODS.items()},
     "output": OutputSection,
     "hub": HubSection,
 }
@@ -326,7 +343,14 @@ ALIASES = {
 }
 
 
+# Keys that moved: (old path) -> new dotted key.
+RENAMED = {("train", "dpo_beta"): "train.dpo.beta", ("train", "dpo_loss"): "train.dpo.loss",
+           ("train", "neftune_noise_alpha"): "train.sft.neftune_noise_alpha"}
+
+
 def _unknown_key_hint(path: tuple) -> str:
+    if path in RENAMED:
+        return f"renamed: use {RENAMED[path]}"
     valid = list(_section_at(path[:-1]).model_fields)
     alias = ALIASES.get(str(path[-1]))
     close = [alias] if alias in valid else difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
@@ -393,7 +417,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file (qlcode ships recipes/quickstart.yaml to start from)")
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the recipe as UTF-8") from None
     try:
         node = yaml.compose(text)
         tree = yaml.safe_load(text)
@@ -416,7 +445,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
     def where(p: tuple) -> str:
         for k, item in overridden.items():
-            if p[: len(k)] == k:
+            if p[: len(k)] == k or k[: len(p)] == p:
                 return f"command line ({item})"
         line = located.line(p)
         return f"{path}:{line}" if line else str(path)
@@ -432,9 +461,23 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 def read_run_recipe(path: Path) -> Recipe:
     """The recipe.yaml a run wrote: schema-checked only, since its data files may have moved since."""
     try:
-        return Recipe.model_validate(yaml.safe_load(Path(path).read_text()))
-    except (OSError, yaml.YAMLError, ValidationError) as e:
+        tree = yaml.safe_load(Path(path).read_text())
+        return Recipe.model_validate(_migrated(tree) if isinstance(tree, dict) else tree)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError) as e:
         raise RecipeError(f"{path}: not a recipe written by qlcode train ({e})") from None
+
+
+def _migrated(tree: dict) -> dict:
+    """A recipe.yaml written by an older qlcode, with its keys where they live now."""
+    train = tree.get("train")
+    if isinstance(train, dict):
+        for (_, old), new in RENAMED.items():
+            if old in train:
+                value = train.pop(old)
+                section, key = new.split(".")[1:]
+                if section == train.get("method", "sft"):
+                    train.setdefault(section, {})[key] = value
+    return tree
 
 
 def _check_consistency(recipe: Recipe, where) -> None:
@@ -442,10 +485,11 @@ def _check_consistency(recipe: Recipe, where) -> None:
     problems = []
     for i, ds in enumerate(recipe.data.datasets):
         key = ("data", "datasets", i, "format")
-        if recipe.train.method == "dpo" and ds.format != "preference":
-            problems.append((key, f"train.method dpo needs preference data (chosen/rejected), got {ds.format}"))
-        if recipe.train.method == "sft" and ds.format == "preference":
-            problems.append((key, "preference data trains with train.method: dpo"))
+        method = METHODS[recipe.train.method]
+        if ds.format not in method.formats:
+            trains = [n for n, m in METHODS.items() if ds.format in m.formats]
+            problems.append((key, f"train.method {method.name} trains on {' or '.join(method.formats)} data, got {ds.format}"
+                                  + (f" (which trains with train.method: {' or '.join(trains)})" if trains else "")))
         src = ("data", "datasets", i, "source")
         if ds.format == "repository":
             if not recipe.data.packing:
@@ -460,8 +504,9 @@ def _check_consistency(recipe: Recipe, where) -> None:
     if not base.startswith("builtin:") and (base.startswith((".", "/", "~")) or not HUB_ID.match(base)):
         if not Path(base).expanduser().is_dir():
             problems.append((("model", "base"), f"no such model directory {base!r}"))
-    if recipe.data.fim is not None and recipe.train.method == "dpo":
-        problems.append((("data", "fim"), "infilling examples train with train.method: sft, not dpo"))
+    problems += METHODS[recipe.train.method].check(recipe)
+    if recipe.data.fim is not None and recipe.train.method != "sft":
+        problems.append((("data", "fim"), f"infilling examples train with train.method: sft, not {recipe.train.method}"))
     if recipe.quant.kernels == "triton" and recipe.quant.bits != 4:
         problems.append((("quant", "kernels"), f"qlcode's Triton kernels run 4-bit weights; with quant.bits {recipe.quant.bits} "
                                                "use quant.kernels: auto or bitsandbytes"))
@@ -472,7 +517,7 @@ def _check_consistency(recipe: Recipe, where) -> None:
 
 
 def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("qlcode.recipe.", "")
+    text = re.sub(r"qlcode\.[\w.]+\.(\w+)", r"\1", str(annotation).replace("typing.", ""))
     text = re.sub(r"<class '(\w+)'>", r"\1", text)
     return text.replace("NoneType", "None").replace("Literal", "one of ").replace("|", "or")
 

@@ -1,11 +1,8 @@
-"""One training run: recipe -> model and data -> TRL trainer -> adapters/<name>/.
+"""One training run: recipe -> model and data -> the method's TRL trainer -> the run directory.
 
-Run directory layout:
-    recipe.yaml          the resolved recipe (every default filled in)
-    metrics.jsonl        one JSON object per log event; step 0 holds the eval loss before training
-    checkpoints/         checkpoint-N/ every train.save_steps, the last train.keep_checkpoints kept
-    adapter_config.json  the final PEFT adapter, tokenizer and README.md model card, moved in
-    adapter_model.safetensors   from a temporary directory when training ends, weights last
+This is the training boundary: recipe sections become the plain arguments of qlcode.models and
+the method's TRL config here. Under a launcher every process trains; only the main process
+writes the run directory (qlcode.runs), and the others wait for it at the end.
 """
 
 from __future__ import annotations
@@ -13,27 +10,28 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback, set_seed
+from peft import PeftModel
+from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from qlcode.callbacks import MetricsLog, ProgressBar, Throughput, console, peak_memory_gb, read_metrics
+from qlcode.callbacks import MetricsLog, ProgressBar, Throughput
 from qlcode.data import build_datasets
 from qlcode.data.decontaminate import drop_overlapping, index
 from qlcode.data.fim import with_infilling
 from qlcode.errors import QlcodeError
-from qlcode.files import move_files_into, write_text_atomic
+from qlcode.methods import METHODS
 from qlcode.model_card import adapter_card
-from qlcode.models import load_base, load_tokenizer, placement, with_lora
+from qlcode.models import load_recipe_base, load_tokenizer, quantization_of, use_kernels, with_lora
+from qlcode.placement import is_main_process, placement, world_size
+from qlcode.progress import console, peak_memory_gb
 from qlcode.recipe import Recipe
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from qlcode.runs import RunDir, checkpoint_step
 
 
 @dataclass
@@ -48,28 +46,8 @@ class RunResult:
     train_loss: float | None
 
 
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint; the trainer writes trainer_state.json last."""
-    done = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _prepare_run_dir(recipe: Recipe, resume: bool) -> Path | None:
-    """Check the run directory against --resume; returns the checkpoint to resume from, if any."""
-    run_dir = recipe.output.run_dir
-    checkpoints = run_dir / "checkpoints"
-    if (run_dir / ADAPTER_WEIGHTS).exists():
-        raise QlcodeError(f"{run_dir} already holds a finished adapter; pick another name (output.name=...) or delete it")
-    ckpt = latest_checkpoint(checkpoints) if checkpoints.is_dir() else None
-    if not resume and (ckpt is not None or (run_dir / "metrics.jsonl").exists()):
-        raise QlcodeError(f"{run_dir} holds an unfinished run; continue it with --resume, or delete it to start over")
-    if resume and ckpt is None:
-        console.print(f"no complete checkpoint in {checkpoints}: starting from step 0")
-    return ckpt
-
-
 def _precision(recipe: Recipe) -> dict:
-    place = placement(recipe.model, recipe.quant)
+    place = placement(recipe.model.dtype, recipe.quant.compute_dtype)
     if place.device.type != "cuda":
         return {"use_cpu": True, "bf16": False, "fp16": False}
     return {"bf16": place.compute_dtype == torch.bfloat16, "fp16": place.compute_dtype == torch.float16}
@@ -80,11 +58,12 @@ def _check_tracker(name: str) -> None:
         raise QlcodeError(f"train.report_to: {name} is not installed; pip install {name}, or set train.report_to: none")
 
 
-def trainer_args(recipe: Recipe, conversational: bool) -> SFTConfig | DPOConfig:
+def common_args(recipe: Recipe) -> dict:
+    """The TrainingArguments every method shares."""
     t, data = recipe.train, recipe.data
     _check_tracker(t.report_to)
-    common = dict(
-        output_dir=str(recipe.output.run_dir / "checkpoints"),
+    return dict(
+        output_dir=str(RunDir(recipe.output.run_dir).checkpoints),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.micro_batch_size,
@@ -112,57 +91,56 @@ def trainer_args(recipe: Recipe, conversational: bool) -> SFTConfig | DPOConfig:
         max_length=data.max_length,
         **_precision(recipe),
     )
-    if t.method == "dpo":
-        return DPOConfig(**common, beta=t.dpo_beta, loss_type=list(t.dpo_loss))
-    return SFTConfig(
-        **common,
-        packing=data.packing,
-        # repository rows are longer than max_length: split them into pieces instead of truncating
-        packing_strategy="bfd_split" if any(d.format == "repository" for d in data.datasets) else "bfd",
-        completion_only_loss=data.train_on_completions_only,
-        assistant_only_loss=data.train_on_completions_only and conversational,
-        neftune_noise_alpha=t.neftune_noise_alpha,
-    )
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop log rows written after the checkpoint: the resumed run writes them again."""
-    rows = [r for r in read_metrics(path) if r["step"] <= step]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+def trainable_model(recipe: Recipe) -> PeftModel:
+    """The recipe's base with its LoRA adapter, on the recipe's kernels."""
+    lora = recipe.lora
+    model = with_lora(load_recipe_base(recipe), r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                      target_modules=lora.target_modules, rslora=lora.rslora, dora=lora.dora,
+                      modules_to_save=lora.modules_to_save, adapter=lora.adapter,
+                      gradient_checkpointing=recipe.train.gradient_checkpointing, seed=recipe.train.seed)
+    return use_kernels(model, quantization_of(recipe))
 
 
-def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -> tuple[SFTTrainer | DPOTrainer, Throughput]:
+def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -> tuple[Trainer, Throughput]:
     set_seed(recipe.train.seed)
-    tokenizer = load_tokenizer(recipe.model, recipe.data.template)
+    tokenizer = load_tokenizer(recipe.model.base, recipe.model.revision, recipe.data.template)
     train_ds, eval_ds = build_datasets(recipe.data)
     if recipe.data.decontaminate:
         train_ds, dropped = drop_overlapping(train_ds, index(recipe.data.decontaminate))
         console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "
                       f"{', '.join(recipe.data.decontaminate)}" + (f" (e.g. {dropped[0][1]})" if dropped else ""))
     console.print(f"data: {len(train_ds)} training rows, {len(eval_ds) if eval_ds else 0} validation rows")
-    console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {placement(recipe.model, recipe.quant).device}")
+    place = placement(recipe.model.dtype, recipe.quant.compute_dtype)
+    console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {place.device}"
+                  + (f", {world_size()} processes: effective batch {recipe.train.micro_batch_size} x "
+                     f"{recipe.train.gradient_accumulation_steps} x {world_size()}" if world_size() > 1 else ""))
     if recipe.data.fim is not None:
         train_ds = with_infilling(train_ds, tokenizer, recipe.data.fim, recipe.data.seed)
-    model = with_lora(load_base(recipe.model, recipe.quant), recipe)
-    args = trainer_args(recipe, conversational="messages" in train_ds.column_names)
-    cls = DPOTrainer if recipe.train.method == "dpo" else SFTTrainer
+    model = trainable_model(recipe)
+    method = METHODS[recipe.train.method]
+    args = method.config(recipe, common_args(recipe), conversational="messages" in train_ds.column_names)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     throughput = Throughput()
-    metrics = MetricsLog(recipe.output.run_dir / "metrics.jsonl", throughput)
-    trainer = cls(
+    run = RunDir(recipe.output.run_dir)
+    trainer = method.trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[throughput, metrics, ProgressBar(throughput), *extra_callbacks],
+        callbacks=[throughput, MetricsLog(run, throughput), ProgressBar(throughput), *extra_callbacks],
+        **method.trainer_kwargs(recipe),
     )
     trainer.remove_callback(PrinterCallback)
     restore_trainable(trainer.model, trainable)
     if recipe.train.pass_at_1 is not None:
         from qlcode.execution.in_training import PassAt1
 
-        in_loop = PassAt1(recipe.train.pass_at_1, tokenizer, recipe.data.template == "codellama-instruct", recipe.output.run_dir)
+        p = recipe.train.pass_at_1
+        in_loop = PassAt1(p.bench, p.data, p.problems, p.every, p.max_new_tokens, tokenizer,
+                          recipe.data.template == "codellama-instruct", run)
         in_loop.trainer = trainer
         trainer.add_callback(in_loop)
     return trainer, throughput
@@ -185,58 +163,61 @@ def restore_trainable(model: torch.nn.Module, saved: dict[str, torch.Tensor]) ->
 def _eval_loss(trainer) -> float | None:
     if trainer.eval_dataset is None:
         return None
-    return trainer.evaluate()["eval_loss"]
+    return trainer.evaluate().get("eval_loss")  # methods that score by reward (GRPO) have none
 
 
-def _save_adapter(trainer, recipe: Recipe, summary: dict) -> None:
-    run_dir = recipe.output.run_dir
-    tmp = run_dir / ".adapter.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.model.save_pretrained(tmp, selected_adapters=["default"])
-    config = json.loads((tmp / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = recipe.model.base  # the recipe's name, not a local cache path
-    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    trainer.processing_class.save_pretrained(tmp)
-    (tmp / "README.md").write_text(adapter_card(recipe, summary))
-    move_files_into(tmp, run_dir, last=ADAPTER_WEIGHTS)
+def _completed(checkpoint: Path | None) -> bool:
+    """Whether the checkpoint is the last step's: training ended and only the final save was lost."""
+    if checkpoint is None:
+        return False
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"] > 0
 
 
 def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCallback] = ()) -> RunResult:
     """Run the recipe; with resume, continue from the newest complete checkpoint."""
-    run_dir = recipe.output.run_dir
-    checkpoint = _prepare_run_dir(recipe, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
-    metrics_path = run_dir / "metrics.jsonl"
-    if checkpoint is not None:
-        _trim_metrics(metrics_path, int(checkpoint.name.split("-")[1]))
-    elif metrics_path.exists():
-        metrics_path.unlink()
-
-    trainer, throughput = build_trainer(recipe, extra_callbacks)
-    start = time.perf_counter()
-    before = next((r["eval_loss"] for r in read_metrics(metrics_path) if r["step"] == 0 and "eval_loss" in r), None)
-    if checkpoint is None:
-        before = _eval_loss(trainer)  # logged to metrics.jsonl as step 0
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
-        raise QlcodeError(f"training stopped at step {trainer.state.global_step}; continue with --resume")
-    after = _eval_loss(trainer)
-    result = RunResult(
-        run_dir=str(run_dir),
-        steps=trainer.state.global_step,
-        seconds=time.perf_counter() - start,
-        tokens_per_s=throughput.mean_tokens_per_s,
-        peak_memory_gb=peak_memory_gb(),
-        eval_loss_before=before,
-        eval_loss_after=after,
-        train_loss=output.training_loss if math.isfinite(output.training_loss) else None,
-    )
-    _save_adapter(trainer, recipe, asdict(result))
-    write_text_atomic(run_dir / "summary.json", json.dumps(asdict(result), indent=2) + "\n")
-    if recipe.hub.push:
-        _push(recipe)
+    run = RunDir(recipe.output.run_dir)
+    main = is_main_process()
+    with run.lock() if main else nullcontext():
+        checkpoint = run.prepare(resume) if main else (run.latest_checkpoint() if resume else None)
+        if main and resume and checkpoint is None:
+            console.print(f"no complete checkpoint in {run.checkpoints}: starting from step 0")
+        trainer, throughput = build_trainer(recipe, extra_callbacks)  # bad data stops here, before the run is written
+        if main:
+            run.start(recipe, checkpoint)
+        start = time.perf_counter()
+        before = next((r["eval_loss"] for r in run.metrics() if r["step"] == 0 and "eval_loss" in r), None)
+        if checkpoint is None:
+            before = _eval_loss(trainer)  # logged to metrics.jsonl as step 0
+        if _completed(checkpoint):
+            # killed during the final save: the weights are the checkpoint's, no step is left to train
+            trainer._load_from_checkpoint(str(checkpoint))
+            trainer.state.global_step = checkpoint_step(checkpoint)
+            train_loss = None
+        else:
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
+                raise QlcodeError(f"training stopped at step {trainer.state.global_step}; continue with --resume")
+            train_loss = output.training_loss if math.isfinite(output.training_loss) else None
+        after = _eval_loss(trainer)
+        rates = [r["tokens_per_s"] for r in run.metrics() if r.get("tokens_per_s")]
+        result = RunResult(
+            run_dir=str(run),
+            steps=trainer.state.global_step,
+            seconds=time.perf_counter() - start,
+            # a run resumed at its last step trained nothing now: its rate is the one it logged
+            tokens_per_s=throughput.mean_tokens_per_s or (sum(rates) / len(rates) if rates else None),
+            peak_memory_gb=peak_memory_gb(),
+            eval_loss_before=before,
+            eval_loss_after=after,
+            train_loss=train_loss,
+        )
+        if main:
+            run.save_adapter(trainer.model, trainer.processing_class, recipe.model.base, adapter_card(recipe, asdict(result)))
+            run.write_summary(asdict(result))
+            if recipe.hub.push:
+                _push(recipe)
+        trainer.accelerator.wait_for_everyone()  # the other ranks end when the adapter is complete
     return result
 
 

@@ -43,6 +43,12 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def codellama_tokenizer_dir() -> Path:
+    """Code Llama's real tokenizer (Llama 2's SentencePiece vocabulary + 16 pieces), rebuilt offline."""
+    return REPO / "tests" / "data" / "codellama-tokenizer"
+
+
+@pytest.fixture(scope="session")
 def stdlib_rows() -> list[dict]:
     import gzip
 

@@ -129,7 +129,7 @@ def test_pairs_from_unit_tests_train_a_dpo_recipe(tmp_path):
 
 def test_pass_at_1_in_training_is_logged_and_the_best_adapter_kept(tmp_path):
     from conftest import make_recipe, write_jsonl
-    from qlcode.callbacks import read_metrics
+    from qlcode.runs import read_jsonl
     from qlcode.train import train
 
     from test_train import ROWS
@@ -139,7 +139,7 @@ def test_pass_at_1_in_training_is_logged_and_the_best_adapter_kept(tmp_path):
                                                               "every": 2, "max_new_tokens": 16}},
                          data={"validation": 0})
     train(recipe)
-    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "pass@1" in r]
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "pass@1" in r]
     assert [r["step"] for r in rows] == [2, 3] and all(0.0 <= r["pass@1"] <= 1.0 for r in rows)
     best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
     assert best["step"] == 2 and best["problems"] == 2  # ties keep the earlier one

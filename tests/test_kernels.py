@@ -161,10 +161,9 @@ def test_patched_4bit_model_decodes_like_bitsandbytes(tiny_base):
 
     from qlcode.kernels.qlora_linear import TRITON, patch_model
     from qlcode.models import load_base
-    from qlcode.recipe import ModelSection, QuantSection
 
     prompt = torch.tensor([[1, 300, 1201, 57, 900, 2048]])
-    base = load_base(ModelSection(base=str(tiny_base)), QuantSection(bits=4))
+    base = load_base(str(tiny_base))
     model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
 
     def run():
@@ -189,10 +188,9 @@ def test_training_step_under_bf16_autocast_matches_peft(tiny_base):
 
     from qlcode.kernels.qlora_linear import TRITON, patch_model
     from qlcode.models import load_base
-    from qlcode.recipe import ModelSection, QuantSection
 
     torch.manual_seed(0)
-    base = load_base(ModelSection(base=str(tiny_base)), QuantSection(bits=4))
+    base = load_base(str(tiny_base))
     model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     ids = torch.randint(3, 4000, (2, 24))
 
@@ -216,7 +214,7 @@ def test_training_step_under_bf16_autocast_matches_peft(tiny_base):
 
 def test_training_through_the_kernels_matches_the_bitsandbytes_path(tmp_path, tiny_base):
     from conftest import make_recipe, write_jsonl
-    from qlcode.callbacks import read_metrics
+    from qlcode.runs import read_jsonl
     from qlcode.train import build_trainer, train
     from test_train import ROWS
 
@@ -230,7 +228,7 @@ def test_training_through_the_kernels_matches_the_bitsandbytes_path(tmp_path, ti
             patched = [m for m in trainer.model.modules() if "_qlcode_original_forward" in m.__dict__]
             assert len(patched) == 2 * 7 * 2
         train(recipe)
-        losses[kernels] = [r["loss"] for r in read_metrics(tmp_path / kernels / "run" / "metrics.jsonl") if "loss" in r]
+        losses[kernels] = [r["loss"] for r in read_jsonl(tmp_path / kernels / "run" / "metrics.jsonl") if "loss" in r]
     assert len(losses["triton"]) == 4
     assert losses["triton"] == pytest.approx(losses["bitsandbytes"], rel=1e-4)
     from safetensors.torch import load_file

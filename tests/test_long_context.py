@@ -6,7 +6,7 @@ from pathlib import Path
 
 from qlcode.data import build_datasets
 from qlcode.data.repository import import_order, repository_dataset
-from qlcode.models import load_base
+from qlcode.models import load_recipe_base
 from qlcode.recipe import load_recipe
 from qlcode.train import build_trainer
 
@@ -37,7 +37,7 @@ def test_files_come_after_the_files_they_import(tmp_path):
 
 def test_long_context_recipe_reaches_the_model_config(tmp_path, tiny_base):
     recipe = load_recipe(REPO / "recipes" / "long-context.yaml", [f"model.base={tiny_base}"])
-    cfg = load_base(recipe.model, recipe.quant).config
+    cfg = load_recipe_base(recipe).config
     assert cfg.rope_parameters["rope_theta"] == 1e6 and cfg.max_position_embeddings == 16384
     assert recipe.data.max_length == 16384 and recipe.data.packing
 

@@ -9,9 +9,10 @@ import sys
 from transformers import AutoTokenizer
 
 from qlcode.builtin import MODELS
-from qlcode.builtin.evaluate_micro_codellama import first_statement, perplexity, pretrained_model, untrained_model
+from qlcode.builtin.build.evaluate import first_statement, perplexity, pretrained_model
+from qlcode.builtin.build.micro_codellama import untrained_model
 from qlcode.builtin import stdlib_corpus
-from qlcode.builtin.pretrain_micro_codellama import documents
+from qlcode.builtin.build.pretrain import documents
 
 from conftest import REPO
 

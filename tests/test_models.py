@@ -9,7 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from qlcode.models import load_base, load_tokenizer, with_lora
+from qlcode.models import load_recipe_base, load_tokenizer
+from qlcode.train import trainable_model
 
 from conftest import make_recipe
 
@@ -49,8 +50,8 @@ def _reference(tiny_base, qmodel) -> torch.nn.Module:
 
 def _check_against_reference(tmp_path, tiny_base, alpaca_file, keep_fix: bool) -> float:
     recipe = make_recipe(tmp_path, tiny_base, alpaca_file)
-    tok = load_tokenizer(recipe.model)
-    model = with_lora(load_base(recipe.model, recipe.quant), recipe)
+    tok = load_tokenizer(recipe.model.base)
+    model = trainable_model(recipe)
     if not keep_fix:
         for m in model.modules():
             if isinstance(m, bnb.nn.Linear4bit):
@@ -79,9 +80,8 @@ def test_without_the_fix_gradients_are_wrong_on_this_cpu(tmp_path, tiny_base, al
 
 
 def test_tokenizer_quirks(tiny_base):
-    from qlcode.recipe import ModelSection
 
-    tok = load_tokenizer(ModelSection(base=str(tiny_base)), "codellama-instruct")
+    tok = load_tokenizer(str(tiny_base), template="codellama-instruct")
     assert tok.pad_token == "<unk>" and tok.pad_token_id != tok.eos_token_id
     assert tok.padding_side == "right"
     assert tok("x")["input_ids"][0] == tok.bos_token_id
@@ -94,7 +94,7 @@ def test_long_context_keys_reach_the_model_config(tmp_path, tiny_base, alpaca_fi
     recipe = make_recipe(tmp_path, tiny_base, alpaca_file, quant={"bits": None},
                          model={"rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 4.0},
                                 "max_position_embeddings": 4096})
-    cfg = load_base(recipe.model, recipe.quant).config
+    cfg = load_recipe_base(recipe).config
     assert cfg.rope_parameters["rope_theta"] == 500000.0
     assert cfg.rope_parameters["rope_type"] == "linear" and cfg.rope_parameters["factor"] == 4.0
     assert cfg.max_position_embeddings == 4096
@@ -103,10 +103,10 @@ def test_long_context_keys_reach_the_model_config(tmp_path, tiny_base, alpaca_fi
 @pytest.mark.parametrize("bits,layer", [(4, bnb.nn.Linear4bit), (8, bnb.nn.Linear8bitLt), (None, torch.nn.Linear)])
 def test_quantization_choices_load_and_train(tmp_path, tiny_base, alpaca_file, bits, layer):
     recipe = make_recipe(tmp_path, tiny_base, alpaca_file, quant={"bits": bits})
-    model = with_lora(load_base(recipe.model, recipe.quant), recipe)
+    model = trainable_model(recipe)
     proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(proj.base_layer) is layer
-    tok = load_tokenizer(recipe.model)
+    tok = load_tokenizer(recipe.model.base)
     grads = _lora_grads(model, _ids(tok))
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert any(g.abs().sum() > 0 for k, g in grads.items() if "lora_B" in k)
@@ -118,10 +118,10 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tmp_path, tiny_bas
     grads = []
     for gc in (False, True):
         recipe = make_recipe(tmp_path, tiny_base, alpaca_file, train={"gradient_checkpointing": gc})
-        model = with_lora(load_base(recipe.model, recipe.quant), recipe)
+        model = trainable_model(recipe)
         _randomize_lora_b(model)
         assert model.base_model.model.is_gradient_checkpointing == gc
-        grads.append(_lora_grads(model.train(), _ids(load_tokenizer(recipe.model))))
+        grads.append(_lora_grads(model.train(), _ids(load_tokenizer(recipe.model.base))))
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)
 
@@ -132,6 +132,6 @@ def test_unknown_hub_base_is_a_clear_error(tmp_path, alpaca_file, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import: patch the constant
     recipe = make_recipe(tmp_path, "nobody-here/no-such-model", alpaca_file)
     with pytest.raises(ModelError, match=r"^model.base: cannot load a tokenizer from 'nobody-here/no-such-model'"):
-        load_tokenizer(recipe.model)
+        load_tokenizer(recipe.model.base)
     with pytest.raises(ModelError, match=r"^model.base: cannot load 'nobody-here/no-such-model'"):
-        load_base(recipe.model, recipe.quant)
+        load_recipe_base(recipe)

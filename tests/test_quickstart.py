@@ -9,7 +9,7 @@ import sys
 import torch
 from peft import PeftModel
 
-from qlcode.models import load_base, load_tokenizer
+from qlcode.models import load_recipe_base, load_tokenizer
 from qlcode.recipe import load_recipe, reference_markdown
 
 from conftest import REPO
@@ -33,8 +33,8 @@ def test_quickstart_trains_an_adapter_that_beats_the_base(tmp_path):
     assert "train ━" in res.stderr and "tok/s" in res.stderr  # the progress bar
 
     recipe = load_recipe(run / "recipe.yaml")
-    model = PeftModel.from_pretrained(load_base(recipe.model, recipe.quant), str(run)).eval()
-    tok = load_tokenizer(recipe.model, recipe.data.template)
+    model = PeftModel.from_pretrained(load_recipe_base(recipe), str(run)).eval()
+    tok = load_tokenizer(recipe.model.base, template=recipe.data.template)
     ids = tok.apply_chat_template([{"role": "user", "content": "Write a Python function `f(x)`."}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     out = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)

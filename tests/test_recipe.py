@@ -54,7 +54,7 @@ BROKEN = [
     (BASE.replace("builtin:micro-codellama", "./no/such/model"),
      "{path}:2: model.base: no such model directory './no/such/model'"),
     (BASE + "train:\n  method: dpo\n",
-     "{path}:6: data.datasets[0].format: train.method dpo needs preference data (chosen/rejected), got alpaca"),
+     "{path}:6: data.datasets[0].format: train.method dpo trains on preference data, got alpaca (which trains with train.method: sft)"),
     (BASE + "hub:\n  push: true\n", "{path}:8: hub.push: pushing needs hub.repo_id (user/name)"),
     (BASE + "hub:\n  repo_id: no-slash\n", "{path}:8: hub.repo_id: a Hub repo id has the form user/name, got 'no-slash'"),
     (BASE + "modle:\n  base: x\n", "{path}:7: modle: unknown key (did you mean model?)"),
@@ -124,7 +124,7 @@ def test_cli_show_prints_the_resolved_recipe_and_version():
     res = run_cli("recipes", "show", "recipes/quickstart.yaml", "train.max_steps=7")
     assert res.returncode == 0, res.stderr
     shown = yaml.safe_load(res.stdout)
-    assert shown["train"]["max_steps"] == 7 and shown["train"]["dpo_beta"] == 0.1
+    assert shown["train"]["max_steps"] == 7 and shown["train"]["sft"] == {"neftune_noise_alpha": None} and shown["train"]["dpo"] is None
     res = run_cli("--version")
     assert res.returncode == 0 and res.stdout.startswith("qlcode ")
     for verb in (["train"], ["recipes", "validate"], ["recipes", "show"], []):

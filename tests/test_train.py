@@ -11,9 +11,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from qlcode.callbacks import read_metrics
+from qlcode.runs import read_jsonl
 from qlcode.errors import QlcodeError
-from qlcode.models import load_base, load_tokenizer
+from qlcode.models import load_recipe_base, load_tokenizer
 from qlcode.train import build_trainer, train
 
 from conftest import make_recipe, write_jsonl
@@ -85,7 +85,7 @@ def test_sft_lowers_the_loss_and_writes_a_complete_run(tmp_path, tiny_base, rows
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "recipe.yaml", "README.md",
                  "metrics.jsonl", "summary.json", "checkpoints/checkpoint-12/trainer_state.json"):
         assert (run / name).is_file(), name
-    rows = read_metrics(run / "metrics.jsonl")
+    rows = read_jsonl(run / "metrics.jsonl")
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 12 and losses[-1] < losses[0]
     assert rows[0]["step"] == 0 and rows[0]["eval_loss"] == pytest.approx(result.eval_loss_before)
@@ -96,9 +96,9 @@ def test_sft_lowers_the_loss_and_writes_a_complete_run(tmp_path, tiny_base, rows
     assert json.loads((run / "summary.json").read_text())["steps"] == 12
 
     # the saved adapter reloads onto a fresh base to the same logits
-    tok = load_tokenizer(recipe.model)
+    tok = load_tokenizer(recipe.model.base)
     ids = tok(["def add(a, b):\n    return a + b\n"], return_tensors="pt")["input_ids"]
-    reloaded = PeftModel.from_pretrained(load_base(recipe.model, recipe.quant), str(run)).eval()
+    reloaded = PeftModel.from_pretrained(load_recipe_base(recipe), str(run)).eval()
     with torch.no_grad():
         want = keep.model.eval()(input_ids=ids).logits
         got = reloaded(input_ids=ids).logits
@@ -124,7 +124,7 @@ def test_dpo_starts_at_ln2_and_falls(tmp_path, tiny_base):
     recipe = make_recipe(tmp_path, tiny_base, f, fmt="preference", train={"method": "dpo", "max_steps": 8, "learning_rate": 2e-2})
     result = train(recipe)
     assert result.eval_loss_before == pytest.approx(math.log(2), abs=1e-6)
-    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
     assert losses[-1] < losses[0] - 0.05
     assert result.eval_loss_after < result.eval_loss_before
@@ -151,8 +151,8 @@ def test_resume_after_a_kill_ends_with_the_same_adapter(tmp_path, tiny_base, row
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
-    la = [r["loss"] for r in read_metrics(tmp_path / "a" / "run" / "metrics.jsonl") if "loss" in r]
-    lb = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    la = [r["loss"] for r in read_jsonl(tmp_path / "a" / "run" / "metrics.jsonl") if "loss" in r]
+    lb = [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert lb == pytest.approx(la, abs=1e-6) and len(lb) == 6
     with pytest.raises(QlcodeError, match="already holds a finished adapter"):
         train(broken, resume=True)
@@ -199,7 +199,7 @@ def test_missing_tracker_and_missing_adapter_are_clear(tmp_path, tiny_base, rows
 
 
 def test_neftune_reaches_the_trainer_and_trains(tmp_path, tiny_base, rows_file):
-    recipe = make_recipe(tmp_path, tiny_base, rows_file, train={"neftune_noise_alpha": 5.0, "max_steps": 2},
+    recipe = make_recipe(tmp_path, tiny_base, rows_file, train={"sft": {"neftune_noise_alpha": 5.0}, "max_steps": 2},
                          data={"validation": 0})
     trainer, _ = build_trainer(recipe)
     assert trainer.args.neftune_noise_alpha == 5.0

@@ -5,7 +5,12 @@ Token layouts (Rozière et al. 2023, section 2.3; the codellama reference `infil
     SPM: <s> <PRE> <SUF> suffix <MID> prefix middle <EOT>
 Each part is encoded on its own (no special tokens), so training sees exactly the token boundaries
 a prompt has at inference, where the middle is generated after <MID> (PSM) or after the prefix
-(SPM) until <EOT>.
+(SPM) until <EOT>. (The paper encodes SPM's prefix and middle together; encoding them apart keeps
+the prompt's last tokens the ones an SPM prompt at inference ends with.)
+
+SentencePiece (Llama's tokenizer) puts a space in front of every text it encodes ("x" -> "▁x").
+Code Llama keeps it on the prefix but encodes the suffix and the middle without it (the reference's
+`encode_infilling`): a suffix "\n    return" starts with the newline token, not with "▁".
 """
 
 from __future__ import annotations
@@ -53,21 +58,37 @@ def split_points(text: str, rng: random.Random, unit: str) -> tuple[str, str, st
     return text[:i], text[i:j], text[j:]
 
 
-def encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+MARK = "☺"  # the reference's marker for encode_infilling: a piece of its own in Llama's vocabulary
+
+
+def encode(tokenizer, text: str, leading_space: bool = True) -> list[int]:
+    """`text`'s tokens as SentencePiece encodes them: "▁" + text, or the text alone (leading_space=False).
+
+    The reference's way: encode MARK + text and drop MARK's tokens. Going through MARK also keeps a
+    text that starts with a space exact: transformers 5 puts no "▁" in front of one (" x" -> "▁x"),
+    SentencePiece does ("▁", "▁x"). A tokenizer that adds nothing in front (byte-level BPE: MARK
+    twice costs twice MARK's tokens) encodes the text as it is.
+    """
+    if not text:
+        return []
+    mark = tokenizer(MARK, add_special_tokens=False)["input_ids"]
+    if 2 * len(mark) == len(tokenizer(MARK * 2, add_special_tokens=False)["input_ids"]):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(MARK + " " * leading_space + text, add_special_tokens=False)["input_ids"][len(mark) :]
 
 
 def infill_prompt(tokenizer, ids: FimIds, prefix: str, suffix: str, spm: bool = False) -> list[int]:
     """The tokens a model continues with the middle (and then <EOT>)."""
+    suffix_ids = encode(tokenizer, suffix, leading_space=False)
     if spm:
-        return [ids.bos, ids.pre, ids.suf, *encode(tokenizer, suffix), ids.mid, *encode(tokenizer, prefix)]
-    return [ids.bos, ids.pre, *encode(tokenizer, prefix), ids.suf, *encode(tokenizer, suffix), ids.mid]
+        return [ids.bos, ids.pre, ids.suf, *suffix_ids, ids.mid, *encode(tokenizer, prefix)]
+    return [ids.bos, ids.pre, *encode(tokenizer, prefix), ids.suf, *suffix_ids, ids.mid]
 
 
 def fim_example(tokenizer, ids: FimIds, prefix: str, middle: str, suffix: str, spm: bool) -> tuple[list[int], int]:
     """(tokens, prompt length): the prompt is everything before the middle's first token."""
     prompt = infill_prompt(tokenizer, ids, prefix, suffix, spm)
-    return prompt + encode(tokenizer, middle) + [ids.eot], len(prompt)
+    return prompt + encode(tokenizer, middle, leading_space=False) + [ids.eot], len(prompt)
 
 
 def _code_of(row: dict) -> str:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qlcode.callbacks import progress_bar
+from qlcode.progress import progress_bar
 from qlcode.execution.benchmarks import Problem
 from qlcode.execution.passk import pass_at_k
 from qlcode.execution.sandbox import Limits, Result, run

@@ -12,6 +12,7 @@ import re
 import torch
 
 from qlcode.execution.benchmarks import Problem
+from qlcode.inference import sampling_args
 
 STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\n#", '\n"""', "\n```"]
 FENCE = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.S)
@@ -27,13 +28,6 @@ def truncate(completion: str) -> str:
 def extract_code(answer: str) -> str:
     match = FENCE.search(answer)
     return (match.group(1) if match else answer).strip() + "\n"
-
-
-def is_instruct(base: str | None, adapter_template: str | None) -> bool:
-    """Instruct prompting for an adapter trained in the [INST] template, or a base named *Instruct*."""
-    if adapter_template is not None:
-        return adapter_template == "codellama-instruct"
-    return "instruct" in (base or "").lower()
 
 
 def prompt_ids(problem: Problem, tokenizer, instruct: bool) -> torch.Tensor:
@@ -64,10 +58,9 @@ def sample_raw(model, tokenizer, problem: Problem, instruct: bool, n: int, tempe
     """n answers as the model wrote them (what a preference pair trains on)."""
     ids = prompt_ids(problem, tokenizer, instruct).to(model.device)
     torch.manual_seed(seed)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-                         stop_strings=None if instruct else STOPS, tokenizer=tokenizer, **sampling)
+                         stop_strings=None if instruct else STOPS, tokenizer=tokenizer, **sampling_args(temperature))
     return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qlcode.callbacks import progress_bar
+from qlcode.progress import progress_bar
 from qlcode.errors import QlcodeError
 from qlcode.execution.benchmarks import Problem, mbpp
 from qlcode.execution.generate import finish, prompt_text, sample_raw

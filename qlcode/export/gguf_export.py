@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from qlcode.data.fim import fim_ids
 from qlcode.errors import QlcodeError
-from qlcode.export.merge import _shards
+from qlcode.export.merge import safetensors_shards
+from qlcode.files import read_json
 
 TYPES = ("f16", "q8_0")
 LAYER_NAMES = {
@@ -57,14 +58,27 @@ def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+REQUIRED_CONFIG = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
+                   "rms_norm_eps")
+
+
 def _config(model_dir: Path) -> dict:
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        raise QlcodeError(f"{model_dir}: no config.json; export a merged model directory (qlcode merge ADAPTER --out DIR)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json(model_dir / "config.json", "export a merged model directory (qlcode merge ADAPTER --out DIR)")
     if "LlamaForCausalLM" not in cfg.get("architectures", []):
         raise QlcodeError(f"{model_dir}: GGUF export supports the Llama architecture (Code Llama), not {cfg.get('architectures')}")
+    missing = [k for k in REQUIRED_CONFIG if k not in cfg]
+    if missing:
+        raise QlcodeError(f"{model_dir / 'config.json'}: no {', '.join(missing)}; a Llama config has them "
+                          "(copy config.json from the base model)")
     return cfg
+
+
+def _open(path: Path):
+    """A safetensors shard, or a clear error for a truncated or foreign file."""
+    try:
+        return safe_open(path, "pt")
+    except (SafetensorError, OSError) as e:
+        raise QlcodeError(f"{path}: not a readable safetensors file ({e}); re-create it (qlcode merge) or copy it again") from None
 
 
 def _source_tensor(name: str, w: torch.Tensor, cfg: dict) -> np.ndarray:
@@ -95,6 +109,9 @@ def _add_tokenizer(writer, model_dir: Path) -> None:
     logging.getLogger("gguf").setLevel(logging.ERROR)  # it warns about the pair template's second <s>
     from transformers import AutoTokenizer
 
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise QlcodeError(f"{model_dir}: no tokenizer.json or tokenizer.model; GGUF carries the tokenizer: copy the "
+                          "base's (or the adapter's) tokenizer files into the directory")
     try:
         vocab = gguf.vocab.LlamaHfVocab(model_dir)  # Code Llama's SentencePiece-style BPE with byte fallback
         pre = "default"
@@ -116,14 +133,23 @@ def _add_tokenizer(writer, model_dir: Path) -> None:
 
 
 def export_gguf(model_dir: str | Path, out: str | Path, kind: str = "f16") -> GgufReport:
-    import gguf
-
     model_dir, out = Path(model_dir), Path(out)
     if kind not in TYPES:
         raise QlcodeError(f"--type is one of {', '.join(TYPES)}, not {kind!r}")
     cfg = _config(model_dir)
-    shards = _shards(model_dir)
+    shards = safetensors_shards(model_dir)
+    if not out.parent.is_dir():
+        raise QlcodeError(f"--out: the folder {out.parent} does not exist; create it or choose another path")
     tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        return _write(model_dir, out, tmp, kind, cfg, shards)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left, whatever failed
+
+
+def _write(model_dir: Path, out: Path, tmp: Path, kind: str, cfg: dict, shards: list[str]) -> GgufReport:
+    import gguf
+
     writer = gguf.GGUFWriter(tmp, "llama")
     writer.add_name(model_dir.name)
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
@@ -146,7 +172,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, kind: str = "f16") -> Gg
     # pass 1: shapes only, for the header
     order: list[tuple[str, str]] = []
     for shard in shards:
-        with safe_open(model_dir / shard, "pt") as f:
+        with _open(model_dir / shard) as f:
             for name in sorted(f.keys()):
                 shape = f.get_slice(name).get_shape()
                 data, qtype = _converted(np.zeros(shape, dtype=np.float32), kind)
@@ -157,7 +183,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, kind: str = "f16") -> Gg
     writer.write_ti_data_to_file()
     # pass 2: the data, one shard in memory at a time
     for shard in shards:
-        with safe_open(model_dir / shard, "pt") as f:
+        with _open(model_dir / shard) as f:
             for s, name in order:
                 if s == shard:
                     writer.write_tensor_data(_converted(_source_tensor(name, f.get_tensor(name), cfg), kind)[0])
@@ -182,8 +208,8 @@ def verify(path: Path, model_dir: Path, kind: str) -> GgufReport:
             raise QlcodeError(f"GGUF check failed: {key} is {field(key)!r}, expected {value!r}")
     tensors = {t.name: t for t in reader.tensors}
     worst, total = 0.0, 0
-    for shard in _shards(model_dir):
-        with safe_open(model_dir / shard, "pt") as f:
+    for shard in safetensors_shards(model_dir):
+        with _open(model_dir / shard) as f:
             for name in f.keys():
                 t = tensors.get(gguf_name(name))
                 src = _source_tensor(name, f.get_tensor(name), cfg)

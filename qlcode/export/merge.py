@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from qlcode.errors import QlcodeError
-from qlcode.files import write_text_atomic
+from qlcode.files import read_json, write_text_atomic
 from qlcode.model_card import license_of
-from qlcode.models import DTYPES, base_path, load_tokenizer
-from qlcode.recipe import ModelSection, read_run_recipe
+from qlcode.models import Quantization, base_path, load_base, load_tokenizer
+from qlcode.placement import DTYPES
+from qlcode.runs import RunDir
 
 # max |logit difference| allowed between the merged model and base + adapter, per dtype
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2.5e-1}
@@ -66,7 +68,7 @@ def local_base(spec: str, revision: str | None) -> Path:
         raise QlcodeError(f"cannot fetch base {spec!r} from the Hub: {e}") from None
 
 
-def _shards(base: Path) -> list[str]:
+def safetensors_shards(base: Path) -> list[str]:
     index = base / "model.safetensors.index.json"
     if index.is_file():
         return sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -77,13 +79,19 @@ def _shards(base: Path) -> list[str]:
 
 def lora_deltas(adapter: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor], float]:
     """(base key -> (A, B), base key -> replaced tensor for modules_to_save, scale)."""
-    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg = read_json(adapter / "adapter_config.json", "it is written by qlcode train; re-run the training or copy the run again")
     if cfg.get("use_dora"):
         raise QlcodeError("merging DoRA adapters is not supported yet: its magnitude vector needs the whole weight")
     scale = cfg["lora_alpha"] / (math.sqrt(cfg["r"]) if cfg.get("use_rslora") else cfg["r"])
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     replaced = {}
-    for key, t in load_file(adapter / "adapter_model.safetensors").items():
+    weights = RunDir(adapter).weights
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError) as e:
+        raise QlcodeError(f"{weights}: not a readable safetensors file ({e}); the adapter is damaged: re-run its "
+                          "training or copy it again") from None
+    for key, t in tensors.items():
         name = key.removeprefix("base_model.model.")
         if ".lora_A." in name or ".lora_B." in name:
             module, part = (name.split(".lora_A.")[0], "A") if ".lora_A." in name else (name.split(".lora_B.")[0], "B")
@@ -142,16 +150,11 @@ def _check(adapter: Path, base: Path, merged: Path, tok, dtype: torch.dtype, dev
     return (*_gap(got, want), got)
 
 
-def _requantize(merged: Path, dest: Path, tok, full_logits: torch.Tensor, dtype: torch.dtype,
-                device: torch.device) -> tuple[float, float]:
-    """Save the merge re-quantized to bitsandbytes NF4; returns its logit gap to the full-precision merge."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=dtype)
-    quantized = AutoModelForCausalLM.from_pretrained(merged, quantization_config=config, dtype=dtype,
-                                                     device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"})
-    got = _probe_logits(quantized.eval(), tok, device)
+def _requantize(merged: Path, dest: Path, tok, full_logits: torch.Tensor, dtype: str) -> tuple[float, float]:
+    """Save the merge re-quantized to bitsandbytes NF4 (double quant) on this process's device, through
+    qlcode's own loader; returns its logit gap to the full-precision merge."""
+    quantized = load_base(str(merged), Quantization(bits=4, compute_dtype=dtype), dtype=dtype)
+    got = _probe_logits(quantized.eval(), tok, quantized.device)
     quantized.save_pretrained(dest)
     for name in TOKENIZER_FILES:
         if (merged / name).is_file():
@@ -163,13 +166,13 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
           tolerance: float | None = None, quantize: str | None = None) -> MergeReport:
     """Write base + adapter merged to `out`; nothing is left at `out` unless the check passes."""
     adapter, out = Path(adapter_dir), Path(out)
-    if not (adapter / "adapter_model.safetensors").is_file():
-        raise QlcodeError(f"{adapter}: no adapter_model.safetensors (a finished run directory has one)")
+    run = RunDir(adapter)
+    run.require_adapter("merge")
     if out.exists():
         raise QlcodeError(f"{out} already exists; choose another --out or delete it")
     if quantize not in (None, "nf4"):
         raise QlcodeError(f"--quantize: only nf4 is supported, not {quantize!r}")
-    recipe = read_run_recipe(adapter / "recipe.yaml")
+    recipe = run.recipe()
     base = local_base(recipe.model.base, recipe.model.revision)
     torch_dtype, dev = DTYPES[dtype], torch.device(device)
     deltas, replaced, scale = lora_deltas(adapter)
@@ -179,7 +182,7 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
     try:
         used: set[str] = set()
         weight_map, total = {}, 0
-        shards = _shards(base)
+        shards = safetensors_shards(base)
         for shard in shards:
             merged, hit = merge_shard(load_file(base / shard), deltas, replaced, scale, torch_dtype, dev)
             used |= hit
@@ -203,7 +206,7 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
         for name in TOKENIZER_FILES:
             if (adapter / name).is_file():
                 shutil.copy(adapter / name, tmp / name)
-        tok = load_tokenizer(ModelSection(base=str(tmp)))  # the project's pad policy for the padded probe batch
+        tok = load_tokenizer(str(tmp))  # the project's pad policy for the padded probe batch
         diff, top1, merged_logits = _check(adapter, base, tmp, tok, torch_dtype, dev)
         limit = TOLERANCE[dtype] if tolerance is None else tolerance
         if not diff <= limit:
@@ -216,7 +219,7 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
             shutil.rmtree(final, ignore_errors=True)
             report.quantized = "nf4"
             report.quantized_logit_diff, report.quantized_top1_agreement = _requantize(
-                tmp, final, tok, merged_logits, torch_dtype, dev)
+                tmp, final, tok, merged_logits, dtype)
         write_text_atomic(final / "README.md", _card(recipe, adapter, report))
         final.rename(out)
         return report

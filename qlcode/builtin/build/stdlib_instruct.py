@@ -1,6 +1,6 @@
 """Build builtin:stdlib-python-instruct: instruction-to-code pairs mined from the standard library.
 
-    python -m qlcode.builtin.build_stdlib_instruct
+    python -m qlcode.builtin.build.stdlib_instruct
 
 Each module-level function with a docstring becomes one alpaca row: the instruction gives the
 signature and the docstring, the output is the function without its docstring. Rows are

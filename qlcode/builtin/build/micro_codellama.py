@@ -1,6 +1,6 @@
 """Build builtin:micro-codellama: a BPE tokenizer trained on stdlib Python and a small Llama.
 
-    python -m qlcode.builtin.build_micro_codellama
+    python -m qlcode.builtin.build.micro_codellama
 
 The model mirrors Code Llama's layout at a tiny scale: the Llama architecture with RoPE base 1e6
 and 16384 positions, Code Llama's special tokens (<unk> <s> </s> and the infilling tokens
@@ -60,6 +60,13 @@ def train_tokenizer() -> PreTrainedTokenizerFast:
         chat_template=CODELLAMA_INSTRUCT_CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
     )
+
+
+def untrained_model() -> LlamaForCausalLM:
+    """The seeded initialisation build() shipped before pretraining, in fp32."""
+    config = LlamaConfig.from_pretrained(MODELS["micro-codellama"])
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(torch.bfloat16).float().eval()
 
 
 def build() -> None:

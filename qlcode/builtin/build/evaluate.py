@@ -1,6 +1,6 @@
 """Measure builtin:micro-codellama against its untrained initialisation, on held-out stdlib code.
 
-    python -m qlcode.builtin.evaluate_micro_codellama
+    python -m qlcode.builtin.build.evaluate
 
 Three numbers, each on modules the pretraining never saw (HELD_OUT_MODULES):
 - perplexity of the held-out source, read as plain causal LM;
@@ -20,19 +20,13 @@ import json
 import math
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from qlcode.builtin import DATASETS, MODELS
-from qlcode.builtin.pretrain_micro_codellama import documents
+from qlcode.builtin.build.micro_codellama import untrained_model
+from qlcode.builtin.build.pretrain import documents
 from qlcode.builtin.stdlib_corpus import iter_sources
 from qlcode.infill import exact_match, line_cases, middle_nll
-
-
-def untrained_model() -> LlamaForCausalLM:
-    """The seeded initialisation build_micro_codellama shipped before pretraining."""
-    config = LlamaConfig.from_pretrained(MODELS["micro-codellama"])
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(torch.bfloat16).float().eval()
 
 
 def pretrained_model() -> LlamaForCausalLM:

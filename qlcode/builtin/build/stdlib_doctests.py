@@ -1,6 +1,6 @@
 """Build the builtin:stdlib-doctests benchmark: standard-library functions tested by their doctests.
 
-    python -m qlcode.builtin.build_stdlib_doctests
+    python -m qlcode.builtin.build.stdlib_doctests
 
 A problem is a module-level function whose docstring has `>>>` examples. The model sees the
 signature and docstring and writes the body; the program first imports the function's module

@@ -1,7 +1,7 @@
 """Pretrain builtin:micro-codellama the way Code Llama was trained, at a tiny scale.
 
-    python -m qlcode.builtin.pretrain_micro_codellama            # 46 minutes on 2 CPU cores
-    python -m qlcode.builtin.pretrain_micro_codellama --resume   # after a kill: from the last checkpoint
+    python -m qlcode.builtin.build.pretrain            # 46 minutes on 2 CPU cores
+    python -m qlcode.builtin.build.pretrain --resume   # after a kill: from the last checkpoint
 
 The corpus is the standard library's Python source and CPython's test suite, without HELD_OUT_MODULES
 and their tests (evaluation reads the held-out modules alone). Files are cut into
@@ -25,8 +25,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qlcode.builtin import MODELS
+from qlcode.builtin.build.micro_codellama import untrained_model
 from qlcode.builtin.stdlib_corpus import iter_sources
-from qlcode.callbacks import progress_bar
+from qlcode.progress import progress_bar
 from qlcode.data.fim import encode, fim_example, fim_ids, split_points
 from qlcode.files import write_text_atomic
 
@@ -110,8 +111,6 @@ def main() -> None:
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.out)
     if args.stage == 1:
-        from qlcode.builtin.evaluate_micro_codellama import untrained_model
-
         model = untrained_model().to(device)
     else:
         model = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32).to(device)
