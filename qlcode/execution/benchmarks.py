@@ -7,7 +7,7 @@
 - builtin:stdlib-doctests: standard-library functions whose docstrings carry doctests; the model
   writes the body under the signature and docstring, and the docstring's examples are the tests.
 - builtin:python-basics: one-expression functions (`return a + b`) with asserts, which the micro
-  model sometimes solves; its held-out split (see qlcode/builtin/build_python_basics.py).
+  model sometimes solves; its held-out split (see qlcode/builtin/build/python_basics.py).
 """
 
 from __future__ import annotations

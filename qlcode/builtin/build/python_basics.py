@@ -1,6 +1,6 @@
 """Build builtin:python-basics: one-line Python functions with assert tests, for learning from execution.
 
-    python -m qlcode.builtin.build_python_basics
+    python -m qlcode.builtin.build.python_basics
 
 Reinforcement learning from unit tests (GRPO, and DPO/KTO pairs from `qlcode pairs`) needs problems
 the model sometimes solves and sometimes does not: a group of samples that all fail (or all pass)
@@ -22,7 +22,24 @@ import json
 from qlcode.builtin import DATASETS
 
 # (docstring with {0}, {1}... for the parameters, reference expression, namings, argument tuples)
-TASKS: list[tuple[str, str, list[tuple[str, str]], list[tuple]]] = [
+Task = tuple[str, str, list[tuple[str, str]], list[tuple]]
+
+# Asked in words a model can copy: the answer is a parameter or a constant.
+TRIVIAL: list[Task] = [
+    ("Return {0} unchanged.", "{0}", [("identity", "x"), ("same", "value"), ("echo", "obj")], [(1,), ("a",), ([2],)]),
+    ("Return {0} and ignore {1}.", "{0}", [("keep_first", "a, b"), ("left", "x, y"), ("pick_first", "first, second")], [(1, 2), ("a", "b"), (None, 3)]),
+    ("Return {1} and ignore {0}.", "{1}", [("keep_second", "a, b"), ("right", "x, y"), ("pick_second", "first, second")], [(1, 2), ("a", "b"), (None, 3)]),
+    ("Return True.", "True", [("always_true", ""), ("yes", ""), ("ok", "")], [()]),
+    ("Return False.", "False", [("always_false", ""), ("no", ""), ("never", "")], [()]),
+    ("Return an empty list.", "[]", [("empty_list", ""), ("new_list", ""), ("no_items", "")], [()]),
+    ("Return an empty dict.", "{{}}", [("empty_dict", ""), ("new_table", ""), ("no_entries", "")], [()]),
+    ("Return zero.", "0", [("zero", ""), ("nil", ""), ("origin", "")], [()]),
+    ("Return the empty string.", "''", [("empty_string", ""), ("blank", ""), ("no_text", "")], [()]),
+    ("Return {0} as a boolean.", "bool({0})", [("to_bool", "x"), ("truthy", "value"), ("as_bool", "obj")], [(0,), (3,), ("",)]),
+]
+
+# Asked in words that name an operation; the third naming's docstring spells the expression out.
+DESCRIBED: list[Task] = [
     ("Return the sum of {0} and {1}.", "{0} + {1}", [("add", "a, b"), ("plus", "x, y"), ("sum_of", "m, n")], [(1, 2), (10, -3), (0, 0)]),
     ("Return {0} minus {1}.", "{0} - {1}", [("subtract", "a, b"), ("minus", "x, y"), ("difference", "m, n")], [(5, 2), (1, 4), (7, 7)]),
     ("Return the product of {0} and {1}.", "{0} * {1}", [("multiply", "a, b"), ("times", "x, y"), ("product", "m, n")], [(2, 3), (-1, 5), (0, 9)]),
@@ -68,23 +85,27 @@ TASKS: list[tuple[str, str, list[tuple[str, str]], list[tuple]]] = [
     ("Return {0} divided by {1}, rounded down.", "{0} // {1}", [("floor_div", "a, b"), ("divide", "x, y"), ("quotient", "m, n")], [(7, 2), (9, 3), (-7, 2)]),
     ("Return the remainder of {0} divided by {1}.", "{0} % {1}", [("remainder", "a, b"), ("modulo", "x, y"), ("mod", "m, n")], [(7, 2), (9, 3), (-7, 2)]),
     ("Return {0} to the power {1}.", "{0} ** {1}", [("power", "a, b"), ("pow_of", "x, y"), ("raise_to", "base, exp")], [(2, 3), (5, 0), (3, 2)]),
-    ("Return True if {0} equals {1}.", "{0} == {1}", [("equal", "a, b"), ("same", "x, y"), ("is_equal", "first, second")], [(1, 1), (1, 2), ("a", "a")]),
+    ("Return True if {0} equals {1}.", "{0} == {1}", [("equal", "a, b"), ("equals", "x, y"), ("is_equal", "first, second")], [(1, 1), (1, 2), ("a", "a")]),
 ]
 HELD_OUT_EVERY = 5  # every fifth task (all three namings) is the held-out split
 
 
 def rows() -> list[dict]:
     out = []
-    for t, (doc, expr, namings, cases) in enumerate(TASKS):
+    tasks = [("trivial", t) for t in TRIVIAL] + [("described", t) for t in DESCRIBED]
+    for t, (level, (doc, expr, namings, cases)) in enumerate(tasks):
         split = "test" if t % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else "train"
-        for name, params in namings:
-            names = params.split(", ")
+        for i, (name, params) in enumerate(namings):
+            names = params.split(", ") if params else []
             body = expr.format(*names)
             reference = eval(f"lambda {params}: {body}")  # noqa: S307  our own fixed expressions, never a model's
             tests = [f"assert {name}({', '.join(map(repr, args))}) == {reference(*args)!r}" for args in cases]
-            prompt = f'def {name}({params}):\n    """{doc.format(*names)}"""\n    return'
+            explicit = level == "described" and i == 2
+            ask = f"Return {body}." if explicit else doc.format(*names)
+            prompt = f'def {name}({params}):\n    """{ask}"""\n    return'
             out.append({"task_id": f"basics/{name}", "prompt": prompt, "reference": f" {body}\n", "tests": tests,
-                        "entry_point": name, "split": split})
+                        "entry_point": name, "split": split, "task": namings[0][0],
+                        "level": "explicit" if explicit else level})
     ids = [r["task_id"] for r in out]
     assert len(set(ids)) == len(ids), "task ids must be unique"
     return out
