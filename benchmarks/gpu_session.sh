@@ -5,10 +5,11 @@
 #   1. here, once:  echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_session.sh --fetch-wheels
 #   2. device run:  bash benchmarks/gpu_session.sh     (carry: [".whl"], timeout_s 600)
 #
-# The device image has torch, triton, transformers, peft and pytest but not bitsandbytes, pydantic
-# or datasets: step 1 downloads those wheels (about 47 MB) for its Python 3.12. Step 2 installs
-# them, runs the kernel-level tests compiled on CUDA against bitsandbytes' CUDA kernels, then the
-# three benchmarks; everything lands in $OUT (the device tool's folder) or build/gpu-session.
+# The device image has torch, triton, transformers, peft and pytest but not bitsandbytes, pydantic,
+# datasets or trl (plan_memory.py runs TRL's fused LM head): step 1 downloads those wheels (about
+# 50 MB) for its Python 3.12. Step 2 installs them, runs the kernel-level tests compiled on CUDA
+# against bitsandbytes' CUDA kernels, then the four benchmarks (the last: peak memory against
+# qlcode plan); everything lands in $OUT (the device tool's folder) or build/gpu-session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,7 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl \
     bitsandbytes==0.50.2 pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection annotated-types \
-    datasets==5.2.0 dill multiprocess
+    datasets==5.2.0 dill multiprocess trl==1.16.0
   du -sh .whl
   exit 0
 fi
@@ -34,3 +35,4 @@ python3 -m pytest -p no:cacheprovider tests/test_kernels.py -q \
 python3 benchmarks/dequant.py 2>&1 | tee "$out/dequant.md"
 python3 benchmarks/train_step.py --steps 5 2>&1 | tee "$out/train_step.md"
 python3 benchmarks/decode.py --new-tokens 64 --iters 2 2>&1 | tee "$out/decode.md"
+python3 benchmarks/plan_memory.py 2>&1 | tee "$out/plan_memory.md"

@@ -10,7 +10,7 @@ import time
 from rich.progress import Progress
 from transformers import TrainerCallback
 
-from qlcode.placement import is_main_process
+from qlcode.ranks import is_main_process
 from qlcode.progress import peak_memory_gb, progress_bar
 from qlcode.runs import RunDir, metrics_row
 

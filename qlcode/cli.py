@@ -18,7 +18,7 @@ from rich.table import Table
 
 from qlcode import __version__
 from qlcode.errors import QlcodeError
-from qlcode.placement import is_main_process
+from qlcode.ranks import is_main_process
 
 app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, driven by YAML recipes.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -98,11 +98,14 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/quickstart.yaml.")],
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's newest checkpoint.")] = False,
+    no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Train even when qlcode plan says the run cannot fit the GPU.")] = False,
 ) -> None:
     """Train a LoRA adapter as the recipe says; the run lands in adapters/<name>/."""
+    from qlcode.plan import preflight
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
+    preflight(loaded, skip=no_preflight)
     import torch
 
     from qlcode.train import train as run  # heavy imports after the recipe is known to be valid
@@ -400,6 +403,31 @@ def adapters_list(root: Annotated[Path, typer.Option(help="Where runs land.")] =
     for r in list_runs(root):
         table.add_row(r.name, r.base, r.method, r.status, str(r.steps or "-"), fmt(r.eval_loss_before), fmt(r.eval_loss_after), r.date)
     out.print(table)
+
+
+@app.command()
+@user_errors
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/python-sft.yaml.")],
+    overrides: Overrides = None,
+    gpu: Annotated[str, typer.Option("--gpu", help="GPU memory: a size (24GB) or a name (RTX4090, A100-80GB, H100, ...).")] = "24GB",
+) -> None:
+    """The GPU memory a recipe's run needs, part by part, whether it fits the GPU, and what makes it fit."""
+    from qlcode.plan import fits, gpu_bytes, plan_recipe, suggestions
+    from qlcode.plan.report import changes_table, plan_table, verdict
+    from qlcode.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    capacity = gpu_bytes(gpu)
+    planned = plan_recipe(loaded)
+    out.print(plan_table(planned, f"{recipe}: {loaded.model.base}, memory on one CUDA GPU"))
+    out.print(verdict(planned, capacity, gpu))
+    if not fits(planned, capacity):
+        changes = suggestions(planned.shapes, planned.settings, capacity)
+        if changes:
+            out.print(changes_table(changes))
+        else:
+            out.print("no change of micro batch, checkpointing, optimizer, LoRA targets or max_length makes it fit")
 
 
 @recipes_app.command("validate")

@@ -1,33 +1,19 @@
-"""Where this process computes: its device, its dtypes, and its rank among the processes of a run.
+"""Where this process computes: its device and its dtypes.
 
 Policy: CUDA when present, else CPU, through the same code. On CUDA the 4-bit path computes in
 bf16 (fp16 where the GPU lacks bf16); on CPU it computes in fp32 with bitsandbytes' CPU kernels.
-Under a launcher (torchrun, accelerate launch) each process owns the GPU of its LOCAL_RANK, and
-only the main process (RANK 0) writes the run directory; the others train and wait.
+Under a launcher (torchrun, accelerate launch) each process owns the GPU of its LOCAL_RANK.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
+from qlcode.ranks import local_rank
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def local_rank() -> int:
-    """This process's index on its machine (0 without a launcher)."""
-    return int(os.environ.get("LOCAL_RANK", 0))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
-def is_main_process() -> bool:
-    """The one process that writes metrics, progress, checkpoints' extras, the adapter, card and summary."""
-    return int(os.environ.get("RANK", 0)) == 0
 
 
 @dataclass(frozen=True)

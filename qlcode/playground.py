@@ -21,7 +21,7 @@ from transformers import TextIteratorStreamer
 
 from qlcode.data.fim import fim_ids, infill_prompt
 from qlcode.errors import QlcodeError
-from qlcode.execution.generate import extract_code
+from qlcode.execution.completions import extract_code
 from qlcode.execution.sandbox import Limits, Result, run
 from qlcode.models import load_base, load_tokenizer, use_kernels
 from qlcode.recipe import ModelSection, QuantSection, read_run_recipe

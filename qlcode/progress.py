@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import resource
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from qlcode.placement import is_main_process
+from qlcode.ranks import is_main_process
 
 console = Console(stderr=True, quiet=not is_main_process())  # one voice per run, whatever the launcher
 
@@ -22,6 +21,8 @@ def progress_bar(label: str, *fields: str, show: bool = True) -> Progress:
 
 def peak_memory_gb() -> float:
     """Peak GPU memory allocated by torch on CUDA; peak resident memory of this process on CPU."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -28,7 +28,8 @@ from qlcode.errors import QlcodeError
 from qlcode.methods import METHODS
 from qlcode.model_card import adapter_card
 from qlcode.models import load_recipe_base, load_tokenizer, quantization_of, use_kernels, with_lora
-from qlcode.placement import is_main_process, placement, world_size
+from qlcode.placement import placement
+from qlcode.ranks import is_main_process, world_size
 from qlcode.progress import console, peak_memory_gb
 from qlcode.recipe import Recipe
 from qlcode.runs import RunDir, checkpoint_step

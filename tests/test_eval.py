@@ -68,7 +68,7 @@ def test_qlcode_eval_cli_writes_results(tmp_path):
 
 
 def test_generation_helpers():
-    from qlcode.execution.generate import extract_code, truncate
+    from qlcode.execution.completions import extract_code, truncate
 
     assert truncate("    return a + b\n\ndef other():\n    pass\n") == "    return a + b\n"
     assert truncate("\ndef f():\n    return 1\nprint(f())") == "\ndef f():\n    return 1\n"

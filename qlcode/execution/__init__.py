@@ -1,1 +1,1 @@
-"""Executing generated code: the sandbox (more of the execution-grounded evaluation lands here)."""
+"""Running generated code: the sandbox, benchmarks and pass@k, sampling, preference pairs, rewards."""

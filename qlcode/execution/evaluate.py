@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,16 +30,36 @@ class ProblemResult:
 
 def execute(problems: list[Problem], completions: Callable[[Problem], list[str]], limits: Limits = Limits(),
             workers: int = 2, show_progress: bool = True) -> list[ProblemResult]:
-    """Run every completion of every problem in the sandbox, with a progress bar (off inside training's)."""
-    results = []
+    """Run every completion of every problem in the sandbox, with a progress bar (off inside training's).
+
+    A problem's programs run while the next problem's completions are generated; the bar advances
+    as each problem's runs end.
+    """
     progress = progress_bar("execute", "{task.fields[passed]} passed", show=show_progress)
+    solved, lock = 0, threading.Lock()
+
+    def finished(runs: list[Future], left: list[int]) -> None:
+        nonlocal solved
+        with lock:
+            left[0] -= 1
+            if left[0] == 0:  # the problem's last run
+                solved += any(f.result().outcome == "passed" for f in runs)
+                progress.update(task, advance=1, passed=solved)
+
     with progress, ThreadPoolExecutor(workers) as pool:
         task = progress.add_task("execute", total=len(problems), passed=0)
+        submitted = []
         for problem in problems:
             texts = completions(problem)
-            runs: list[Result] = list(pool.map(lambda c: run(problem.program(c), limits), texts))
-            results.append(ProblemResult(problem.task_id, texts, [r.outcome for r in runs], [r.error_type for r in runs]))
-            progress.update(task, advance=1, passed=sum(r.passed > 0 for r in results))
+            runs = [pool.submit(run, problem.program(c), limits) for c in texts]
+            left = [len(runs)]
+            for f in runs:
+                f.add_done_callback(lambda _, runs=runs, left=left: finished(runs, left))
+            submitted.append((problem, texts, runs))
+        results = []
+        for problem, texts, runs in submitted:
+            done: list[Result] = [f.result() for f in runs]
+            results.append(ProblemResult(problem.task_id, texts, [r.outcome for r in done], [r.error_type for r in done]))
     return results
 
 

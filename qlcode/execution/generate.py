@@ -7,27 +7,11 @@ at the next top-level statement, where the function they write ends.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from qlcode.execution.benchmarks import Problem
+from qlcode.execution.completions import INSTRUCT_ASK, STOPS, extract_code, truncate
 from qlcode.inference import sampling_args
-
-STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\n#", '\n"""', "\n```"]
-FENCE = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.S)
-INSTRUCT_ASK = "Complete the following Python code. Answer with the complete code in a ```python block.\n\n"
-
-
-def truncate(completion: str) -> str:
-    """Cut at the first stop sequence after some code: the rest is the model writing on."""
-    cut = min((i for s in STOPS if (i := completion.find(s)) > 0), default=len(completion))
-    return completion[:cut].rstrip() + "\n"
-
-
-def extract_code(answer: str) -> str:
-    match = FENCE.search(answer)
-    return (match.group(1) if match else answer).strip() + "\n"
 
 
 def prompt_ids(problem: Problem, tokenizer, instruct: bool) -> torch.Tensor:

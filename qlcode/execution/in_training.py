@@ -16,7 +16,7 @@ from qlcode.execution.benchmarks import load
 from qlcode.execution.evaluate import execute, summarize
 from qlcode.execution.generate import sample
 from qlcode.files import write_text_atomic
-from qlcode.placement import is_main_process
+from qlcode.ranks import is_main_process
 from qlcode.runs import RunDir
 
 

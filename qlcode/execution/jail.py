@@ -1,25 +1,28 @@
-"""Lock the current process down, then exec the untrusted program: the sandbox's inner half.
+"""The confinement primitives the sandbox's worker applies to each program's process, before it runs.
 
-    python -I jail.py --workdir DIR --memory-mb M --cpu-s S --procs P [--uid U] -- program.py
-
-Everything here survives execve, so the program inherits it:
+Each is a system call that survives everything the program may do afterwards:
+- namespaces (root): mount, UTS, IPC and network for the worker; a fresh PID and mount namespace per
+  program, with its own /proc (it sees only its own processes) and a size-limited tmpfs as its
+  working directory (the total bytes it may write);
+- leaving root: no supplementary groups, uid and gid `nobody`, hence no capabilities;
 - resource limits: address space, CPU seconds, processes, file size, open files, no core dumps;
-- a fresh network namespace with no interface up (when we may create one: root, or user namespaces);
 - Landlock (Linux >= 5.13): writes only beneath the working directory; TCP connect and bind denied
-  (ABI >= 4); signals and abstract unix sockets scoped to the sandbox (ABI >= 6), so the program
-  cannot signal its parent;
-- a process limit: the pids cgroup the caller made (root), or RLIMIT_NPROC (other users; the kernel
-  exempts root from it).
-It imports nothing heavy: it runs before every program.
+  (ABI >= 4); signals and abstract unix sockets scoped to the sandbox (ABI >= 6);
+- seccomp: no sockets (so no connection to a unix socket anywhere on the host, nor UDP where there
+  is no network namespace) and no io_uring (which could open one without the socket call).
+Standard library only: the worker that imports it is run by path, before any program.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
+import platform
 import resource
-import sys
+import shutil
+import tempfile
+
+NOBODY = 65534
 
 # Landlock constants (include/uapi/linux/landlock.h)
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
@@ -41,8 +44,16 @@ FS_WRITE = {  # access right bit: minimal ABI
 }
 NET_TCP = (1 << 0) | (1 << 1)  # BIND_TCP | CONNECT_TCP, ABI 4
 SCOPES = (1 << 0) | (1 << 1)  # ABSTRACT_UNIX_SOCKET | SIGNAL, ABI 6
-PR_SET_NO_NEW_PRIVS = 38
-CLONE_NEWNET = 0x40000000
+PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_SECCOMP = 38, 1, 22
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 0x4000, 1 << 18
+MNT_DETACH = 2
+
+# seccomp: (audit arch, socket, io_uring_setup, io_uring_enter, io_uring_register) per machine
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 41, 425, 426, 427), "aarch64": (0xC00000B7, 198, 425, 426, 427)}
+X32_BIT = 0x40000000  # x86_64's x32 ABI numbers: denied, so no second socket() number
+EPERM = 1
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -57,10 +68,100 @@ class PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-def landlock(workdir: str) -> int:
-    """Restrict writes to workdir, TCP, and signals; returns the Landlock ABI used (0 = unavailable)."""
-    abi = libc.syscall(SYS_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION)
-    if abi <= 0:
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, flags: int) -> None:
+    _check(libc.setns(fd, flags), "setns")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                      data.encode() if data else None), f"mount {target}")
+
+
+def expose(paths: list[str], uid: int = NOBODY) -> None:
+    """Make `paths` reachable for `uid` in our (private) mount namespace.
+
+    A directory on the way that others may not enter (root's 0700 home holding the Python
+    installation) is covered by an empty tmpfs into which only the entries on the way to `paths`
+    are bind-mounted back: what else it held stays hidden.
+    """
+    for _ in range(8):  # each pass opens one more level
+        blocked: dict[str, set[str]] = {}
+        for path in paths:
+            parts = os.path.realpath(path).split("/")[1:]
+            for depth in range(len(parts) - 1):
+                parent = "/" + "/".join(parts[:depth])
+                if not os.stat(parent).st_mode & 0o001:
+                    blocked.setdefault(parent, set()).add(parts[depth])
+                    break
+        if not blocked:
+            return
+        stage = tempfile.mkdtemp(prefix="qlcode-sandbox-stage-")
+        for parent, names in blocked.items():
+            for i, name in enumerate(sorted(names)):
+                src, tmp = os.path.join(parent, name), os.path.join(stage, f"{len(parent)}-{i}")
+                os.mkdir(tmp) if os.path.isdir(src) else open(tmp, "w").close()
+                mount(src, tmp, None, MS_BIND | MS_REC)
+            mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+            for i, name in enumerate(sorted(names)):
+                src, tmp = os.path.join(parent, name), os.path.join(stage, f"{len(parent)}-{i}")
+                os.mkdir(src) if os.path.isdir(tmp) else open(src, "w").close()
+                mount(tmp, src, None, MS_BIND | MS_REC)
+                _check(libc.umount2(tmp.encode(), MNT_DETACH), f"umount {tmp}")
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def sethostname(name: str) -> None:
+    _check(libc.sethostname(name.encode(), len(name)), "sethostname")
+
+
+def die_with_parent(sig: int) -> None:
+    libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def limit_resources(memory_mb: int, cpu_s: int, nproc: int | None) -> None:
+    """Address space, CPU seconds, file size, open files, no core dumps; processes where `nproc` is given."""
+    limits = [(resource.RLIMIT_AS, memory_mb * 2**20), (resource.RLIMIT_CPU, cpu_s),
+              (resource.RLIMIT_FSIZE, 16 * 2**20), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)]
+    if nproc is not None:
+        limits.append((resource.RLIMIT_NPROC, nproc))
+    for res, value in limits:
+        resource.setrlimit(res, (value, value))
+
+
+def leave_root(uid: int = NOBODY) -> None:
+    """Become `uid` with no groups: the kernel clears every capability when root changes its uids."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 where there is none."""
+    return max(0, libc.syscall(SYS_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION))
+
+
+def landlock(*writable: str) -> int:
+    """Restrict writes to beneath `writable`, TCP, and signals; returns the Landlock ABI used (0 = unavailable)."""
+    abi = landlock_abi()
+    if abi == 0:
         return 0
     fs = sum(bit for bit, since in FS_WRITE.items() if abi >= since)
     attr = RulesetAttr(fs, NET_TCP if abi >= 4 else 0, SCOPES if abi >= 6 else 0)
@@ -68,7 +169,7 @@ def landlock(workdir: str) -> int:
     ruleset = libc.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), size, 0)
     if ruleset < 0:
         return 0
-    for path, access in ((workdir, fs), ("/dev/null", 1 << 1)):
+    for path, access in (*((w, fs) for w in writable), ("/dev/null", 1 << 1)):
         fd = os.open(path, os.O_PATH)
         rule = PathBeneath(access, fd)
         libc.syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0)
@@ -80,37 +181,23 @@ def landlock(workdir: str) -> int:
     return abi
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--memory-mb", type=int, required=True)
-    ap.add_argument("--cpu-s", type=int, required=True)
-    ap.add_argument("--procs", type=int, required=True)
-    ap.add_argument("--cgroup", help="a pids cgroup directory to join (made by the caller)")
-    ap.add_argument("program", nargs=argparse.REMAINDER)
-    a = ap.parse_args()
-    program = a.program[1:] if a.program[:1] == ["--"] else a.program
-
-    libc.unshare(CLONE_NEWNET)  # fails quietly where not permitted; Landlock still denies TCP
-    if a.cgroup:
-        with open(os.path.join(a.cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
-    # RLIMIT_NPROC counts every process of this user, so it is set above the ones already running
-    procs = a.procs + sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))
-    mem = a.memory_mb * 2**20
-    for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, a.cpu_s), (resource.RLIMIT_NPROC, procs),
-                       (resource.RLIMIT_FSIZE, 16 * 2**20), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(res, (value, value))
-    landlock(a.workdir)
-    os.execv(sys.executable, [sys.executable, "-I", *program])
-
-
-def _owned(pid: str) -> bool:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
-    except OSError:
-        return False
-
-
-if __name__ == "__main__":
-    main()
+def deny_sockets() -> None:
+    """A seccomp filter: socket() (every family: unix, inet, netlink...) and io_uring fail with EPERM;
+    socketpair() still works. OSError where unsupported."""
+    arch = SECCOMP_ARCH.get(platform.machine())
+    if arch is None:
+        raise OSError(f"no seccomp filter for {platform.machine()}")
+    audit_arch, nr_socket, *nr_uring = arch
+    ld_w_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+    prog = [
+        (ld_w_abs, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, deny),  # another ABI: nothing allowed
+        (ld_w_abs, 0, 0, 0), (jge, 0, 1, X32_BIT), (ret, 0, 0, deny),     # the syscall number; no x32
+        (jeq, 3, 0, nr_socket), (jeq, 2, 0, nr_uring[0]), (jeq, 1, 0, nr_uring[1]), (jeq, 0, 1, nr_uring[2]),
+        (ret, 0, 0, deny),
+        (ret, 0, 0, allow),
+    ]
+    filters = (SockFilter * len(prog))(*[SockFilter(*i) for i in prog])
+    fprog = SockFprog(len(prog), filters)
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    _check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0), "seccomp")

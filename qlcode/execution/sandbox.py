@@ -1,28 +1,36 @@
-"""Run untrusted code and its tests in a separate, locked-down process, never in ours.
+"""Run untrusted code and its tests in separate, locked-down processes, never in ours.
 
-Each run gets a private temporary directory (removed afterwards), wall and CPU time limits, a
-memory limit, a process limit, no network and no writes outside its directory (see jail.py for
-how), captured and truncated output, and, when it ends or times out, every process it started is
-killed: its process group, and every process in its pids cgroup (as root). Outcomes: passed,
-failed (an assertion), error (with its type), timeout, out of memory.
+Programs go to warm workers (worker.py): processes started once, with a clean environment, that
+fork a fresh confined child per program (jail.py says what confines it). Outcomes: passed (the
+harness's end-of-run record arrived and nothing raised), failed (an assertion), error (with the
+exception's type, or the signal, or EarlyExit when the program ended before its tests did),
+timeout, oom. With `cases`, each case (a statement, usually an assert) runs after the program,
+caught on its own, and Result.cases says which passed.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-OUTPUT_LIMIT = 8192
-PIDS_CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))  # cgroup v1, v2
-JAIL = Path(__file__).with_name("jail.py")  # run by path: it needs only the standard library
+from qlcode.errors import QlcodeError
+
+WORKER = Path(__file__).with_name("worker.py")  # run by path: it needs only the standard library
+WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # none of the caller's variables (tokens)
+START_TIMEOUT_S = 60.0
+REPLY_GRACE_S = 30.0  # the worker enforces the wall time; this only catches a worker that died
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class Limits:
     cpu_s: int = 10
     memory_mb: int = 1024
     procs: int = 16
+    disk_mb: int = 64  # all the program may write, as root (a tmpfs); else RLIMIT_FSIZE bounds each file
 
 
 @dataclass
@@ -41,108 +50,152 @@ class Result:
     stdout: str
     stderr: str
     seconds: float
+    cases: list[bool] | None = None  # per case, when run with cases; None when they never reported
 
 
-def _read(f) -> str:
-    """The captured output, its head and tail kept when it is long."""
-    f.seek(0, os.SEEK_END)
-    size = f.tell()
-    f.seek(0)
-    if size <= OUTPUT_LIMIT:
-        return f.read().decode("utf-8", "replace")
-    head = f.read(OUTPUT_LIMIT // 2)
-    f.seek(size - OUTPUT_LIMIT // 2)
-    return (head + b"\n...[truncated]...\n" + f.read()).decode("utf-8", "replace")
+class _Worker:
+    """One warm worker process and its request/reply pipes."""
 
-
-def _classify(returncode: int, stderr: str, timed_out: bool) -> tuple[str, str | None]:
-    if timed_out or returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return "timeout", None
-    if returncode == 0:
-        return "passed", None
-    last = next((line for line in reversed(stderr.strip().splitlines()) if line and not line.startswith(" ")), "")
-    error_type = last.split(":", 1)[0].strip() if last else f"exit {returncode}"
-    if error_type == "MemoryError":
-        return "oom", error_type
-    if error_type == "AssertionError":
-        return "failed", error_type
-    return "error", error_type
-
-
-def make_pids_cgroup(limit: int) -> Path | None:
-    """A fresh pids cgroup capped at `limit` processes; None where we may not make one (not root)."""
-    if os.geteuid() != 0:
-        return None
-    for root in PIDS_CGROUP_ROOTS:
+    def __init__(self) -> None:
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, env=WORKER_ENV, cwd="/",
+                                     start_new_session=True)
         try:
-            group = Path(tempfile.mkdtemp(prefix="qlcode-sandbox-", dir=root))
-        except OSError:
-            continue
-        if (group / "pids.max").exists():
-            (group / "pids.max").write_text(str(limit))
-            return group
-        group.rmdir()  # this hierarchy has no pids controller
-    return None
+            self.features = self._reply(START_TIMEOUT_S)
+        except RuntimeError as e:
+            raise QlcodeError(f"the sandbox could not start its worker: {e}") from None
 
+    def run(self, request: dict, timeout: float) -> dict:
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        return self._reply(timeout)
 
-def _sweep(pgid: int | None, cgroup: Path | None) -> None:
-    """Kill what the run left behind: its process group, and everything in its cgroup."""
-    if pgid is not None:
+    def _reply(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line:
+            self.kill()
+            self._log.seek(0)
+            raise RuntimeError("the sandbox worker stopped answering: "
+                               + self._log.read()[-2000:].decode("utf-8", "replace"))
+        return json.loads(line)
+
+    def close(self) -> None:
+        """Ask it to finish (it removes its directory and cgroup), then make sure it did."""
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.kill()
+        self._log.close()
+
+    def kill(self) -> None:
+        """Kill it, and remove what it could not: its directory and its cgroup."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-    if cgroup is None:
-        return
-    for _ in range(100):  # a fork bomb may still be spawning while we sweep
-        pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
-    try:
-        cgroup.rmdir()
-    except OSError:
-        pass
+        self.proc.wait()
+        features = getattr(self, "features", {})
+        if features.get("directory"):
+            shutil.rmtree(features["directory"], ignore_errors=True)
+        if features.get("pids_cgroup"):
+            for _ in range(50):  # its last run's processes may take a moment to go
+                try:
+                    os.rmdir(features["pids_cgroup"])
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
 
 
-def run(program: str, limits: Limits = Limits()) -> Result:
-    """Run `program` (Python source: a solution followed by its tests) in the sandbox."""
-    workdir = Path(tempfile.mkdtemp(prefix="qlcode-sandbox-"))
-    cgroup = make_pids_cgroup(limits.procs)
-    try:
-        (workdir / "program.py").write_text(program)
-        cmd = [sys.executable, "-I", str(JAIL), "--workdir", str(workdir),
-               "--memory-mb", str(limits.memory_mb), "--cpu-s", str(limits.cpu_s), "--procs", str(limits.procs)]
-        cmd += ["--cgroup", str(cgroup)] if cgroup is not None else []
-        cmd += ["--", "program.py"]
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
-        start = time.perf_counter()
-        # output goes to files, not pipes: a child left running must not keep us waiting for EOF
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True)
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            _sweep(proc.pid, cgroup)
-            proc.wait()
-            stdout, stderr = (_read(f) for f in (out, err))
-        outcome, error_type = _classify(proc.returncode, stderr, timed_out)
-        return Result(outcome, error_type, proc.returncode, stdout, stderr, time.perf_counter() - start)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        if cgroup is not None and cgroup.exists():
-            _sweep(None, cgroup)
+class WorkerPool:
+    """Warm workers shared by all callers; one program at a time each, started as demand grows."""
+
+    def __init__(self, keep: int | None = None) -> None:
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._keep = keep or max(4, os.cpu_count() or 2)
+
+    def run(self, request: dict, limits: Limits) -> dict:
+        worker = self._take()
+        try:
+            reply = worker.run(request, limits.timeout_s + REPLY_GRACE_S)
+        except (OSError, RuntimeError, ValueError) as e:  # the worker is gone; the next run starts another
+            worker.kill()
+            return {"outcome": "error", "error_type": "SandboxError", "returncode": None, "stdout": "",
+                    "stderr": str(e), "seconds": 0.0, "cases": None}
+        with self._lock:
+            if len(self._idle) < self._keep:
+                self._idle.append(worker)
+                worker = None
+        if worker is not None:
+            worker.close()
+        return reply
+
+    def _take(self) -> _Worker:
+        """An idle worker that is still alive, or a new one."""
+        while True:
+            with self._lock:
+                worker = self._idle.pop() if self._idle else None
+            if worker is None:
+                return _Worker()
+            if worker.proc.poll() is None:
+                return worker
+            worker.kill()  # died while idle (killed from outside): clean up after it
+
+    def features(self) -> dict:
+        worker = self._take()
+        features = worker.features
+        with self._lock:
+            self._idle.append(worker)
+        return features
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.close()
 
 
-def run_many(programs: list[str], limits: Limits = Limits(), workers: int | None = None) -> list[Result]:
-    """Run programs in parallel, each in its own sandbox."""
+_pool = WorkerPool()
+atexit.register(lambda: _pool.close())
+
+
+def _forget_pool() -> None:
+    """A forked caller must not share the parent's worker pipes: it starts its own."""
+    global _pool
+    _pool = WorkerPool()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def protections() -> dict:
+    """What holds here: root, nobody (runs leave root), namespaces, pids_cgroup and directory (a worker's),
+    landlock_abi (0 = none), seccomp."""
+    return _pool.features()
+
+
+def close() -> None:
+    """Stop the warm workers now (they also stop when this process exits)."""
+    _pool.close()
+
+
+def run(program: str, limits: Limits = Limits(), cases: list[str] | None = None) -> Result:
+    """Run `program` (Python source: a solution, then its tests) in the sandbox; then each of `cases`."""
+    start = time.perf_counter()
+    request = {"program": program, "cases": cases, "limits": asdict(limits)}
+    reply = _pool.run(request, limits)
+    reply["seconds"] = reply["seconds"] or time.perf_counter() - start
+    return Result(**reply)
+
+
+def run_many(programs: list[str], limits: Limits = Limits(), workers: int | None = None,
+             cases: list[list[str]] | None = None) -> list[Result]:
+    """Run programs in parallel, each in its own sandbox; `cases[i]` (if given) after programs[i]."""
+    all_cases = cases if cases is not None else [None] * len(programs)
     with ThreadPoolExecutor(workers or max(1, os.cpu_count() or 2)) as pool:
-        return list(pool.map(lambda p: run(p, limits), programs))
+        return list(pool.map(lambda pc: run(pc[0], limits, pc[1]), zip(programs, all_cases)))

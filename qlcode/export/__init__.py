@@ -1,1 +1,1 @@
-"""Exporting trained adapters: merged checkpoints (and, later, GGUF files and Hub pushes)."""
+"""Exporting trained adapters: merging into the full-precision base, GGUF files, and Hub pushes."""

@@ -33,7 +33,7 @@ class GrpoSection(Section):
 def _program(prompt: str, completion: str, instruct: bool) -> str:
     """The code a completion stands for: an Instruct answer's fenced block, or the completion cut
     where the model writes on, after the prompt when the prompt is code (a signature to continue)."""
-    from qlcode.execution.generate import extract_code, truncate
+    from qlcode.execution.completions import extract_code, truncate
 
     if instruct:
         return extract_code(completion)
@@ -80,7 +80,7 @@ class FormatReward:
         self.weight = weight
 
     def __call__(self, prompts, completions, **kw) -> list[float]:
-        from qlcode.execution.generate import FENCE
+        from qlcode.execution.completions import FENCE
 
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [self.weight if FENCE.search(t) else 0.0 for t in texts]

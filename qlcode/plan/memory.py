@@ -1,0 +1,285 @@
+"""The memory a training run needs, part by part, from the model's shapes and the run's settings.
+
+Weights, LoRA, gradients and optimizer state are counted exactly as bitsandbytes, PEFT and the
+optimizers allocate them (tests/test_real_size.py compares them with a real 4-bit model's bytes).
+Activations count the tensors autograd saves for backward in a Llama layer under PEFT's LoRA
+(tests/test_plan.py compares them with what a CPU run saves); logits, the backward pass's
+working set and the CUDA overhead are stated estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qlcode.plan.shapes import Shapes
+
+GiB = 2**30
+# The CUDA context (about 0.5 GiB with torch's kernels loaded) and the caching allocator's
+# slack between reserved and allocated memory: a stated constant, not a measurement.
+CUDA_OVERHEAD = 1.0 * GiB
+BLOCK_4BIT = 64  # bitsandbytes' blocksize for 4-bit weights
+BLOCK_NESTED = 256  # ... for the 8-bit absmax of double quantization
+BLOCK_OPTIM_8BIT = 256  # ... for 8-bit optimizer state
+MIN_8BIT_SIZE = 4096
+LOGPROB_TILE = (4096, 32768)  # tokens x vocabulary entries per tile of TRL's fused LM head  # bitsandbytes' 8-bit optimizers keep fp32 state for smaller tensors
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# Sequences in one forward pass, per training method (qlcode/methods): DPO concatenates chosen and
+# rejected; TRL's GRPO micro batch already counts completions (num_generations per prompt). A new
+# method adds its line here; one not listed counts one sequence per micro-batch row.
+SEQUENCES: dict[str, Callable[[Settings], int]] = {
+    "sft": lambda s: s.micro_batch,
+    "dpo": lambda s: 2 * s.micro_batch,
+    "grpo": lambda s: s.micro_batch,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What memory depends on in a run, as plain values (a recipe becomes these in `settings`)."""
+
+    bits: int | None = 4
+    double_quant: bool = True
+    weight_bytes: int = 2  # unquantized weights before PEFT's fp32 upcast (bf16 on GPUs)
+    compute_bytes: int = 2  # activations: bf16/fp16 autocast on GPUs, fp32 on CPU
+    device: str = "cuda"
+    lora_r: int = 16
+    targets: tuple[str, ...] = LORA_MODULES
+    dora: bool = False
+    dropout: float = 0.05
+    modules_to_save: tuple[str, ...] = ()
+    optimizer: str = "paged_adamw_8bit"
+    micro_batch: int = 1
+    accumulation: int = 1  # no memory of its own: suggestions keep micro_batch x accumulation
+    max_length: int = 2048
+    checkpointing: bool = True
+    attention: str = "sdpa"
+    method: str = "sft"
+
+    @property
+    def sequences(self) -> int:
+        return SEQUENCES.get(self.method, SEQUENCES["sft"])(self)
+
+    @property
+    def tokens(self) -> int:
+        return self.sequences * self.max_length
+
+    @property
+    def upcast_bytes(self) -> int:
+        """PEFT's prepare_model_for_kbit_training casts every non-quantized weight to fp32."""
+        return 4 if self.bits is not None else self.weight_bytes
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    bytes: int
+    detail: str
+
+
+@dataclass
+class Plan:
+    shapes: Shapes
+    settings: Settings
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(p.bytes for p in self.parts)
+
+    def part(self, name: str) -> int:
+        return next(p.bytes for p in self.parts if p.name == name)
+
+
+def quantized_bytes(out_features: int, in_features: int, s: Settings) -> int:
+    """Bytes of one linear weight as bitsandbytes stores it, with its quantization state."""
+    n = out_features * in_features
+    if s.bits is None:
+        return n * s.weight_bytes
+    if s.bits == 8:
+        return n + 4 * out_features  # int8 weight + fp32 scale per row (SCB)
+    blocks = math.ceil(n / BLOCK_4BIT)
+    packed = math.ceil(n / 2)  # two 4-bit codes per byte
+    code = 16 * 4  # the NF4/FP4 code book, fp32, one per layer
+    if not s.double_quant:
+        return packed + 4 * blocks + code
+    # absmax in uint8 per block, the second level's fp32 absmax per 256 blocks, the fp32 offset,
+    # and the 8-bit dynamic code book (256 fp32) each layer's nested state holds a copy of
+    return packed + blocks + 4 * math.ceil(blocks / BLOCK_NESTED) + 4 + 256 * 4 + code
+
+
+def lora_tensors(shapes: Shapes, s: Settings) -> list[int]:
+    """Element counts of each trainable tensor: LoRA A and B (and DoRA's magnitude) per target
+    module and layer, then full copies of modules_to_save."""
+    sizes = []
+    for name, (out_f, in_f) in shapes.linears().items():
+        if name in s.targets:
+            per_layer = [s.lora_r * in_f, out_f * s.lora_r] + ([out_f] if s.dora else [])
+            sizes += per_layer * shapes.layers
+    embedding = shapes.vocab * shapes.hidden
+    sizes += [embedding for m in s.modules_to_save if m in ("lm_head", "embed_tokens")]
+    return sizes
+
+
+def optimizer_bytes(sizes: list[int], optimizer: str) -> int:
+    """Optimizer state: torch AdamW keeps two fp32 moments and a step tensor per parameter tensor;
+    bitsandbytes' 8-bit AdamW two uint8 moments plus an fp32 absmax per 256-block of each (fp32
+    moments for tensors under 4096 elements) and the two 256-entry code books they share."""
+    if optimizer == "adamw_torch":
+        return sum(8 * n + 4 for n in sizes)
+    total, any_8bit = 0, False
+    for n in sizes:
+        if n < MIN_8BIT_SIZE:
+            total += 8 * n
+        else:
+            any_8bit = True
+            total += 2 * n + 2 * 4 * math.ceil(n / BLOCK_OPTIM_8BIT)
+    return total + (2 * 256 * 4 if any_8bit else 0)
+
+
+def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
+    """Bytes autograd saves per token in one decoder layer (without checkpointing).
+
+    Residual stream and norms run in the upcast dtype p (fp32 under QLoRA), everything after a
+    matmul in the compute dtype c. The 4-bit matmul saves no input (bitsandbytes dequantizes the
+    weight again in backward); a LoRA module saves its (dropped-out) input in c and its rank-r
+    hidden; modules sharing an input share one saved copy when no dropout or cast separates them.
+    DoRA's per-forward weight norms are not counted.
+    """
+    h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
+    q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
+    mask = 4 if s.device == "cpu" else 1  # dropout masks: the input's dtype on CPU, bool on CUDA
+    width = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h, "down_proj": f}
+
+    def lora_inputs(group: tuple[str, ...], shared_with_saved: bool) -> int:
+        targeted = [m for m in group if m in s.targets]
+        if not targeted:
+            return 0
+        w = width[targeted[0]]
+        if s.dropout > 0:
+            return len(targeted) * (mask + c) * w
+        if shared_with_saved:
+            return 0
+        return p * w if p == c else len(targeted) * c * w
+
+    total = 2 * (p * h + 4)  # two RMSNorms: their fp32 input and 1/rms
+    if s.attention == "eager":  # keys and values repeated to every query head, the fp32 softmax and its copy
+        total += 3 * c * q + (4 + (c if c != 4 else 0)) * shapes.heads * s.max_length
+    else:  # SDPA / flash: q, k, v, the output and the log-sum-exp, no sequence-squared matrix
+        total += c * (2 * q + 2 * kv) + 4 * shapes.heads
+    total += 3 * c * f  # gate, silu(gate), up
+    total += lora_inputs(("q_proj", "k_proj", "v_proj"), False)
+    total += lora_inputs(("o_proj",), s.attention != "eager")  # SDPA saved the attention output already
+    total += lora_inputs(("gate_proj", "up_proj"), False)
+    total += lora_inputs(("down_proj",), False)
+    total += c * s.lora_r * sum(m in s.targets for m in LORA_MODULES)  # each LoRA A's output
+    if s.bits == 8:  # bitsandbytes' int8 matmul keeps each input, cast to fp16 (not checked by a test)
+        total += 2 * (5 * h + q + f)
+    return total
+
+
+def lm_head_bytes(shapes: Shapes, s: Settings) -> int:
+    """TRL 1.16 scores tokens through the LM head in tiles instead of materialising every logit
+    (trl/kernels/chunked_logprob.py): a buffer of 4096 tokens x 32768 vocabulary entries in the
+    compute dtype, each vocabulary chunk of the head's weight cast to it, and the fp32 gradient of
+    the head's input. Its torch fallback (CPU) adds fp32 working copies of the tile."""
+    rows, cols = min(s.tokens, LOGPROB_TILE[0]), min(shapes.vocab, LOGPROB_TILE[1])
+    cast = cols * shapes.hidden * s.compute_bytes if s.upcast_bytes != s.compute_bytes else 0
+    fallback = 2 * 4 * rows * cols if s.device == "cpu" else 0
+    return rows * LOGPROB_TILE[1] * s.compute_bytes + cast + s.tokens * shapes.hidden * 4 + fallback
+
+
+def layer_backward_bytes(shapes: Shapes, s: Settings, per_layer: int) -> int:
+    """One decoder layer's backward: its activations recomputed (under checkpointing), the
+    gradients in flight (the hidden state's in and out, the MLP's widest two), and the largest
+    base weight dequantized for the input gradient. An estimate, checked on GPUs by
+    benchmarks/plan_memory.py."""
+    in_flight = s.tokens * (2 * s.upcast_bytes * shapes.hidden + 2 * s.compute_bytes * shapes.intermediate)
+    dequantized = max(o * i for o, i in shapes.linears().values()) * s.compute_bytes if s.bits else 0
+    return (s.tokens * per_layer if s.checkpointing else 0) + in_flight + dequantized
+
+
+def plan(shapes: Shapes, s: Settings) -> Plan:
+    """Every part of a run's memory on one device."""
+    out = Plan(shapes, s)
+    add = lambda name, n, detail: out.parts.append(Part(name, int(n), detail))  # noqa: E731
+    linears = shapes.linears()
+    kind = {4: f"4-bit{' + double quant' if s.double_quant else ''}", 8: "8-bit", None: f"{8 * s.weight_bytes}-bit"}[s.bits]
+    add("base weights", shapes.layers * sum(quantized_bytes(o, i, s) for o, i in linears.values()),
+        f"{len(linears)} linear layers x {shapes.layers} in {kind}, with their quantization state")
+    embeddings = shapes.vocab * shapes.hidden * (1 if shapes.tied_embeddings else 2)
+    norms = shapes.hidden * (2 * shapes.layers + 1)
+    add("embeddings, lm_head, norms", (embeddings + norms) * s.upcast_bytes,
+        "unquantized, " + ("fp32" if s.upcast_bytes == 4 else "bf16/fp16") + (" (PEFT upcasts them for k-bit training)" if s.bits else ""))
+    add("buffers", 2 * 4 * shapes.head_dim // 2, "RoPE inverse frequencies, and their original copy")
+    sizes = lora_tensors(shapes, s)
+    params = sum(sizes)
+    method = "DoRA" if s.dora else "LoRA"
+    targets = sum(m in s.targets for m in LORA_MODULES)
+    add(f"{method} weights", 4 * params, f"{params:,} fp32 parameters (r {s.lora_r}, {targets} modules x {shapes.layers} layers"
+        + (f", + {', '.join(s.modules_to_save)}" if s.modules_to_save else "") + ")")
+    add(f"{method} gradients", 4 * params, "fp32")
+    add("optimizer state", optimizer_bytes(sizes, s.optimizer), s.optimizer
+        + (" (paged: can spill to CPU memory)" if s.optimizer.startswith("paged") else ""))
+    if s.device == "cuda" and s.compute_bytes != 4:
+        add("autocast weight copies", s.compute_bytes * params, "LoRA weights cast for bf16/fp16 matmuls")
+    tokens, per_layer, h = s.tokens, layer_activation_bytes(shapes, s), shapes.hidden
+    seq = f"{s.sequences} x {s.max_length} tokens"
+    head = tokens * (2 * s.upcast_bytes * h + 8)  # final norm's input, the LM head's input and log-sum-exp
+    if s.checkpointing:
+        add("activations", tokens * shapes.layers * s.upcast_bytes * h + head,
+            f"checkpointing: each layer's input ({seq})")
+    else:
+        add("activations", tokens * shapes.layers * per_layer + head, f"every layer's saved tensors ({seq}, {s.attention})")
+    lm_head, layer = lm_head_bytes(shapes, s), layer_backward_bytes(shapes, s, per_layer)
+    add("peak working set", max(lm_head, layer),
+        f"the larger of: LM head {lm_head / GiB:.2f} GiB (TRL's tiled log-probs), one layer's backward {layer / GiB:.2f} GiB")
+    if s.device == "cuda":
+        add("CUDA context + allocator", CUDA_OVERHEAD, "stated constant")
+    return out
+
+
+def settings(recipe, device: str = "cuda") -> Settings:
+    """A recipe's settings as the plan sees them, for a CUDA GPU (bf16) or the CPU (fp32)."""
+    sizes = {"bf16": 2, "fp16": 2, "fp32": 4}
+    auto = 2 if device == "cuda" else 4
+    weight = auto if recipe.model.dtype == "auto" else sizes[recipe.model.dtype]
+    lora = recipe.lora
+    targets = LORA_MODULES if lora.target_modules == "all-linear" else tuple(lora.target_modules)
+    r, dora = lora.r, lora.dora
+    if lora.adapter:
+        r, targets, dora = _adapter_lora(lora.adapter, r, targets, dora)
+    return Settings(
+        bits=recipe.quant.bits,
+        double_quant=recipe.quant.double_quant,
+        weight_bytes=weight,
+        compute_bytes=weight if recipe.quant.compute_dtype == "auto" else sizes[recipe.quant.compute_dtype],
+        device=device,
+        lora_r=r,
+        targets=targets,
+        dora=dora,
+        dropout=lora.dropout,
+        modules_to_save=tuple(lora.modules_to_save),
+        optimizer=recipe.train.optimizer,
+        micro_batch=recipe.train.micro_batch_size,
+        accumulation=recipe.train.gradient_accumulation_steps,
+        max_length=recipe.data.max_length,
+        checkpointing=recipe.train.gradient_checkpointing,
+        attention=recipe.model.attn_implementation,
+        method=recipe.train.method,
+    )
+
+
+def _adapter_lora(adapter: str, r: int, targets: tuple[str, ...], dora: bool) -> tuple[int, tuple[str, ...], bool]:
+    """A continued adapter's own rank and targets; the recipe's until that adapter exists."""
+    import json
+    from pathlib import Path
+
+    path = Path(adapter) / "adapter_config.json"
+    if not path.is_file():
+        return r, targets, dora
+    config = json.loads(path.read_text())
+    found = config.get("target_modules") or targets
+    return config.get("r", r), LORA_MODULES if found == "all-linear" else tuple(found), bool(config.get("use_dora", dora))

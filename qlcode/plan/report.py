@@ -1,0 +1,39 @@
+"""The table `qlcode plan` prints: each part in GiB with what it is, the total, the verdict."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from qlcode.plan.fit import Change
+from qlcode.plan.memory import GiB, Plan
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.2f}"
+
+
+def plan_table(p: Plan, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    table.add_column("what it is")
+    for part in p.parts:
+        table.add_row(part.name, gib(part.bytes), part.detail)
+    table.add_section()
+    table.add_row("[bold]total[/]", f"[bold]{gib(p.total)}[/]", "")
+    return table
+
+
+def verdict(p: Plan, capacity: int, gpu: str) -> str:
+    if p.total <= capacity:
+        return f"[green]fits[/] on {gpu} ({gib(capacity)} GiB): {gib(capacity - p.total)} GiB to spare"
+    return f"[red]does not fit[/] on {gpu} ({gib(capacity)} GiB): {gib(p.total - capacity)} GiB over"
+
+
+def changes_table(changes: list[Change]) -> Table:
+    table = Table(title="changes that make it fit (each planned again)")
+    table.add_column("overrides")
+    table.add_column("total GiB", justify="right")
+    for c in changes:
+        table.add_row(c.text, gib(c.plan.total))
+    return table
