@@ -343,25 +343,26 @@ def data_check(
     overrides: Overrides = None,
     against: Annotated[str, typer.Option(help="Benchmarks, comma-separated: humaneval, mbpp, mbpp:PATH.")] = "humaneval,mbpp",
 ) -> None:
-    """Report training and validation rows that share a 13-gram with benchmark prompts or solutions."""
-    from qlcode.data import prepared
-    from qlcode.data.decontaminate import index, overlaps
+    """Report the training and validation rows (those training would use) that share a 13-gram with benchmark prompts or solutions."""
+    from qlcode.data import rendered
+    from qlcode.data.decontaminate import index, overlapping
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
     quiet_libraries()
     grams = index(against.split(","))
     table = Table(title=f"13-gram overlap with {against}")
-    for col in ("dataset", "split", "rows", "overlapping", "examples (row: benchmark problem)"):
+    for col in ("dataset", "split", "rows", "overlapping", "examples (source row: benchmark problem)"):
         table.add_column(col)
-    data = loaded.data
-    for i, spec in enumerate(data.datasets):
-        splits = [spec.split] + ([data.validation] if isinstance(data.validation, str) else [])
-        for split in splits:
-            ds = prepared(spec, split, data, f"data.datasets[{i}]")
-            found = overlaps(ds, grams)
-            table.add_row(f"[{i}] {spec.source}", split, str(len(ds)), str(len(found)),
-                          ", ".join(f"{r}: {t}" for r, t in found[:5]) or "-")
+    for split, ds in zip(("train", "validation"), rendered(loaded.data)):
+        if ds is None:
+            continue
+        for i, spec in enumerate(loaded.data.datasets):
+            part = ds.filter(lambda d: d == i, input_columns="_dataset")
+            found = overlapping(part["_text"], grams)
+            source_rows = part["_row"]
+            table.add_row(f"[{i}] {spec.source}", split, str(len(part)), str(len(found)),
+                          ", ".join(f"{source_rows[r]}: {t}" for r, t in found[:5]) or "-")
     out.print(table)
     out.print("drop them when training with  data.decontaminate: [" + ", ".join(against.split(",")) + "]", markup=False)
 
@@ -432,17 +433,29 @@ def plan(
 
 @recipes_app.command("validate")
 @user_errors
-def recipes_validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files to check.")]) -> None:
-    """Check recipes without training; every problem is reported with file, line and key."""
+def recipes_validate(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files to check.")],
+    no_data: Annotated[bool, typer.Option("--no-data", help="Check the recipe alone, not the first rows of its data.")] = False,
+) -> None:
+    """Check recipes without training: every key, and the first 100 rows of each dataset against its format."""
+    from rich.markup import escape
+
     from qlcode.recipe import load_recipe
 
+    if not no_data:
+        from qlcode.data import check_sample
+
+        quiet_libraries()
     failed = []
     for path in recipes:
         try:
-            load_recipe(path)
-            out.print(f"[green]ok[/] {path}")
+            loaded = load_recipe(path)
+            if not no_data:
+                for note in check_sample(loaded.data):
+                    out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+            out.print(f"[green]ok[/] {path}", soft_wrap=True)
         except QlcodeError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             failed.append(path)
     if failed:
         raise typer.Exit(2)

@@ -16,11 +16,12 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from qlcode.errors import RecipeError
-from qlcode.methods import METHODS
-from qlcode.schema import DType, Section
+from qlcode.methods import METHODS, format_problem
+from qlcode.schema import LOCAL_DATA_SUFFIXES, DType, Section
 
-Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference", "repository"]
-LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# the names of qlcode.data.formats.FORMATS (a test keeps them in step)
+Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference", "repository", "kto", "problems"]
+MIN_LENGTH = 16  # tokens: <s>[INST] x [/INST] y </s> is 12 with Llama's tokenizer, 14 with the micro model's
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -94,13 +95,14 @@ class LoraSection(Section):
 
 class DatasetSpec(Section):
     source: str = Field(
-        description="A Hub dataset id, a local .jsonl/.json/.parquet/.csv file, or builtin:stdlib-python-instruct."
+        description="A Hub dataset id, a local .jsonl/.json/.parquet/.csv file, builtin:stdlib-python-instruct, "
+        "or builtin:mbpp-train (MBPP task_id 601-974 as problems; builtin:mbpp-train:PATH reads a local mbpp.jsonl)."
     )
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split to train on.")
     format: Format = Field(
-        description="Row format: alpaca, prompt-completion, messages, text, preference, or repository "
-        "(a directory of projects, or builtin:stdlib-packages, one sequence stream per project)."
+        description="Row format: alpaca, prompt-completion, messages, text, preference, kto, problems, or repository "
+        "(a directory of projects, or builtin:stdlib-packages, one sequence stream per project); see README: Formats."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -122,7 +124,7 @@ class DataSection(Section):
         description="codellama-instruct = <s>[INST] ... [/INST] answer</s>; completion = the prompt as code "
         "followed by its completion; raw = rows used as they are.",
     )
-    max_length: int = Field(2048, gt=0, description="Tokens per training sequence; longer rows are truncated.")
+    max_length: int = Field(2048, description="Tokens per training sequence (at least 16); longer rows are truncated.")
     packing: bool = Field(False, description="Pack several rows into each sequence (best-fit decreasing).")
     train_on_completions_only: bool = Field(
         True, description="Loss on the response tokens and eos only, not on the prompt."
@@ -146,6 +148,14 @@ class DataSection(Section):
         for name in v:
             if name not in ("humaneval", "mbpp") and not name.startswith("mbpp:"):
                 raise ValueError(f"unknown benchmark {name!r}: use humaneval, mbpp or mbpp:PATH")
+        return v
+
+    @field_validator("max_length")
+    @classmethod
+    def _room_for_an_example(cls, v: int) -> int:
+        if v < MIN_LENGTH:
+            raise ValueError(f"must be at least {MIN_LENGTH} tokens, got {v}: one Code Llama Instruct exchange with a "
+                             "one-token prompt and a one-token answer already takes 12 (Llama's tokenizer) to 14 (the micro model's)")
         return v
 
     @field_validator("validation")
@@ -482,14 +492,12 @@ def _migrated(tree: dict) -> dict:
 
 def _check_consistency(recipe: Recipe, where) -> None:
     """Rules that span sections or touch the filesystem; each names the key to change."""
+
     problems = []
     for i, ds in enumerate(recipe.data.datasets):
         key = ("data", "datasets", i, "format")
-        method = METHODS[recipe.train.method]
-        if ds.format not in method.formats:
-            trains = [n for n, m in METHODS.items() if ds.format in m.formats]
-            problems.append((key, f"train.method {method.name} trains on {' or '.join(method.formats)} data, got {ds.format}"
-                                  + (f" (which trains with train.method: {' or '.join(trains)})" if trains else "")))
+        if (problem := format_problem(ds.format, recipe.train.method)) is not None:
+            problems.append((key, problem))
         src = ("data", "datasets", i, "source")
         if ds.format == "repository":
             if not recipe.data.packing:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 DType = Literal["auto", "bf16", "fp16", "fp32"]
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # a dataset source with one of these is a local file
 
 
 def _takes_bool(annotation: Any) -> bool:

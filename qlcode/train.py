@@ -21,9 +21,7 @@ from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
 from qlcode.callbacks import MetricsLog, ProgressBar, Throughput
-from qlcode.data import build_datasets
-from qlcode.data.decontaminate import drop_overlapping, index
-from qlcode.data.fim import with_infilling
+from qlcode.data import build
 from qlcode.errors import QlcodeError
 from qlcode.methods import METHODS
 from qlcode.model_card import adapter_card
@@ -107,18 +105,11 @@ def trainable_model(recipe: Recipe) -> PeftModel:
 def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -> tuple[Trainer, Throughput]:
     set_seed(recipe.train.seed)
     tokenizer = load_tokenizer(recipe.model.base, recipe.model.revision, recipe.data.template)
-    train_ds, eval_ds = build_datasets(recipe.data)
-    if recipe.data.decontaminate:
-        train_ds, dropped = drop_overlapping(train_ds, index(recipe.data.decontaminate))
-        console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "
-                      f"{', '.join(recipe.data.decontaminate)}" + (f" (e.g. {dropped[0][1]})" if dropped else ""))
-    console.print(f"data: {len(train_ds)} training rows, {len(eval_ds) if eval_ds else 0} validation rows")
+    train_ds, eval_ds = build(recipe.data, tokenizer)  # prints what decontamination dropped and the row counts
     place = placement(recipe.model.dtype, recipe.quant.compute_dtype)
     console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {place.device}"
                   + (f", {world_size()} processes: effective batch {recipe.train.micro_batch_size} x "
                      f"{recipe.train.gradient_accumulation_steps} x {world_size()}" if world_size() > 1 else ""))
-    if recipe.data.fim is not None:
-        train_ds = with_infilling(train_ds, tokenizer, recipe.data.fim, recipe.data.seed)
     model = trainable_model(recipe)
     method = METHODS[recipe.train.method]
     args = method.config(recipe, common_args(recipe), conversational="messages" in train_ds.column_names)

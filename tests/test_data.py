@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from qlcode.data import build_datasets, render
+from qlcode.data import build, render
 from qlcode.errors import DataError
 from qlcode.recipe import load_recipe
 
@@ -23,7 +23,7 @@ def _data(tmp_path, datasets, **data):
 
 def test_builtin_dataset_has_a_fixed_held_out_split(tmp_path):
     data = _data(tmp_path, [{"source": "builtin:stdlib-python-instruct", "format": "alpaca"}], validation="test")
-    train, held = build_datasets(data)
+    train, held = build(data)
     assert len(train) > 800 and len(held) >= 50
     user = lambda r: r["messages"][0]["content"]
     assert not {user(r) for r in train} & {user(r) for r in held}
@@ -64,7 +64,7 @@ def test_column_mapping_and_max_rows(tmp_path):
     data = _data(tmp_path, [{"source": str(f), "format": "prompt-completion", "max_rows": 10,
                              "columns": {"prompt": "question", "completion": "answer"}}],
                  template="completion", validation=0.2)
-    train, held = build_datasets(data)
+    train, held = build(data)
     assert len(train) == 8 and len(held) == 2
     assert all(r["prompt"][1:] == r["completion"][1:] for r in train)
 
@@ -73,7 +73,7 @@ def test_missing_column_names_the_fix(tmp_path):
     f = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}] * 4)
     data = _data(tmp_path, [{"source": str(f), "format": "alpaca"}])
     with pytest.raises(DataError) as e:
-        build_datasets(data)
+        build(data)
     assert str(e.value) == (f"data.datasets[0]: {f} has no column 'instruction' for alpaca field 'instruction' "
                             "(columns: question, answer); map one with data.datasets[0].columns: {instruction: COLUMN}")
 
@@ -82,26 +82,26 @@ def test_bad_rows_name_file_and_row(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n{not json\n")
     with pytest.raises(DataError, match=rf"^{f}:2: not valid JSON"):
-        build_datasets(_data(tmp_path, [{"source": str(f), "format": "prompt-completion"}], template="completion"))
+        build(_data(tmp_path, [{"source": str(f), "format": "prompt-completion"}], template="completion"))
     f = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "p", "completion": "c"}, {"prompt": "p", "completion": ""}])
     with pytest.raises(DataError) as e:
-        build_datasets(_data(tmp_path, [{"source": str(f), "format": "prompt-completion"}], template="completion", validation=0))
+        build(_data(tmp_path, [{"source": str(f), "format": "prompt-completion"}], template="completion", validation=0))
     assert str(e.value) == f"{f} row 1: completion ('completion') must be non-empty text, got ''"
     f = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(DataError, match="row 0: a conversation needs at least one assistant message"):
-        build_datasets(_data(tmp_path, [{"source": str(f), "format": "messages"}], validation=0))
+        build(_data(tmp_path, [{"source": str(f), "format": "messages"}], validation=0))
 
 
 def test_missing_local_file_is_named_with_its_key(tmp_path):
     with pytest.raises(DataError) as e:
-        build_datasets(_data(tmp_path, [{"source": "missing/rows.jsonl", "format": "text"}]))
+        build(_data(tmp_path, [{"source": "missing/rows.jsonl", "format": "text"}]))
     assert str(e.value) == "data.datasets[0].source: no such file 'missing/rows.jsonl' (paths are relative to the current directory)"
 
 
 def test_local_file_has_one_split(tmp_path):
     f = write_jsonl(tmp_path / "t.jsonl", [{"text": "x = 1"}] * 4)
     with pytest.raises(DataError, match=r"a local file holds one split \(train\), not 'test'"):
-        build_datasets(_data(tmp_path, [{"source": str(f), "format": "text"}], validation="test"))
+        build(_data(tmp_path, [{"source": str(f), "format": "text"}], validation="test"))
 
 
 def test_other_local_formats_load(tmp_path):
@@ -112,5 +112,5 @@ def test_other_local_formats_load(tmp_path):
     df.to_parquet(tmp_path / "t.parquet")
     (tmp_path / "t.json").write_text(json.dumps(df.to_dict("records")))
     for name in ("t.csv", "t.parquet", "t.json"):
-        train, _ = build_datasets(_data(tmp_path, [{"source": str(tmp_path / name), "format": "text"}], validation=0))
+        train, _ = build(_data(tmp_path, [{"source": str(tmp_path / name), "format": "text"}], validation=0))
         assert sorted(train["text"]) == sorted(df["text"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qlcode.data import build_datasets
+from qlcode.data import build
 from qlcode.data.repository import import_order, repository_dataset
 from qlcode.models import load_recipe_base
 from qlcode.recipe import load_recipe
@@ -47,7 +47,7 @@ def test_repository_sequences_are_split_not_truncated(tmp_path, tiny_base):
     recipe = load_recipe(REPO / "recipes" / "long-context.yaml", [
         f"model.base={tiny_base}", f"data.datasets.0.source={root}", "data.max_length=16",
         f"output.dir={tmp_path / 'run'}", "train.max_steps=2", "train.gradient_checkpointing=false"])
-    train_rows, _ = build_datasets(recipe.data)
+    train_rows, _ = build(recipe.data)
     trainer, _ = build_trainer(recipe)
     tok = trainer.processing_class
     total = sum(len(tok(r["text"])["input_ids"]) + 1 for r in train_rows)  # + eos

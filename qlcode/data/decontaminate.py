@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from datasets import Dataset
 
+from qlcode.data.formats.base import row_text
 from qlcode.errors import QlcodeError
 
 N = 13
@@ -26,7 +27,7 @@ def ngrams(text: str, n: int = N) -> set[tuple[str, ...]]:
 
 def benchmark_texts(names: Iterable[str]) -> list[tuple[str, str]]:
     """(task_id, text) for every problem of the named benchmarks."""
-    from qlcode.execution.benchmarks import _mbpp_rows, humaneval
+    from qlcode.execution.benchmarks import mbpp_rows, humaneval
 
     out = []
     for name in names:
@@ -34,7 +35,7 @@ def benchmark_texts(names: Iterable[str]) -> list[tuple[str, str]]:
             out += [(p.task_id, p.prompt + p.reference) for p in humaneval()]
         elif name == "mbpp" or name.startswith("mbpp:"):
             path = name.partition(":")[2] or None
-            rows = _mbpp_rows(path, "") if path else [r for split in ("prompt", "test", "validation") for r in _mbpp_rows(None, split)]
+            rows = mbpp_rows(path, "") if path else [r for split in ("prompt", "test", "validation") for r in mbpp_rows(None, split)]
             out += [(f"MBPP/{r['task_id']}", "\n".join([r["text"], r["code"], *r["test_list"]]))
                     for r in rows if int(r["task_id"]) <= 600]
         else:
@@ -50,28 +51,23 @@ def index(names: Iterable[str]) -> dict[tuple[str, ...], str]:
     return grams
 
 
-def row_text(value) -> str:
-    """Every string in a row, conversations included."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return "\n".join(row_text(v) for v in value.values())
-    if isinstance(value, list):
-        return "\n".join(row_text(v) for v in value)
-    return ""
-
-
-def overlaps(ds: Dataset, grams: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
-    """(row index, benchmark task_id) for each row sharing a 13-gram with a benchmark."""
+def overlapping(texts: Iterable[str], grams: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
+    """(index, benchmark task_id) for each text sharing a 13-gram with a benchmark."""
     found = []
-    for i, row in enumerate(ds):
-        hit = next((grams[g] for g in ngrams(row_text(row)) if g in grams), None)
+    for i, text in enumerate(texts):
+        hit = next((grams[g] for g in ngrams(text) if g in grams), None)
         if hit is not None:
             found.append((i, hit))
     return found
 
 
+def overlaps(ds: Dataset, grams: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
+    """(row index, benchmark task_id) for each row (every string in it) sharing a 13-gram with a benchmark."""
+    return overlapping((row_text(row) for row in ds), grams)
+
+
 def drop_overlapping(ds: Dataset, grams: dict[tuple[str, ...], str]) -> tuple[Dataset, list[tuple[int, str]]]:
-    bad = overlaps(ds, grams)
+    """Rendered rows (qlcode.data.pipeline, with their `_text`) without those that overlap a benchmark."""
+    bad = overlapping(ds["_text"], grams)
     drop = {i for i, _ in bad}
     return ds.select([i for i in range(len(ds)) if i not in drop]), bad

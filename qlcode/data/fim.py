@@ -91,13 +91,6 @@ def fim_example(tokenizer, ids: FimIds, prefix: str, middle: str, suffix: str, s
     return prompt + encode(tokenizer, middle, leading_space=False) + [ids.eot], len(prompt)
 
 
-def _code_of(row: dict) -> str:
-    """The code in a rendered row: the last answer of a conversation, a completion, or a text."""
-    if "messages" in row:
-        return next(m["content"] for m in reversed(row["messages"]) if m["role"] == "assistant")
-    return row["completion"] if "completion" in row else row["text"]
-
-
 def _plain(tokenizer, row: dict) -> tuple[list[int], list[int]]:
     """A row tokenized as TRL would: (input_ids, completion_mask)."""
     if "messages" in row:
@@ -118,12 +111,13 @@ def with_infilling(ds: Dataset, tokenizer, fim: FimSection, seed: int) -> Datase
 
     The others are tokenized exactly as TRL would tokenize them. Every row gets a completion_mask
     (1 = trained when train_on_completions_only): for an infilling example, the middle and <EOT>.
+    Rows are qlcode.data.pipeline's rendered rows, whose `_code` is the code their format infills.
     """
     ids = fim_ids(tokenizer)
     rng = random.Random(seed)
 
     def convert(row: dict) -> dict:
-        code = _code_of(row)
+        code = row["_code"]
         if rng.random() < fim.rate and code.strip():
             tokens, n = fim_example(tokenizer, ids, *split_points(code, rng, fim.unit), spm=rng.random() < fim.spm_rate)
             return {"input_ids": tokens, "completion_mask": [0] * n + [1] * (len(tokens) - n)}

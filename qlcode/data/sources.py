@@ -1,7 +1,8 @@
 """Where rows come from: builtin datasets, local files, or the Hugging Face Hub.
 
-JSON Lines files are read here rather than by `datasets` so that a broken line is reported with
-its file and line number.
+Local files are read here rather than by `datasets`, so that a problem is reported with its file
+and line: bytes that are not UTF-8, a line that is not JSON, a CSV row with too many fields, or a
+column whose type changes from one row to the next (which pyarrow would refuse deep inside).
 """
 
 from __future__ import annotations
@@ -9,19 +10,83 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasets import Dataset, load_dataset
 
 from qlcode import builtin
-from qlcode.errors import DataError
-from qlcode.recipe import DatasetSpec
+from qlcode.errors import DataError, QlcodeError
+from qlcode.schema import LOCAL_DATA_SUFFIXES
+
+if TYPE_CHECKING:
+    from qlcode.recipe import DatasetSpec
+
+MBPP_TRAIN = "builtin:mbpp-train"
 
 
-def _read_jsonl(path: Path, split: str | None = None) -> Dataset:
-    rows = []
+def _kind(value) -> str | None:
+    """A JSON value's type as a user reads it; None for null (allowed anywhere)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _typed(value, path: str):
+    """(path, type) for a value and every value nested in it: messages[].content for a message's content."""
+    kind = _kind(value)
+    if kind is None:
+        return
+    yield path, kind
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _typed(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            yield from _typed(v, f"{path}[]")
+
+
+def _table(rows: list[dict], where: list[tuple[str, str]], path: Path) -> Dataset:
+    """Rows as a Dataset; a column (or a field nested in one) whose type differs between rows is named with the first such row.
+
+    `where` gives each row's place twice: in full (file:line) and short (line N), for the message.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    for row, (at, short) in zip(rows, where):
+        for column, kind in (typed for name, value in row.items() for typed in _typed(value, name)):
+            seen = first.setdefault(column, (kind, short))
+            if seen[0] != kind:
+                hint = " (quote numbers as text)" if "a number" in (kind, seen[0]) else ""
+                raise DataError(f"{at}: column {column!r} holds {kind} here but {seen[0]} in {seen[1]}; "
+                                f"give the column one type in every row{hint}")
+    try:
+        return Dataset.from_list(rows)
+    except Exception as e:  # pyarrow refuses what the check above lets through (e.g. an int over 64 bits)
+        raise DataError(f"{path}: cannot hold these rows in a table ({e}); give every row the same shape") from None
+
+
+def _text(raw: bytes, path: Path, line: int = 1) -> str:
+    """Bytes as UTF-8 text; otherwise an error naming the line (counted from `line`) and column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = line + raw.count(b"\n", 0, e.start)
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        raise DataError(f"{path}:{at}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); "
+                        "save the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path, split: str | None = None, limit: int | None = None) -> Dataset:
+    rows, where = [], []
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = _text(raw, path, n)
             if not line.strip():
                 continue
             try:
@@ -32,37 +97,141 @@ def _read_jsonl(path: Path, split: str | None = None) -> Dataset:
                 raise DataError(f"{path}:{n}: each line of a .jsonl file must be a JSON object, got {type(row).__name__}")
             if split is None or row.get("split") == split:
                 rows.append(row)
+                where.append((f"{path}:{n}", f"line {n}"))
+            if limit is not None and len(rows) == limit:
+                break
     if not rows:
         raise DataError(f"{path}: no rows" + (f" in split {split!r}" if split else ""))
-    return Dataset.from_list(rows)
+    return _table(rows, where, path)
 
 
-def load_source(spec: DatasetSpec, split: str, key: str) -> Dataset:
-    """The rows of one split of one dataset; `key` names the recipe entry in messages."""
-    source = spec.source
-    if source.startswith("builtin:"):
-        path = builtin.dataset_path(source)
-        if split not in ("train", "test"):
-            raise DataError(f"{key}: {source} has the splits train and test, not {split!r}")
-        return _read_jsonl(path, split=split).remove_columns("split")
-    if source.endswith((".jsonl", ".json", ".parquet", ".csv")):
-        if split != "train":
-            raise DataError(f"{key}: a local file holds one split (train), not {split!r}; use data.validation: 0.05 to hold rows out")
-        path = Path(source)
-        if not path.is_file():  # checked here, not in the recipe: such a file may be made by a step before training
-            raise DataError(f"{key}.source: no such file {source!r} (paths are relative to the current directory)")
-        if path.suffix == ".jsonl":
-            return _read_jsonl(path)
-        builder = {".json": "json", ".parquet": "parquet", ".csv": "csv"}[path.suffix]
-        try:
-            return load_dataset(builder, data_files=str(path), split="train")
-        except Exception as e:  # datasets raises many types for unreadable files
-            raise DataError(f"{path}: cannot read as {builder}: {e}") from None
+def _read_json(path: Path, limit: int | None) -> Dataset:
+    text = _text(path.read_bytes(), path)
     try:
-        return load_dataset(source, spec.subset, split=split)
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # one object per line in a .json file: read it as JSON Lines
+            return _read_jsonl(path, limit=limit)
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file is a list of row objects") from None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path}: a .json file must hold a non-empty list of row objects ([{{...}}, {{...}}])")
+    rows = rows[:limit]
+    return _table(rows, [(f"{path} row {i}", f"row {i}") for i in range(len(rows))], path)
+
+
+def _read_csv(path: Path, limit: int | None) -> Dataset:
+    import io
+
+    import pandas as pd
+
+    text = _text(path.read_bytes(), path)
+    try:
+        frame = pd.read_csv(io.StringIO(text), nrows=limit)
+    except pd.errors.ParserError as e:  # "Error tokenizing data. C error: Expected 2 fields in line 3, saw 4"
+        detail = str(e).split("C error: ")[-1].strip()
+        raise DataError(f"{path}: not a valid CSV file ({detail}); the first line names the columns and each line "
+                        "holds one value per column (quote values that contain commas)") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty CSV file; the first line names the columns") from None
+    if frame.empty:
+        raise DataError(f"{path}: no rows under the CSV header")
+    return Dataset.from_pandas(frame, preserve_index=False)
+
+
+def _read_parquet(path: Path, limit: int | None) -> Dataset:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a Parquet file ({e})") from None
+    return Dataset(table.slice(0, limit) if limit is not None else table)
+
+
+def read_local(path: Path, limit: int | None = None) -> Dataset:
+    """A local .jsonl, .json, .csv or .parquet file, or its first `limit` rows."""
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+    return readers[path.suffix](path, limit=limit)
+
+
+def _hub(spec: DatasetSpec, split: str, key: str, limit: int | None) -> Dataset:
+    source = spec.source
+    try:
+        if limit is None:
+            return load_dataset(source, spec.subset, split=split)
+        return Dataset.from_list(list(load_dataset(source, spec.subset, split=split, streaming=True).take(limit)))
     except FileNotFoundError:
         raise DataError(f"{key}: dataset {source!r} not found on the Hub (check the id, or log in for a private one)") from None
     except ValueError as e:
         raise DataError(f"{key}: {source}: {e}") from None
     except ConnectionError as e:
         raise DataError(f"{key}: cannot reach the Hub for {source!r} ({e}); set HF_HUB_OFFLINE=1 to use the local cache") from None
+
+
+def _mbpp_train(source: str, split: str, key: str) -> Dataset:
+
+    path = source.removeprefix(MBPP_TRAIN).removeprefix(":") or None
+    if split != "train":
+        raise DataError(f"{key}: {MBPP_TRAIN} is MBPP's train split alone (task_id 601-974), not {split!r}; "
+                        "use data.validation: 0.05 to hold rows out")
+    if path is not None and not Path(path).is_file():
+        raise DataError(f"{key}.source: no such file {path!r} (MBPP's original mbpp.jsonl)")
+    try:
+        return Dataset.from_list(mbpp_train_rows(path))
+    except QlcodeError:  # MBPP from the Hub, unreachable
+        raise DataError(f"{key}: cannot load MBPP from the Hub; read a local copy (MBPP's original mbpp.jsonl) "
+                        f"with {key}.source: {MBPP_TRAIN}:PATH") from None
+
+
+def is_hub(source: str) -> bool:
+    return not source.startswith("builtin:") and not source.endswith(LOCAL_DATA_SUFFIXES)
+
+
+def hub_note(source: str, key: str) -> str | None:
+    """For a source read from the Hub: a note when the Hub cannot be asked, or a DataError when it has no such dataset.
+
+    None when the source is not on the Hub or the Hub has it.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    repo = "google-research-datasets/mbpp" if source == MBPP_TRAIN else source if is_hub(source) else None
+    if repo is None:
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return f"{key}: {source} is on the Hub and HF_HUB_OFFLINE is set: not checked"
+    try:
+        HfApi().dataset_info(repo, timeout=10)
+    except RepositoryNotFoundError:
+        raise DataError(f"{key}: dataset {repo!r} not found on the Hub (check the id, or log in for a private one)") from None
+    except Exception as e:  # no network: httpx's, OSError and others, by platform
+        return f"{key}: {source}: the Hub cannot be reached ({e}): not checked"
+    return None
+
+
+def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = None) -> Dataset:
+    """The rows of one split of one dataset (its first `limit`, if given); `key` names the recipe entry in messages."""
+    source = spec.source
+    if source == MBPP_TRAIN or source.startswith(MBPP_TRAIN + ":"):
+        return _mbpp_train(source, split, key)
+    if source.startswith("builtin:"):
+        path = builtin.dataset_path(source)
+        if split not in ("train", "test"):
+            raise DataError(f"{key}: {source} has the splits train and test, not {split!r}")
+        return _read_jsonl(path, split=split, limit=limit).remove_columns("split")
+    if not is_hub(source):
+        if split != "train":
+            raise DataError(f"{key}: a local file holds one split (train), not {split!r}; use data.validation: 0.05 to hold rows out")
+        path = Path(source)
+        if not path.is_file():  # checked here, not in the recipe: such a file may be made by a step before training
+            raise DataError(f"{key}.source: no such file {source!r} (paths are relative to the current directory)")
+        return read_local(path, limit)
+    return _hub(spec, split, key, limit)
+
+
+def mbpp_train_rows(path: str | None) -> list[dict]:
+    """MBPP's train split (task_id 601-974) as problem rows, prompts as qlcode's evaluation words them."""
+    from qlcode.execution.benchmarks import MBPP_TRAIN_IDS, mbpp
+
+    return [{"task_id": p.task_id, "prompt": p.prompt, "test": p.test} for p in mbpp(path, split=MBPP_TRAIN_IDS)]

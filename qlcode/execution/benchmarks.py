@@ -40,7 +40,7 @@ def humaneval() -> list[Problem]:
             for p in read_problems().values()]
 
 
-def _mbpp_rows(path: str | None, hub_split: str) -> list[dict]:
+def mbpp_rows(path: str | None, hub_split: str) -> list[dict]:
     """MBPP rows: all of a local jsonl (the original release is one file), or one split from the Hub."""
     if path:
         if not Path(path).is_file():
@@ -54,10 +54,13 @@ def _mbpp_rows(path: str | None, hub_split: str) -> list[dict]:
         raise QlcodeError(f"cannot load MBPP from the Hub ({e}); pass a local copy with --data mbpp.jsonl") from None
 
 
+MBPP_TRAIN_IDS = (601, 974)  # MBPP's train split; 1-600 are its prompt, test and validation splits
+
+
 def mbpp(path: str | None = None, split: tuple[int, int] = (11, 510)) -> list[Problem]:
     """MBPP problems with task_id in `split`: 11-510 is the test split, 601-974 the train split."""
     problems = []
-    for r in _mbpp_rows(path, "train" if split[0] > 510 else "test"):
+    for r in mbpp_rows(path, "train" if split[0] > 510 else "test"):
         if not split[0] <= int(r["task_id"]) <= split[1]:
             continue
         tests = "\n".join(r["test_list"])

@@ -1,0 +1,68 @@
+"""preference: a prompt with a chosen and a rejected answer (DPO; KTO after `unpaired`).
+
+The prompt is text or a conversation (a list of {role, content} ending with the user's turn, as
+the playground stores its votes); each answer is text, an assistant message, or a list holding one.
+"""
+
+from __future__ import annotations
+
+from qlcode.data.formats.base import PREFERENCE, DataFormat, assistant, check_messages, user
+from qlcode.errors import DataError
+
+
+def answer_text(value, f: str, where: str, column: dict[str, str]) -> str:
+    """An answer as text: from text, {role: assistant, content}, or a list holding one such message."""
+    message = value[0] if isinstance(value, list) and len(value) == 1 else value
+    if isinstance(message, dict):
+        if message.get("role") != "assistant" or not isinstance(message.get("content"), str):
+            raise DataError(f"{where}: {f} ({column[f]!r}) must be text or {{role: assistant, content: text}}, got {value!r}")
+        message = message["content"]
+    if not isinstance(message, str) or not message.strip():
+        raise DataError(f"{where}: {f} ({column[f]!r}) must be non-empty text or one assistant message, got {value!r}")
+    return message
+
+
+def prompt_value(value, where: str, column: dict[str, str], template: str) -> str | list[dict]:
+    """A prompt: non-empty text, or a conversation ending with the user's turn (not under the completion template)."""
+    if isinstance(value, list):
+        if template == "completion":
+            raise DataError(f"{where}: a conversational prompt needs data.template codellama-instruct or raw "
+                            "(the model's own chat template), not completion")
+        messages = check_messages(value, f"{where}: prompt ({column['prompt']!r})", need_assistant=False)
+        if messages[-1]["role"] != "user":
+            raise DataError(f"{where}: prompt ({column['prompt']!r}) must end with the user's turn, got {messages[-1]['role']}")
+        return messages
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: prompt ({column['prompt']!r}) must be non-empty text or a conversation, got {value!r}")
+    return value
+
+
+def rendered_prompt(prompt: str | list[dict], template: str) -> str | list[dict]:
+    """A conversation under codellama-instruct, or when the row is one; text otherwise."""
+    if isinstance(prompt, list):
+        return prompt
+    return user(prompt) if template == "codellama-instruct" else prompt
+
+
+def rendered_answer(text: str, prompt: str | list[dict]) -> str | list[dict]:
+    return assistant(text) if isinstance(prompt, list) else text
+
+
+class Preference(DataFormat):
+    name = "preference"
+    required = ("prompt", "chosen", "rejected")
+    short = "chosen/rejected"
+    summary = "prompt (text or a conversation), chosen, rejected (text or an assistant message)"
+
+    def kind(self, template: str) -> str:
+        return PREFERENCE
+
+    def check(self, row: dict, where: str, column: dict[str, str], template: str) -> dict:
+        return {"prompt": prompt_value(row["prompt"], where, column, template),
+                "chosen": answer_text(row["chosen"], "chosen", where, column),
+                "rejected": answer_text(row["rejected"], "rejected", where, column)}
+
+    def render(self, row: dict, template: str) -> dict:
+        prompt = rendered_prompt(row["prompt"], template)
+        return {"prompt": prompt, "chosen": rendered_answer(row["chosen"], prompt),
+                "rejected": rendered_answer(row["rejected"], prompt)}

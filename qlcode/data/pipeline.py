@@ -1,0 +1,128 @@
+"""From a recipe's `data:` section to the rows a trainer gets: load, check, render, split,
+decontaminate, infill.
+
+`build` is the whole of it, run before anything is written (before the run directory exists), so
+bad data stops a run before it starts, and `qlcode data check` sees the rows training would use.
+Until `build` returns, rows carry hidden columns: the dataset and source row they came from, and
+their format's code (for infilling) and text (for decontamination).
+"""
+
+from __future__ import annotations
+
+from datasets import Dataset, List, Sequence, concatenate_datasets
+
+from qlcode.data.formats import FORMATS
+from qlcode.errors import DataError
+from qlcode.recipe import DataSection
+
+HIDDEN = ("_dataset", "_row", "_code", "_text")
+
+
+def render(row: dict, fmt: str, template: str) -> dict:
+    """One canonical row as the TRL row kind of its format under this template (see README: Formats)."""
+    return FORMATS[fmt].render(row, template)
+
+
+def prepared(data: DataSection, i: int, split: str, limit: int | None = None) -> Dataset:
+    """One split of data.datasets[i], checked and rendered, in its own row order (its first `limit` rows if given)."""
+    spec, key = data.datasets[i], f"data.datasets[{i}]"
+    fmt = FORMATS[spec.format]
+    problem = fmt.template_problem(data.template)
+    if problem:
+        raise DataError(f"{key}: {problem}")
+    ds, rows = fmt.load(spec, split, key, data.seed, limit)
+    ds = fmt.canonical(ds, spec.columns, key, spec.source, data.template, rows)
+
+    def rendered_row(row: dict) -> dict:
+        return {**fmt.render(row, data.template), "_dataset": i, "_row": row["_row"],
+                "_code": fmt.code(row), "_text": fmt.contamination_text(row)}
+
+    return ds.map(rendered_row, remove_columns=ds.column_names, desc=f"Rendering {spec.source}")
+
+
+def _shape(ds: Dataset) -> str:
+    """A rendered dataset's row kind as a user reads it: its columns, and which hold conversations."""
+    return ", ".join(f"{c} (conversation)" if isinstance(ds.features[c], (List, Sequence)) else c
+                     for c in sorted(ds.column_names) if c not in HIDDEN)
+
+
+def _concat(parts: list[Dataset], data: DataSection, what: str) -> Dataset:
+    shapes = [_shape(p) for p in parts]
+    if len(set(shapes)) > 1:
+        listed = "; ".join(f"data.datasets[{i}]: {FORMATS[spec.format].kind(data.template)}, {shape}"
+                           for i, (spec, shape) in enumerate(zip(data.datasets, shapes)))
+        raise DataError(f"data.datasets render to different row kinds for {what} ({listed}); "
+                        "give every dataset the same kind (see README: Formats)")
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def rendered(data: DataSection) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) rendered, with the hidden columns; eval is None when data.validation is 0."""
+    train_parts, eval_parts = [], []
+    for i, spec in enumerate(data.datasets):
+        ds = prepared(data, i, spec.split)
+        if isinstance(data.validation, str):
+            eval_parts.append(prepared(data, i, data.validation))
+        elif data.validation > 0:
+            if len(ds) < 2:
+                raise DataError(f"data.datasets[{i}]: {len(ds)} row(s) cannot be split for validation; set data.validation: 0")
+            split = ds.train_test_split(test_size=data.validation, seed=data.seed)
+            ds = split["train"]
+            eval_parts.append(split["test"])
+        train_parts.append(ds)
+    train = _concat(train_parts, data, "training").shuffle(seed=data.seed)
+    return train, (_concat(eval_parts, data, "validation") if eval_parts else None)
+
+
+def without_hidden(ds: Dataset | None) -> Dataset | None:
+    return None if ds is None else ds.remove_columns([c for c in HIDDEN if c in ds.column_names])
+
+
+def build(data: DataSection, tokenizer=None) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) exactly as the trainer gets them; eval is None when data.validation is 0.
+
+    Decontamination drops training rows sharing a 13-gram with data.decontaminate's benchmarks;
+    with data.fim, a share of the training rows become infilling examples and every training row
+    is tokenized (so the tokenizer is needed then, and only then). Writes nothing.
+    """
+    from qlcode.progress import console
+    from qlcode.data.decontaminate import drop_overlapping, index
+
+    train, held = rendered(data)
+    if data.decontaminate:
+        train, dropped = drop_overlapping(train, index(data.decontaminate))
+        console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "
+                      f"{', '.join(data.decontaminate)}" + (f" (e.g. {dropped[0][1]})" if dropped else ""))
+    console.print(f"data: {len(train)} training rows, {len(held) if held else 0} validation rows")
+    if data.fim is not None:
+        if tokenizer is None:
+            raise ValueError("data.fim tokenizes the training rows: build(data, tokenizer) needs the tokenizer")
+        from qlcode.data.fim import with_infilling
+
+        train = with_infilling(train, tokenizer, data.fim, data.seed)
+    return without_hidden(train), without_hidden(held)
+
+
+def check_sample(data: DataSection, rows: int = 100) -> list[str]:
+    """Check the first `rows` rows of each dataset (each split used) against its format, in seconds.
+
+    Returns notes on what was not checked (Hub datasets when the Hub cannot be reached; repository
+    directories, which the recipe checks exist); raises one DataError listing every problem found.
+    """
+    from qlcode.data.sources import hub_note
+
+    notes, problems = [], []
+    for i, spec in enumerate(data.datasets):
+        if spec.format == "repository":
+            continue
+        try:
+            if (note := hub_note(spec.source, f"data.datasets[{i}]")) is not None:
+                notes.append(note)
+                continue
+            for split in [spec.split] + ([data.validation] if isinstance(data.validation, str) else []):
+                prepared(data, i, split, limit=rows)
+        except DataError as e:
+            problems.append(str(e))
+    if problems:
+        raise DataError("\n".join(problems))
+    return notes
