@@ -312,8 +312,10 @@ def eval_(
 @app.command()
 @user_errors
 def pairs(
-    problems: Annotated[str, typer.Option("--problems", help="mbpp-train, or a .jsonl of {task_id, prompt, test}.")],
-    out_file: Annotated[Path, typer.Option("--out", help="Preference rows (jsonl) for a DPO recipe.")],
+    problems: Annotated[str, typer.Option("--problems", help="mbpp-train, builtin:python-basics (train split), or a .jsonl of {task_id, prompt, test or tests}.")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="Preference pairs (jsonl) for a DPO recipe.")] = None,
+    kto_out: Annotated[Path | None, typer.Option("--kto-out", help="Unpaired rows (prompt, completion, label: passed?) for KTO.")] = None,
+    sft_out: Annotated[Path | None, typer.Option("--sft-out", help="Passing samples (prompt, completion), deduplicated, for SFT.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Base model (default: the adapter's base).")] = None,
     adapter: Annotated[str | None, typer.Option("--adapter", help="An adapter run directory.")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Samples per problem.")] = 8,
@@ -323,18 +325,31 @@ def pairs(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
     bits: Bits = "4",
 ) -> None:
-    """Sample answers, run their unit tests in the sandbox, and pair a passing answer with a failing one."""
+    """Sample answers, run their unit tests in the sandbox, and write DPO pairs, KTO rows and/or SFT rows from one pass."""
     from qlcode.execution.pairs import load_problems, make_pairs
 
-    if samples < 2:
+    if not (out_file or kto_out or sft_out):
+        raise QlcodeError("give at least one output: --out (DPO pairs), --kto-out (KTO rows) or --sft-out (SFT rows)")
+    if out_file and samples < 2:
         raise QlcodeError("--samples: a pair needs at least 2 samples per problem")
+    if temperature <= 0 and samples > 1:
+        raise QlcodeError(f"--temperature {temperature:g} is greedy: every sample would be the same; give a temperature > 0 or --samples 1")
     chosen = load_problems(problems, data)[:limit]
     from qlcode.inference import load_model
 
     quiet_libraries()
     loaded = load_model(model, adapter, quantization(bits))
-    report = make_pairs(loaded.model, loaded.tokenizer, chosen, loaded.instruct, samples, temperature, out_file, max_new_tokens)
-    out.print(f"{report.pairs} pairs from {report.problems} problems written to {out_file}")
+    report = make_pairs(loaded.model, loaded.tokenizer, chosen, loaded.instruct, samples, temperature, out_file, max_new_tokens,
+                        kto_out=kto_out, sft_out=sft_out)
+    if out_file:
+        out.print(f"{report.pairs} pairs from {report.problems} problems written to {out_file}")
+    if kto_out:
+        out.print(f"{report.kto_desirable + report.kto_undesirable} KTO rows ({report.kto_desirable} passing, "
+                  f"{report.kto_undesirable} failing) written to {kto_out}")
+    if sft_out:
+        out.print(f"{report.sft} SFT rows (passing samples) written to {sft_out}")
+    if (kto_out or sft_out) and report.duplicates:
+        out.print(f"{report.duplicates} duplicate samples (same normalized code) left out of the KTO/SFT rows")
     if report.no_passing:
         out.print(f"{len(report.no_passing)} problems had no passing sample: {', '.join(report.no_passing[:20])}")
     if report.no_failing:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 from itertools import combinations
@@ -95,36 +94,6 @@ def test_qlcode_eval_compares_base_and_adapter_on_the_micro_model(tmp_path):
         rows = [json.loads(line) for line in (tmp_path / "ev" / label / "results.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all(len(r["completions"]) == 2 and len(r["outcomes"]) == 2 for r in rows)
         assert set(json.loads((tmp_path / "ev" / label / "summary.json").read_text())) >= {"pass@1", "pass@2"}
-
-
-def test_pairs_from_unit_tests_train_a_dpo_recipe(tmp_path):
-    from conftest import make_recipe, write_jsonl
-    from qlcode.train import train
-
-    # the sample lands inside a string and the test checks its length's parity: some pass, some fail
-    problems = [{"task_id": f"p{i}", "prompt": f"# problem {i}\ns = r'''", "test": "'''\nassert len(s) % 2 == 0"}
-                for i in range(4)]
-    problems += [{"task_id": "always", "prompt": "s = r'''", "test": "'''"},
-                 {"task_id": "never", "prompt": "x = 1\n", "test": "assert False"}]
-    src = write_jsonl(tmp_path / "problems.jsonl", problems)
-    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "pairs", "--model", "builtin:micro-codellama",
-                          "--problems", str(src), "--samples", "4", "--max-new-tokens", "12", "--out", str(tmp_path / "pairs.jsonl")],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
-    assert rows and {r["task_id"] for r in rows} <= {f"p{i}" for i in range(4)}
-    for r in rows:
-        assert r["chosen"] != r["rejected"] and r["rejected_outcome"] == "failed" and r["rejected_error"] == "AssertionError"
-        assert r["prompt"] == f"# problem {r['task_id'][1:]}\ns = r'''"
-    out = " ".join(res.stdout.split())
-    no_pass = re.search(r"(\d+) problems had no passing sample: ([\w, ]+?)(?= \d+ problems|$)", out)
-    no_fail = re.search(r"(\d+) problems had no failing sample: ([\w, ]+?)(?= \d+ problems|$)", out)
-    assert no_pass and "never" in no_pass[2].split(", ") and int(no_pass[1]) == len(no_pass[2].split(", ")), out
-    assert no_fail and "always" in no_fail[2].split(", "), out
-    assert f"{len(rows)} pairs from 6 problems" in out
-    recipe = make_recipe(tmp_path, "builtin:micro-codellama", tmp_path / "pairs.jsonl", fmt="preference",
-                         train={"method": "dpo", "max_steps": 2}, data={"template": "completion", "validation": 0})
-    assert train(recipe).steps == 2
 
 
 def test_pass_at_1_in_training_is_logged_and_the_best_adapter_kept(tmp_path):

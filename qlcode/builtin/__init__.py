@@ -14,6 +14,7 @@ MODELS = {"micro-codellama": HERE / "micro-codellama"}
 DATASETS = {
     "stdlib-python-instruct": HERE / "data" / "stdlib-python-instruct.jsonl.gz",
     "stdlib-doctests": HERE / "data" / "stdlib-doctests.jsonl.gz",  # a benchmark, not training data
+    "python-basics": HERE / "data" / "python-basics.jsonl.gz",  # problems with asserts: train and held-out test split
 }
 
 # Standard-library modules kept out of the micro model's pretraining corpus; functions from them

@@ -6,6 +6,8 @@
   format; the usual test split, task_id 11-510. A completion is a whole program.
 - builtin:stdlib-doctests: standard-library functions whose docstrings carry doctests; the model
   writes the body under the signature and docstring, and the docstring's examples are the tests.
+- builtin:python-basics: one-expression functions (`return a + b`) with asserts, which the micro
+  model sometimes solves; its held-out split (see qlcode/builtin/build/python_basics.py).
 """
 
 from __future__ import annotations
@@ -78,7 +80,19 @@ def stdlib_doctests() -> list[Problem]:
     return [Problem(r["task_id"], r["prompt"], r["reference"], r["test"], True, r["setup"]) for r in rows]
 
 
-BENCHMARKS = {"humaneval": humaneval, "mbpp": mbpp, "stdlib-doctests": stdlib_doctests}
+def python_basics(split: str | None = "test") -> list[Problem]:
+    """builtin:python-basics: one-line functions with asserts; the benchmark is its held-out `test` split."""
+    import gzip
+
+    from qlcode.builtin import DATASETS
+
+    with gzip.open(DATASETS["python-basics"], "rt") as f:
+        rows = [json.loads(line) for line in f]
+    return [Problem(r["task_id"], r["prompt"], r["reference"], "\n".join(r["tests"]), True)
+            for r in rows if split is None or r["split"] == split]
+
+
+BENCHMARKS = {"humaneval": humaneval, "mbpp": mbpp, "stdlib-doctests": stdlib_doctests, "python-basics": python_basics}
 
 
 def load(name: str, data: str | None = None, limit: int | None = None) -> list[Problem]:

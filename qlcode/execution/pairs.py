@@ -1,73 +1,150 @@
-"""Preference pairs from unit tests: sample, execute, pair a passing answer with a failing one.
+"""Training data from unit tests: sample answers, run their tests, keep what the tests say.
 
-This is how the Code Llama paper built its self-instruct data (generate solutions, run the tests,
-keep what passes), turned into DPO data: chosen = a sample that passes its tests, rejected = one
-that does not, with the reason it failed. Problems with no passing or no failing sample are
-reported, not dropped silently.
+One sampling and execution pass feeds up to three outputs:
+- DPO pairs: chosen = a sample that passes its tests, rejected = one that does not, with the reason
+  it failed. Problems with no passing or no failing sample are reported, not dropped silently.
+- KTO rows (TRL's unpaired preference format: prompt, completion, label): every distinct sample,
+  labelled desirable when it passes, so problems whose samples all pass or all fail still count.
+- SFT rows (prompt, completion): the passing samples, as the Code Llama paper built its
+  self-instruct set (generate solutions, run the tests, keep what passes).
+KTO and SFT rows are deduplicated per problem on normalized code (the syntax tree, so spacing and
+comments do not make two answers different); their completion is the code that ran (a base
+model's completion cut where it writes on, an Instruct model's whole answer).
 """
 
 from __future__ import annotations
 
+import ast
+import gzip
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qlcode.progress import progress_bar
 from qlcode.errors import QlcodeError
 from qlcode.execution.benchmarks import Problem, mbpp
 from qlcode.execution.generate import finish, prompt_text, sample_raw
-from qlcode.execution.sandbox import Limits, run_many
+from qlcode.execution.sandbox import Limits, Result, run_many
 from qlcode.files import write_text_atomic
+from qlcode.progress import progress_bar
+
+SOURCES = "mbpp-train, builtin:python-basics (its train split), or a .jsonl of {task_id, prompt, test or tests}"
 
 
 @dataclass
 class PairsReport:
-    pairs: int
     problems: int
+    pairs: int = 0
+    kto_desirable: int = 0
+    kto_undesirable: int = 0
+    sft: int = 0
+    duplicates: int = 0  # samples left out of the KTO/SFT rows because an equal one was already kept
     no_passing: list[str] = field(default_factory=list)
     no_failing: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Sampled:
+    """One problem's samples as the model wrote them, and what the sandbox said of each."""
+
+    problem: Problem
+    raw: list[str]
+    results: list[Result]
+
+
+def _problem(row: dict, where: str) -> Problem:
+    try:
+        tests = row["test"] if "test" in row else "\n".join(row["tests"])
+        return Problem(str(row["task_id"]), row["prompt"], row.get("reference", ""), tests,
+                       bool(row.get("continues_prompt", True)))
+    except (KeyError, TypeError) as e:
+        raise QlcodeError(f"{where}: a problem is a JSON object with task_id, prompt and test (or a tests list) ({e!r})") from None
+
+
 def load_problems(source: str, data: str | None = None) -> list[Problem]:
-    """mbpp-train (MBPP task_id 601-974, fit to train on), or a jsonl of {task_id, prompt, test}."""
+    """Problems fit to train on: never a benchmark's test split, never a held-out split."""
     if source == "mbpp-train":
-        return [p for p in mbpp(data, split=(601, 974))]
+        return mbpp(data, split=(601, 974))  # MBPP task_id 601-974
+    if source.startswith("builtin:"):
+        from qlcode.builtin import dataset_path
+
+        path = dataset_path(source)
+        with gzip.open(path, "rt") as f:
+            rows = [json.loads(line) for line in f]
+        if not all("split" in r and ("test" in r or "tests" in r) for r in rows):
+            raise QlcodeError(f"--problems: {source} is not a problem set; use {SOURCES}")
+        return [_problem(r, f"{path}:{n}") for n, r in enumerate(rows, 1) if r["split"] == "train"]
     path = Path(source)
     if not path.is_file():
-        raise QlcodeError(f"--problems: {source!r} is neither mbpp-train nor a .jsonl file of {{task_id, prompt, test}}")
+        raise QlcodeError(f"--problems: {source!r} is none of {SOURCES}")
     problems = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            problems.append(Problem(str(row["task_id"]), row["prompt"], row.get("reference", ""), row["test"],
-                                    bool(row.get("continues_prompt", True))))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise QlcodeError(f"{path}:{n}: a problem is a JSON object with task_id, prompt and test ({e})") from None
+        except json.JSONDecodeError as e:
+            raise QlcodeError(f"{path}:{n}: not JSON ({e})") from None
+        problems.append(_problem(row, f"{path}:{n}"))
     return problems
 
 
-def make_pairs(model, tokenizer, problems: list[Problem], instruct: bool, samples: int, temperature: float, out: Path,
-               max_new_tokens: int = 384, limits: Limits = Limits(), workers: int = 2) -> PairsReport:
-    rows, report = [], PairsReport(0, len(problems))
-    progress = progress_bar("pairs", "{task.fields[pairs]} pairs")
+def sample_and_run(model, tokenizer, problems: list[Problem], instruct: bool, samples: int, temperature: float,
+                   max_new_tokens: int = 384, limits: Limits = Limits(), workers: int = 2) -> Iterator[Sampled]:
+    """Sample each problem and run every sample with its tests in the sandbox, with a progress bar."""
+    progress, passed = progress_bar("sample + run", "{task.fields[passed]} passed"), 0
     with progress:
-        task = progress.add_task("pairs", total=len(problems), pairs=0)
+        task = progress.add_task("sample + run", total=len(problems), passed=0)
         for i, problem in enumerate(problems):
             raw = sample_raw(model, tokenizer, problem, instruct, samples, temperature, max_new_tokens, seed=i)
             results = run_many([problem.program(finish(problem, t, instruct)) for t in raw], limits, workers)
-            passing = [t for t, r in zip(raw, results) if r.outcome == "passed"]
-            failing = [(t, r) for t, r in zip(raw, results) if r.outcome != "passed"]
-            if not passing:
-                report.no_passing.append(problem.task_id)
-            elif not failing:
-                report.no_failing.append(problem.task_id)
-            else:
-                text, why = failing[0]
-                rows.append({"task_id": problem.task_id, "prompt": prompt_text(problem, instruct), "chosen": passing[0],
-                             "rejected": text, "rejected_outcome": why.outcome, "rejected_error": why.error_type})
-            progress.update(task, advance=1, pairs=len(rows))
-    report.pairs = len(rows)
-    write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
+            passed += sum(r.outcome == "passed" for r in results)
+            progress.update(task, advance=1, passed=passed)
+            yield Sampled(problem, raw, results)
+
+
+def normalized(problem: Problem, completion: str) -> str:
+    """The code a completion stands for, spacing and comments removed (its text when it does not parse)."""
+    code = problem.prompt + completion if problem.continues_prompt else completion
+    try:
+        return ast.unparse(ast.parse(code))
+    except (SyntaxError, ValueError):
+        return " ".join(code.split())
+
+
+def make_pairs(model, tokenizer, problems: list[Problem], instruct: bool, samples: int, temperature: float,
+               out: Path | None, max_new_tokens: int = 384, limits: Limits = Limits(), workers: int = 2,
+               kto_out: Path | None = None, sft_out: Path | None = None) -> PairsReport:
+    """Write DPO pairs to `out`, KTO rows to `kto_out` and SFT rows to `sft_out` (each optional)."""
+    pairs, kto, sft, report = [], [], [], PairsReport(len(problems))
+    for s in sample_and_run(model, tokenizer, problems, instruct, samples, temperature, max_new_tokens, limits, workers):
+        prompt = prompt_text(s.problem, instruct)
+        passed = [r.outcome == "passed" for r in s.results]
+        if not any(passed):
+            report.no_passing.append(s.problem.task_id)
+        elif all(passed):
+            report.no_failing.append(s.problem.task_id)
+        else:
+            chosen = s.raw[passed.index(True)]
+            i = passed.index(False)
+            pairs.append({"task_id": s.problem.task_id, "prompt": prompt, "chosen": chosen, "rejected": s.raw[i],
+                          "rejected_outcome": s.results[i].outcome, "rejected_error": s.results[i].error_type})
+        seen: set[tuple[str, bool]] = set()
+        for raw, ok, result in zip(s.raw, passed, s.results):
+            completion = raw.strip() + "\n" if instruct else finish(s.problem, raw, instruct)
+            key = (normalized(s.problem, finish(s.problem, raw, instruct)), ok)
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            kto.append({"task_id": s.problem.task_id, "prompt": prompt, "completion": completion, "label": ok,
+                        "outcome": result.outcome, "error": result.error_type})
+            if ok:
+                sft.append({"task_id": s.problem.task_id, "prompt": prompt, "completion": completion})
+    report.pairs, report.sft = len(pairs), len(sft)
+    report.kto_desirable = sum(r["label"] for r in kto)
+    report.kto_undesirable = len(kto) - report.kto_desirable
+    for path, rows in ((out, pairs), (kto_out, kto), (sft_out, sft)):
+        if path is not None:
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return report

@@ -6,10 +6,10 @@ and one entry below.
 
 from __future__ import annotations
 
-from qlcode.methods import dpo, grpo, sft
+from qlcode.methods import dpo, grpo, kto, orpo, sft
 from qlcode.methods.base import Method
 
-METHODS: dict[str, Method] = {m.name: m for m in (sft.METHOD, dpo.METHOD, grpo.METHOD)}
+METHODS: dict[str, Method] = {m.name: m for m in (sft.METHOD, dpo.METHOD, grpo.METHOD, kto.METHOD, orpo.METHOD)}
 
 
 def format_problem(fmt: str, method: str) -> str | None:

@@ -6,4 +6,5 @@ pretraining, evaluation) and the standard-library datasets. Nothing in the libra
     python -m qlcode.builtin.build.evaluate           # the micro model's measured table
     python -m qlcode.builtin.build.stdlib_instruct    # builtin:stdlib-python-instruct
     python -m qlcode.builtin.build.stdlib_doctests    # the stdlib-doctests benchmark
+    python -m qlcode.builtin.build.python_basics      # builtin:python-basics (problems with asserts)
 """
