@@ -46,7 +46,7 @@ def test_the_cli_prints_one_line_per_bad_recipe_and_exits_2():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("nosuch.key=1", "command line (nosuch.key=1): nosuch: unknown key (valid keys: model, quant, lora, data, train, output, hub)"),
+    ("nosuch.key=1", "command line (nosuch.key=1): nosuch: unknown key (valid keys: model, quant, lora, data, train, output, hub, distributed)"),
     ("lora.r=true", "command line (lora.r=true): lora.r: expected a value of type int, not true"),
     ("train.dpo.beta=0.2", "command line (train.dpo.beta=0.2): train: train.dpo is set, but train.method is sft: "
                            "remove train.dpo or set train.method: dpo"),
