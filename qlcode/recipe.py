@@ -446,7 +446,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
-        raise RecipeError(f"{path}:1: a recipe is a mapping of sections (model, quant, lora, data, train, output, hub)")
+        raise RecipeError(f"{path}:1: a recipe is a mapping of sections ({', '.join(Recipe.model_fields)})")
     located = _Located(str(path), node)
     overridden: dict[tuple, str] = {}
     for item in overrides:
