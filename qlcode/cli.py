@@ -59,10 +59,15 @@ def user_errors(fn):
 
 def quiet_libraries() -> None:
     """Our progress bar and summary replace the libraries' own bars and chatter on the terminal."""
+    import os
     import warnings
 
     import datasets
+    import torch
     from transformers.utils import logging as hf_logging
+
+    if not torch.cuda.is_available():  # an installed DeepSpeed would announce at every run that it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
