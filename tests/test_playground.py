@@ -187,6 +187,10 @@ def test_chat_votes_load_as_conversational_dpo_data(tmp_path):
     assert ds[0]["prompt"][-1] == {"role": "user", "content": "Write add."}
     assert ds[0]["chosen"] == [{"role": "assistant", "content": _chat_generation().answers[0]}]
     assert train(recipe).steps == 1  # the vote file trains as it is, no cleaning
+    kto = make_recipe(tmp_path / "kto", "builtin:micro-codellama", book.file("chat"), fmt="preference",
+                      train={"method": "kto", "max_steps": 1, "micro_batch_size": 2},
+                      data={"template": "codellama-instruct", "validation": 0})
+    assert train(kto).steps == 1  # and as KTO's unpaired rows: the chosen answer desirable, the other not
 
 
 def _votes(*pairs) -> list[dict]:
