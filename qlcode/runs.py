@@ -56,6 +56,12 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[1])
 
 
+def is_final(checkpoint: Path) -> bool:
+    """Whether the checkpoint is the last step's: training ended and only the final save can be missing."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"] > 0
+
+
 class RunDir:
     """One run's directory and the rules for its files."""
 

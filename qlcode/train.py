@@ -8,7 +8,6 @@ writes the run directory (qlcode.runs), and the others wait for it at the end.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -33,7 +32,7 @@ from qlcode.placement import placement
 from qlcode.ranks import is_main_process, world_size
 from qlcode.progress import console, peak_memory_gb
 from qlcode.recipe import Recipe
-from qlcode.runs import RunDir, checkpoint_step
+from qlcode.runs import RunDir, checkpoint_step, is_final
 
 
 @dataclass
@@ -162,14 +161,6 @@ def _eval_loss(trainer) -> float | None:
     return trainer.evaluate().get("eval_loss")  # methods that score by reward (GRPO) have none
 
 
-def _completed(checkpoint: Path | None) -> bool:
-    """Whether the checkpoint is the last step's: training ended and only the final save was lost."""
-    if checkpoint is None:
-        return False
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    return state["global_step"] >= state["max_steps"] > 0
-
-
 def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCallback] = ()) -> RunResult:
     """Run the recipe; with resume, continue from the newest complete checkpoint."""
     run = RunDir(recipe.output.run_dir)
@@ -186,7 +177,7 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
         if checkpoint is None:
             before = _eval_loss(trainer) if can_evaluate_before_training(trainer) else None  # logged to metrics.jsonl as step 0
             wrap_again_after_evaluation(trainer)
-        if _completed(checkpoint):
+        if checkpoint is not None and is_final(checkpoint):
             # killed during the final save: the weights are the checkpoint's, no step is left to train
             trainer._load_from_checkpoint(str(checkpoint))
             trainer.state.global_step = checkpoint_step(checkpoint)

@@ -21,7 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from qlcode.data.fim import fim_ids
 from qlcode.errors import QlcodeError
-from qlcode.inference import load_model
+from qlcode.inference import load_model, sampling_args
 from qlcode.models import Quantization, load_tokenizer, quantization_of, use_kernels
 from qlcode.recipe import ModelSection
 from qlcode.runs import RunDir
@@ -52,9 +52,7 @@ class Settings:
             raise QlcodeError(f"top_p must be above 0 and at most 1, got {self.top_p}")
 
     def sampling(self) -> dict:
-        if self.temperature > 0:
-            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-        return {"do_sample": False}
+        return sampling_args(self.temperature, self.top_p)
 
 
 @dataclass
