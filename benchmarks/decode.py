@@ -30,6 +30,7 @@ def generate(model, batch: int, args) -> tuple[float, torch.Tensor]:
                                       max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0))
 
     seconds = harness.seconds_per_call(run, args.iters, warmup=1)
+    print(f"batch {batch}: {batch * args.new_tokens / seconds:,.1f} tokens/s", flush=True)  # progress, if cut off
     return batch * args.new_tokens / seconds, out[-1][:, prompt.shape[1]:].cpu()
 
 

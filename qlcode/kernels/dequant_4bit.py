@@ -19,6 +19,9 @@ from bitsandbytes.functional import QuantState
 
 # The interpreter (TRITON_INTERPRET=1, CPU) pays per program: give each program much more work.
 BLOCK = 65536 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
+# bitsandbytes rounds the nested scale's product before adding the offset; on a GPU Triton would fuse
+# the two into one FMA (one rounding) and differ in the last bit. Every launch here passes this.
+EXACT = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -70,5 +73,5 @@ def dequantize_4bit(packed: torch.Tensor, state: QuantState, dtype: torch.dtype 
     elif out.dtype != dtype or out.numel() < n or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {dtype} buffer of at least {n} elements")
     pointers, constants = state_arguments(packed, state)
-    _dequantize_kernel[(triton.cdiv(n, BLOCK),)](*pointers, out, n, **constants, BLOCK=BLOCK)
+    _dequantize_kernel[(triton.cdiv(n, BLOCK),)](*pointers, out, n, **constants, BLOCK=BLOCK, **EXACT)
     return out[:n].view(state.shape)

@@ -21,10 +21,14 @@ import triton
 import triton.language as tl
 from bitsandbytes.functional import QuantState
 
-from qlcode.kernels.dequant_4bit import dequantized_values, state_arguments
+from qlcode.kernels.dequant_4bit import EXACT, dequantized_values, state_arguments
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ROWS = 16  # the rows of one program: decoding, not prefill (prefill dequantizes and uses cuBLAS)
+# A GPU program's tile and launch (benchmarks/matmul_4bit.py measures others). Software pipelining keeps
+# every gathered table load of a tile in shared memory: Triton's default of 3 stages asks an H100 for
+# 240 KiB with fp32 inputs (it has 227); 2 stages fit every dtype.
+BLOCK_N, BLOCK_K, WARPS, STAGES = 64, 128, 4, 2
 
 
 @triton.jit
@@ -66,13 +70,12 @@ def _tiles(n: int, k: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, SPLIT_K): enough programs to fill the GPU, one big tile in the interpreter."""
     if INTERPRET:
         return 64, 256, 1
-    block_n, block_k = 64, 128
-    programs = triton.cdiv(n, block_n)
+    programs = triton.cdiv(n, BLOCK_N)
     sms = _multiprocessors(device)
     split_k = 1
-    while programs * split_k < 2 * sms and k // (split_k * 2) >= 4 * block_k:
+    while programs * split_k < 2 * sms and k // (split_k * 2) >= 4 * BLOCK_K:
         split_k *= 2
-    return block_n, block_k, split_k
+    return BLOCK_N, BLOCK_K, split_k
 
 
 def matmul_4bit(x: torch.Tensor, packed: torch.Tensor, state: QuantState, split_k: int | None = None) -> torch.Tensor:
@@ -91,6 +94,6 @@ def matmul_4bit(x: torch.Tensor, packed: torch.Tensor, state: QuantState, split_
     _matmul_4bit_kernel[(triton.cdiv(n, block_n), splits)](
         x2, *pointers, out, m, n, k, x2.stride(0), k_per_split, **constants,
         BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, DOT_FP32=INTERPRET or x.dtype == torch.float32,
-        SPLIT=splits > 1,
+        SPLIT=splits > 1, num_warps=WARPS, num_stages=STAGES, **EXACT,
     )
     return out.to(x.dtype).reshape(*x.shape[:-1], n)
