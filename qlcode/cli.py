@@ -255,7 +255,7 @@ def push(
 @app.command("eval")
 @user_errors
 def eval_(
-    bench: Annotated[str, typer.Option("--bench", help="humaneval, mbpp or stdlib-doctests.")],
+    bench: Annotated[str, typer.Option("--bench", help="humaneval, mbpp, stdlib-doctests or python-basics (the held-out split of builtin:python-basics).")],
     model: Annotated[str | None, typer.Option("--model", help="Base: Hub id, directory or builtin:NAME (default: the adapter's base).")] = None,
     adapter: Annotated[str | None, typer.Option("--adapter", help="An adapter run directory.")] = None,
     solutions: Annotated[str | None, typer.Option("--solutions", help="reference: run the benchmark's own solutions instead of a model's.")] = None,

@@ -113,6 +113,10 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
     console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {place.device}"
                   + (f", {world_size()} processes: effective batch {recipe.train.micro_batch_size} x "
                      f"{recipe.train.gradient_accumulation_steps} x {world_size()}" if world_size() > 1 else ""))
+    if place.device.type == "cpu":
+        # Subnormal floats take a slow path in CPU arithmetic: a GRPO run of the micro model fell from
+        # about 1,100 to 4-30 tokens/s after ~90 steps without this (measured on this project's CPU machine).
+        torch.set_flush_denormal(True)
     model = trainable_model(recipe)
     method = METHODS[recipe.train.method]
     args = method.config(recipe, common_args(recipe), conversational="messages" in train_ds.column_names)

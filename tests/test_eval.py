@@ -75,6 +75,16 @@ def test_generation_helpers():
     assert extract_code("Sure:\n```python\ndef f():\n    return 1\n```\nDone.") == "def f():\n    return 1\n"
 
 
+def test_a_prompt_that_ends_at_return_is_answered_in_one_line():
+    from qlcode.execution.completions import STOPS, answers_in_one_line, stops, truncate
+
+    prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n    return'
+    assert truncate(" a + b\n    x = )(\n", prompt) == " a + b\n"  # what follows is unreachable, even unparsable
+    assert truncate(" a + b\n    x = )(\n") == " a + b\n    x = )(\n"  # without the prompt: the function's end
+    assert stops(prompt) == ["\n"] and stops('def f():\n    """Doc."""\n') == STOPS
+    assert not answers_in_one_line("def f():\n    noreturn") and answers_in_one_line("return")
+
+
 def test_qlcode_eval_compares_base_and_adapter_on_the_micro_model(tmp_path):
     from test_train import ROWS
 

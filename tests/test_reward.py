@@ -59,3 +59,12 @@ def test_rewards_of_hand_written_completions():
 def test_a_case_that_exits_scores_nothing_for_itself(cheat):
     program, cases = program_and_cases(PROBLEM, "    return -1\n")
     assert execution_reward([program], [[cheat, *cases]], LIMITS) == [0.0]
+
+
+def test_grpo_reward_scores_a_completion_of_return_up_to_its_line():
+    from qlcode.methods.grpo import ExecutionReward
+
+    prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n    return'
+    tests = "assert add(1, 2) == 3\nassert add(0, 0) == 0"
+    completions = [" a + b\n    )( the model writing on", " a - b\n", " a +"]
+    assert ExecutionReward(instruct=False, timeout_s=2)([prompt] * 3, completions, [tests] * 3) == [1.0, 0.5, 0.0]

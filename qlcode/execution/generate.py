@@ -2,7 +2,8 @@
 
 Base and Python models continue the problem's code; Instruct models (a base named *Instruct*, or
 an adapter trained in the codellama-instruct template) get the Code Llama Instruct `[INST]` prompt and answer with a fenced code block, whose code is extracted. Completions are cut
-at the next top-level statement, where the function they write ends.
+at the next top-level statement, where the function they write ends, or at the end of the line
+when the prompt ends at `return` (the answer is the returned expression).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qlcode.execution.benchmarks import Problem
-from qlcode.execution.completions import INSTRUCT_ASK, STOPS, extract_code, truncate
+from qlcode.execution.completions import INSTRUCT_ASK, extract_code, stops, truncate
 from qlcode.inference import sampling_args
 
 
@@ -26,7 +27,7 @@ def finish(problem: Problem, text: str, instruct: bool) -> str:
     if instruct:
         code = extract_code(text)
         return "\n" + code if problem.continues_prompt else code  # a full function after the prompt's stub
-    return truncate(text)
+    return truncate(text, problem.prompt)
 
 
 def sample(model, tokenizer, problem: Problem, instruct: bool, n: int, temperature: float, max_new_tokens: int = 384,
@@ -44,7 +45,7 @@ def sample_raw(model, tokenizer, problem: Problem, instruct: bool, n: int, tempe
     torch.manual_seed(seed)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-                         stop_strings=None if instruct else STOPS, tokenizer=tokenizer, **sampling_args(temperature))
+                         stop_strings=None if instruct else stops(problem.prompt), tokenizer=tokenizer, **sampling_args(temperature))
     return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 

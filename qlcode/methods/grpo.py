@@ -40,8 +40,8 @@ def _program(prompt: str, completion: str, instruct: bool) -> str:
     try:
         ast.parse(prompt)
     except SyntaxError:
-        return truncate(completion)
-    return prompt + truncate(completion)
+        return truncate(completion, prompt)
+    return prompt + truncate(completion, prompt)
 
 
 class ExecutionReward:
