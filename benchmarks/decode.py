@@ -1,14 +1,17 @@
-"""Decoding speed: generation through qlcode's fused dequant-matmul against bitsandbytes.
+"""Decoding speed: generation with quant.kernels: triton against quant.kernels: bitsandbytes.
 
     python benchmarks/decode.py                                  # on a GPU: CodeLlama-7B architecture, random weights
     python benchmarks/decode.py --scale 32 --layers 2 --new-tokens 8   # without one: a run of the script
 
 A random-weight model is loaded once in 4 bits (NF4, double quant, bf16 compute) through qlcode's
-loading path and run as bitsandbytes runs it (its GEMV for one sequence, dequantize + matmul
-otherwise), then patched in place with quant.kernels: triton (each 4-bit layer through the fused
-kernel: the bf16 weight never exists) and run again. Greedy generation of --new-tokens tokens after a 32-token prompt, for each
-batch size; tokens/s counts generated tokens over the whole call. "same tokens" compares the two
-generations (random weights make near-ties, so a late divergence is rounding, not a bug).
+loading path and run as bitsandbytes runs it (kernels: bitsandbytes: its matmul_4bit for every
+forward, which picks its fused kernel or dequantize + matmul by GPU and rows), then patched in
+place with quant.kernels: triton and run again: the prompt's forward (batch x 32 rows) through
+qlcode's Triton dequantization and a matmul, each new token's (batch rows) through bitsandbytes'
+matmul_4bit called from qlcode's forward, as long as there are at most 16 rows. Greedy generation
+of --new-tokens tokens after a 32-token prompt, for each batch size; tokens/s counts generated
+tokens over the whole call. "same tokens" compares the two generations (random weights make
+near-ties, so a late divergence is rounding, not a bug).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import harness
 import torch
 
 
-def generate(model, batch: int, args) -> tuple[float, torch.Tensor]:
+def generate(model, batch: int, args, kernels: str) -> tuple[float, torch.Tensor]:
     """(generated tokens/s, the generated tokens) for one batch size."""
     prompt = torch.randint(3, harness.VOCAB, (batch, 32), generator=torch.Generator().manual_seed(batch)).to(harness.DEVICE)
     out = []
@@ -30,7 +33,7 @@ def generate(model, batch: int, args) -> tuple[float, torch.Tensor]:
                                       max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0))
 
     seconds = harness.seconds_per_call(run, args.iters, warmup=1)
-    print(f"batch {batch}: {batch * args.new_tokens / seconds:,.1f} tokens/s", flush=True)  # progress, if cut off
+    print(f"kernels {kernels}, batch {batch}: {batch * args.new_tokens / seconds:,.1f} tokens/s", flush=True)  # progress, if cut off
     return batch * args.new_tokens / seconds, out[-1][:, prompt.shape[1]:].cpu()
 
 
@@ -47,9 +50,9 @@ def main() -> None:
 
     model_dir = harness.random_codellama("7B", args.scale, args.layers)
     model = load_base(str(model_dir), Quantization(bits=4, kernels="bitsandbytes")).eval()  # random weights, no tokenizer
-    theirs = {batch: generate(model, batch, args) for batch in args.batch}
+    theirs = {batch: generate(model, batch, args, "bitsandbytes") for batch in args.batch}
     use_kernels(model, Quantization(bits=4, kernels="triton"))  # the same model, patched in place
-    ours = {batch: generate(model, batch, args) for batch in args.batch}
+    ours = {batch: generate(model, batch, args, "triton") for batch in args.batch}
     rows = []
     for batch in args.batch:
         (their_tps, their_tokens), (our_tps, our_tokens) = theirs[batch], ours[batch]
@@ -57,7 +60,8 @@ def main() -> None:
         rows.append([batch, f"{their_tps:,.1f}", f"{our_tps:,.1f}", f"{our_tps / their_tps:.2f}x", f"{100 * same:.0f}%"])
     print(harness.header(f"decode: CodeLlama-7B architecture (/{args.scale}, {args.layers or 32} layers), NF4 + double quant, "
                          f"bf16 compute, greedy, {args.new_tokens} new tokens after 32, {args.iters} runs"))
-    harness.print_table(["batch", "bitsandbytes tokens/s", "qlcode tokens/s", "qlcode / bitsandbytes", "same tokens"], rows)
+    harness.print_table(["batch", "kernels: bitsandbytes tokens/s", "kernels: triton tokens/s", "triton / bitsandbytes",
+                         "same tokens"], rows)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,5 @@ step 120 kernel-tests.txt python3 -m pytest -p no:cacheprovider tests/test_kerne
 step 100 model.txt python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness; print(harness.random_codellama('7B'))"
 step 45 dequant.md python3 benchmarks/dequant.py
 step 140 train_step.md python3 benchmarks/train_step.py --steps 5
-step 120 matmul_4bit.md python3 benchmarks/matmul_4bit.py
 step 180 decode.md python3 benchmarks/decode.py --new-tokens 32 --iters 1
 step 140 plan_memory.md python3 benchmarks/plan_memory.py

@@ -199,8 +199,9 @@ def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
 
 
 def use_kernels(model: M, quant: Quantization) -> M:
-    """Route 4-bit layers (LoRA-wrapped or bare) through qlcode's Triton kernels when quant.kernels
-    asks (auto: on CUDA, once they check out there): training, and decoding through the fused dequant-matmul."""
+    """Route 4-bit layers (LoRA-wrapped or bare) through qlcode's kernels when quant.kernels asks
+    (auto: on CUDA, once they check out there): Triton dequantization + matmul for training and
+    prefill, bitsandbytes' own matmul_4bit for decoding's few rows."""
     from qlcode.kernels.selfcheck import auto_kernels
 
     if quant.bits != 4 or (auto_kernels(model) if quant.kernels == "auto" else quant.kernels) != "triton":

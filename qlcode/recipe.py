@@ -61,7 +61,8 @@ class QuantSection(Section):
         "uint8", description="Container dtype of packed 4-bit weights (bf16 for FSDP)."
     )
     kernels: Literal["auto", "triton", "bitsandbytes"] = Field(
-        "auto", description="4-bit layers (training and decoding): qlcode's Triton kernels or bitsandbytes'; auto = triton on CUDA."
+        "auto", description="4-bit layers: qlcode's (Triton dequantization for training and prefill, bitsandbytes' matmul "
+                            "for decoding's few rows) or bitsandbytes' own; auto = triton on CUDA."
     )
 
     @field_validator("bits", mode="before")

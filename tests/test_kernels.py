@@ -26,14 +26,6 @@ def _quantized(shape, quant_type="nf4", double=True, seed=0, device=DEVICE):
     return w, q, state
 
 
-def _within_one_rounding(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
-    """got equals x @ w^T (w as dequantize gives it) within the fused kernel's stated tolerance."""
-    from qlcode.kernels.selfcheck import matmul_error
-
-    error = matmul_error(got, x, w)
-    assert error is None, error
-
-
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_kernel_matches_reference_and_bitsandbytes_on_codellama_shapes(name):
     shape = SHAPES[name]
@@ -65,7 +57,7 @@ def test_sizes_not_a_multiple_of_the_block_and_both_codes(quant_type, double, sh
 @pytest.mark.parametrize("storage", [torch.bfloat16, torch.float32])
 def test_packed_weights_in_another_storage_dtype(storage):
     """quant.storage_dtype (FSDP) stores the same bytes in another container dtype."""
-    from qlcode.kernels.matmul_4bit import matmul_4bit
+    from qlcode.kernels.qlora_linear import TRITON
 
     torch.manual_seed(0)
     w = (torch.randn(128, 192) * 0.02).to(DEVICE)
@@ -74,7 +66,7 @@ def test_packed_weights_in_another_storage_dtype(storage):
     want = F.dequantize_4bit(q, state)
     assert torch.equal(R.dequantize_4bit(q, state), want) and torch.equal(dequantize_4bit(q, state, torch.float32), want)
     x = torch.randn(3, 192, device=DEVICE)
-    _within_one_rounding(matmul_4bit(x, q, state), x, want)
+    torch.testing.assert_close(TRITON.matmul(x, q, state), x @ want.t())  # decoding's rows: bitsandbytes' matmul
 
 
 def test_one_buffer_serves_every_layer():
@@ -102,35 +94,38 @@ def test_reference_quantize_gives_bitsandbytes_bytes(quant_type, shape):
     assert diff.max() <= 1 and (diff == 0).float().mean() >= 0.98
 
 
-@pytest.mark.parametrize("name", ["7B-q", "7B-k", "13B-down", "34B-k", "34B-gate"])
-@pytest.mark.parametrize("rows", [1, 3, 16])
-def test_fused_matmul_on_codellama_shapes(name, rows):
-    from qlcode.kernels.matmul_4bit import matmul_4bit
+def _counting(kernels):
+    """`kernels` with calls counted per op: which path each forward took."""
+    from qlcode.kernels.qlora_linear import Kernels
 
-    _, q, state = _quantized(SHAPES[name])
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        x = torch.randn(rows, SHAPES[name][1]).to(DEVICE, dtype)
-        got = matmul_4bit(x, q, state)
-        assert got.dtype == dtype and got.shape == (rows, SHAPES[name][0])
-        _within_one_rounding(got, x, R.dequantize_4bit(q, state, dtype))
+    calls = {"dequantize": 0, "matmul": 0}
 
+    def count(name, op):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return op(*args, **kwargs)
+        return counted
 
-@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-@pytest.mark.parametrize("double", [False, True])
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_fused_matmul_split_reduction_and_ragged_shapes(quant_type, double, split_k):
-    from qlcode.kernels.matmul_4bit import matmul_4bit
-
-    _, q, state = _quantized((100, 999), quant_type, double)  # neither dimension a multiple of a tile or block
-    x = torch.randn(2, 5, 999, device=DEVICE)
-    got = matmul_4bit(x, q, state, split_k=split_k)
-    assert got.shape == (2, 5, 100)
-    _within_one_rounding(got.reshape(10, 100), x.reshape(10, 999), R.dequantize_4bit(q, state))
-    with pytest.raises(ValueError, match="matmul_4bit takes at most 16 rows \\(got 17\\); dequantize and use a matmul"):
-        matmul_4bit(torch.randn(17, 999, device=DEVICE), q, state)
+    return Kernels(count("dequantize", kernels.dequantize), count("matmul", kernels.matmul)), calls
 
 
-@pytest.mark.parametrize("tokens", [6, 40])  # decoding's rows take the fused kernel, more rows dequantize
+@pytest.mark.parametrize("rows", [1, 16, 17, 40])
+def test_decoding_rows_take_bitsandbytes_matmul_and_more_rows_dequantize(rows):
+    import bitsandbytes as bnb
+
+    from qlcode.kernels.qlora_linear import MAX_ROWS, TRITON, linear_4bit
+
+    _, q, state = _quantized(SHAPES["7B-gate"])
+    kernels, calls = _counting(TRITON)
+    x = torch.randn(rows, SHAPES["7B-gate"][1], device=DEVICE)
+    got = linear_4bit(x, q, state, kernels)
+    assert calls == ({"dequantize": 0, "matmul": 1} if rows <= MAX_ROWS else {"dequantize": 1, "matmul": 0})
+    if rows <= MAX_ROWS:
+        assert torch.equal(got, bnb.matmul_4bit(x, q.t(), quant_state=state))
+    torch.testing.assert_close(got, x @ R.dequantize_4bit(q, state).t())
+
+
+@pytest.mark.parametrize("tokens", [6, 40])  # decoding's rows take bitsandbytes' matmul, more rows dequantize
 def test_qlora_function_gradcheck_on_the_reference_and_kernels_against_it(tokens):
     from qlcode.kernels.qlora_linear import REFERENCE, TRITON, QLoRALinear
 
@@ -146,19 +141,40 @@ def test_qlora_function_gradcheck_on_the_reference_and_kernels_against_it(tokens
         y.square().sum().backward()
         return y, xs.grad, as_.grad, bs.grad
 
-    tolerance = {"rtol": 1e-5, "atol": 1e-5} if tokens <= 16 else {"rtol": 0, "atol": 0}  # fused: another summation order
+    # bitsandbytes' matmul: its own summation order on a GPU; dequantize + matmul: the reference's, to the bit
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if tokens <= 16 else {"rtol": 0, "atol": 0}
     for got, want in zip(grads(TRITON), grads(REFERENCE)):
         torch.testing.assert_close(got, want, **tolerance)
 
 
+@pytest.mark.parametrize("tokens", [6, 40])
+def test_a_bare_4bit_layer_keeps_only_its_4_bits_for_backward(tokens):
+    """A 4-bit layer LoRA does not wrap (attention-only LoRA: the MLP) dequantizes again in backward."""
+    from qlcode.kernels.qlora_linear import TRITON, FrozenLinear4bit
+
+    _, q, state = _quantized((96, 128))
+    x = torch.randn(tokens, 128, device=DEVICE, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = FrozenLinear4bit.apply(x, q, state, TRITON)
+    assert saved == [], "neither the input nor the dequantized weight"
+    y.square().sum().backward()
+    w = R.dequantize_4bit(q, state)
+    torch.testing.assert_close(y, x.detach() @ w.t())
+    torch.testing.assert_close(x.grad, (2 * y.detach()) @ w)
+
+
 def test_patched_4bit_model_decodes_like_bitsandbytes(tiny_base):
-    """Generation through the fused kernel (bare 4-bit base and LoRA over it) against bitsandbytes."""
+    """Generation through the kernels (bare 4-bit base and LoRA over it) against bitsandbytes: a prompt
+    longer than MAX_ROWS, so the prefill goes through the Triton dequantization and each new token
+    through bitsandbytes' matmul over the cache that prefill wrote."""
     from peft import LoraConfig, get_peft_model
 
-    from qlcode.kernels.qlora_linear import TRITON, patch_model
+    from qlcode.kernels.qlora_linear import MAX_ROWS, TRITON, patch_model
     from qlcode.models import load_base
 
-    prompt = torch.tensor([[1, 300, 1201, 57, 900, 2048]])
+    prompt = torch.tensor([[1, 300, 1201, 57, 900, 2048, 17, 4000, 33, 250, 1999, 8, 640, 71, 3001, 12, 555, 90, 1402, 6]])
+    assert prompt.numel() > MAX_ROWS
     base = load_base(str(tiny_base))
     model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
 
@@ -167,15 +183,19 @@ def test_patched_4bit_model_decodes_like_bitsandbytes(tiny_base):
             logits = model(input_ids=prompt).logits
             with model.disable_adapter():
                 plain = model(input_ids=prompt).logits
-            tokens = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False)
-        return logits, plain, tokens
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
+        return logits, plain, out.sequences, torch.stack(out.logits)  # the last: each new token's logits
 
     want = run()
-    assert patch_model(model, TRITON) == 2 * 7 * 2, "each of the 14 projections: its LoRA layer and its 4-bit base"
+    kernels, calls = _counting(TRITON)
+    assert patch_model(model, kernels) == 2 * 7 * 2, "each of the 14 projections: its LoRA layer and its 4-bit base"
     got = run()
+    assert calls["dequantize"] > 0 and calls["matmul"] > 0, calls
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
     assert torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[3], want[3], rtol=1e-4, atol=1e-4)
 
 
 def test_training_step_under_bf16_autocast_matches_peft(tiny_base):
@@ -208,11 +228,15 @@ def test_training_step_under_bf16_autocast_matches_peft(tiny_base):
         assert (got[name] - exact[name]).norm() <= 1.5 * (peft[name] - exact[name]).norm(), name
 
 
-def test_training_through_the_kernels_matches_the_bitsandbytes_path(tmp_path, tiny_base):
+def test_training_through_the_kernels_matches_the_bitsandbytes_path(tmp_path, tiny_base, monkeypatch):
     from conftest import make_recipe, write_jsonl
+    from qlcode.kernels import qlora_linear
     from qlcode.runs import read_jsonl
     from qlcode.train import build_trainer, train
     from test_train import ROWS
+
+    kernels, calls = _counting(qlora_linear.TRITON)
+    monkeypatch.setattr(qlora_linear, "TRITON", kernels)  # what quant.kernels: triton patches in
 
     rows = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     losses = {}
@@ -226,6 +250,7 @@ def test_training_through_the_kernels_matches_the_bitsandbytes_path(tmp_path, ti
         train(recipe)
         losses[kernels] = [r["loss"] for r in read_jsonl(tmp_path / kernels / "run" / "metrics.jsonl") if "loss" in r]
     assert len(losses["triton"]) == 4
+    assert calls["dequantize"] > 0, "training's rows went through the Triton dequantization"
     assert losses["triton"] == pytest.approx(losses["bitsandbytes"], rel=1e-4)
     from safetensors.torch import load_file
 

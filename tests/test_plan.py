@@ -43,25 +43,31 @@ def test_optimizer_state_is_what_the_optimizer_allocates(name):
     assert optimizer_bytes(sizes, name) == sum(storages.values())
 
 
-def _saved_bytes(base: Path, overrides: list[str], tokens: torch.Tensor) -> int:
-    """Bytes autograd saves in a forward pass of `base` loaded as qlcode trains it (4 bits, LoRA)."""
+def _saved_tensors(base: Path, overrides: list[str], tokens: torch.Tensor, autocast: bool = False) -> list[torch.Tensor]:
+    """The tensors autograd saves in a forward pass of `base` loaded as qlcode trains it (4 bits,
+    LoRA), one per storage; `autocast`: under bf16 autocast, as on a GPU."""
     from qlcode.train import trainable_model
 
     recipe = load_recipe(REPO / "recipes" / "python-sft.yaml",
                          [f"model.base={base}", "train.gradient_checkpointing=false", "quant.kernels=bitsandbytes", *overrides])
     model = trainable_model(recipe).train()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    seen: dict[int, torch.Tensor] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage.data_ptr() not in weights:
-            seen[storage.data_ptr()] = storage.nbytes()
+            seen[storage.data_ptr()] = t
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(input_ids=tokens, labels=tokens)
-    return sum(seen.values())
+    return list(seen.values())
+
+
+def _saved_bytes(base: Path, overrides: list[str], tokens: torch.Tensor) -> int:
+    """Bytes autograd saves in a forward pass of `base` loaded as qlcode trains it (4 bits, LoRA)."""
+    return sum(t.untyped_storage().nbytes() for t in _saved_tensors(base, overrides, tokens))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -85,6 +91,23 @@ def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
     shapes = load_shapes(str(tmp_path / "l1"))
     assert (shapes.kv_heads, shapes.head_dim) == (2, 32)
     assert measured[1] - measured[0] == tokens.numel() * layer_activation_bytes(shapes, settings(recipe, "cpu"))
+
+
+def test_under_autocast_a_4bit_layers_mlp_saves_fp32(tmp_path):
+    """The GPU's precision, which the fp32 test above cannot tell apart: a 4-bit linear returns its
+    input's dtype, the RMSNorm's fp32 output, so gate, silu(gate) and up are saved in fp32 (the plan
+    counted them in bf16 until an H100 measured it 11-23% low without checkpointing)."""
+    config = LlamaConfig(vocab_size=500, hidden_size=128, intermediate_size=344, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "l1")
+    tokens = torch.randint(3, 500, (2, 48), generator=torch.Generator().manual_seed(0))
+    saved = _saved_tensors(tmp_path / "l1", ["lora.dropout=0"], tokens, autocast=True)  # (CPU dropout masks are fp32)
+    mlp = [t for t in saved if t.shape == (2, 48, 344)]
+    assert [t.dtype for t in mlp] == [torch.float32] * 3
+    shapes = load_shapes(str(tmp_path / "l1"))
+    # an fp32 base, unquantized: torch's linear under autocast returns bf16; the same base in 4 bits: fp32
+    bf16, fp32 = (layer_activation_bytes(shapes, Settings(bits=b, weight_bytes=4, max_length=48)) for b in (None, 4))
+    assert fp32 - bf16 == 3 * (4 - 2) * 344
 
 
 def test_shipped_configs_give_code_llamas_shapes_offline():

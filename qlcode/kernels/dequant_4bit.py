@@ -27,8 +27,7 @@ EXACT = {"enable_fp_fusion": False}
 @triton.jit
 def dequantized_values(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr, offset_ptr, e, mask,
                        NESTED: tl.constexpr, BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr):
-    """fp32 values of the weight's elements at flat indices `e`: code[nibble] * the block's scale.
-    Shared with the fused matmul, so both dequantize with the same arithmetic."""
+    """fp32 values of the weight's elements at flat indices `e`: code[nibble] * the block's scale."""
     byte = tl.load(packed_ptr + e // 2, mask=mask, other=0).to(tl.int32)
     nibble = tl.where(e % 2 == 0, byte >> 4, byte & 15)  # the high nibble holds the even element
     value = tl.load(code_ptr + nibble, mask=mask, other=0.0).to(tl.float32)
@@ -53,7 +52,7 @@ def _dequantize_kernel(packed_ptr, code_ptr, absmax_ptr, code8_ptr, absmax2_ptr,
 
 
 def state_arguments(packed: torch.Tensor, state: QuantState) -> tuple[tuple, dict]:
-    """`dequantized_values`' pointer arguments and constants for one weight (every kernel here takes them)."""
+    """`dequantized_values`' pointer arguments and constants for one weight."""
     nested = bool(state.nested)
     s2 = state.state2 if nested else None
     pointers = (packed.view(torch.uint8), state.code, state.absmax,

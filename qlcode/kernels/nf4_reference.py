@@ -72,5 +72,5 @@ def quantize_4bit(w: torch.Tensor, code: torch.Tensor, fp4: bool, double_quant: 
 
 
 def matmul_4bit(x: torch.Tensor, packed: torch.Tensor, state: QuantState) -> torch.Tensor:
-    """x @ W^T with W dequantized to x's dtype first: what matmul_4bit computes without materialising W."""
+    """x @ W^T with W dequantized to x's dtype first: the reference's `Kernels.matmul` (qlora_linear)."""
     return x @ dequantize_4bit(packed, state, x.dtype).t()

@@ -3,11 +3,14 @@
 The backward pass dequantizes W again for the input gradient instead of keeping the dequantized
 weight from the forward pass alive (that would cost 2 bytes per parameter of activation memory per
 layer), and computes the LoRA gradients from the saved inputs. The 4-bit ops are a parameter
-(`Kernels`): Triton's in training and decoding, the torch reference in the float64 gradcheck.
-Decoding's few rows go through the fused dequant-matmul; more rows dequantize and use a matmul.
+(`Kernels`): in training and decoding (`TRITON`, quant.kernels: triton), qlcode's Triton
+dequantization followed by a matmul for more than MAX_ROWS rows (prefill, training) and
+bitsandbytes' own 4-bit matmul for decoding's few rows; in the float64 gradcheck (`REFERENCE`),
+the torch reference for both. qlcode's fused dequant-matmul for decoding was measured on an H100
+at 0.24-0.36x of bitsandbytes' decoding speed and removed (BENCHMARKS.md).
 
 The LoRA product stays two small matmuls beside the 4-bit one: fusing it into the same kernel
-is kept out until a GPU measurement shows it pays (the issue's rule; none was lent so far).
+is kept out until a GPU measurement shows it pays (the issue's rule).
 
 `patch_model` swaps these forwards in for every PEFT LoRA-over-Linear4bit layer and every bare
 bitsandbytes Linear4bit, in place: parameters, adapter files, saving, loading and merging are
@@ -23,24 +26,53 @@ from dataclasses import dataclass
 
 import torch
 
-from qlcode.kernels import dequant_4bit, matmul_4bit as fused, nf4_reference
+from qlcode.kernels import dequant_4bit, nf4_reference
+
+# Decoding's rows (batch x new tokens) take `Kernels.matmul`, more rows dequantize and use a matmul.
+# On an H100 (benchmarks/results/2026-11-26-h100/matmul_4bit.md) bitsandbytes' matmul_4bit beat
+# qlcode's dequantize + matmul at 1 and 4 rows on every weight measured; at 16 rows it lost on two
+# of three, so the line between them is a candidate for the next GPU session.
+MAX_ROWS = 16
 
 
 @dataclass(frozen=True)
 class Kernels:
     dequantize: Callable[..., torch.Tensor]  # (packed, state, dtype) -> W[N, K]
-    matmul: Callable[..., torch.Tensor]  # (x, packed, state) -> x @ W^T, at most MAX_ROWS rows
+    matmul: Callable[..., torch.Tensor]  # (x, packed, state) -> x @ W^T in x's dtype, for at most MAX_ROWS rows
+
+
+def bitsandbytes_matmul(x: torch.Tensor, packed: torch.Tensor, state) -> torch.Tensor:
+    """bitsandbytes' own x @ W^T (0.50: its fused gemm_4bit kernel or dequantize + matmul, picked per
+    GPU and shape). It reads the packed bytes as they are: nothing is repacked (the CPU repacking
+    hazard lives in Linear4bit.forward, which a patched layer no longer runs)."""
+    import bitsandbytes as bnb
+
+    return bnb.matmul_4bit(x, packed.t(), quant_state=state)
 
 
 REFERENCE = Kernels(nf4_reference.dequantize_4bit, nf4_reference.matmul_4bit)
-TRITON = Kernels(dequant_4bit.dequantize_4bit, fused.matmul_4bit)
+TRITON = Kernels(dequant_4bit.dequantize_4bit, bitsandbytes_matmul)
 
 
 def linear_4bit(x: torch.Tensor, packed: torch.Tensor, state, kernels: Kernels) -> torch.Tensor:
-    """x @ W^T: fused for decoding's few rows, dequantize then matmul for prefill and training."""
-    if x.numel() // x.shape[-1] <= fused.MAX_ROWS:
+    """x @ W^T: `kernels.matmul` for decoding's few rows, dequantize then matmul for prefill and training."""
+    if x.numel() // x.shape[-1] <= MAX_ROWS:
         return kernels.matmul(x, packed, state)
     return x @ kernels.dequantize(packed, state, x.dtype).t()
+
+
+class FrozenLinear4bit(torch.autograd.Function):
+    """x @ W^T for a 4-bit layer LoRA does not wrap (attention-only LoRA leaves the MLP bare): like
+    QLoRALinear, only the 4 bits are kept for backward, where W is dequantized again."""
+
+    @staticmethod
+    def forward(ctx, x, packed, state, kernels: Kernels):
+        ctx.packed, ctx.state, ctx.kernels = packed, state, kernels
+        return linear_4bit(x, packed, state, kernels)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad @ ctx.kernels.dequantize(ctx.packed, ctx.state, grad.dtype), None, None, None
 
 
 class QLoRALinear(torch.autograd.Function):
@@ -100,7 +132,7 @@ def _linear4bit_forward(self, x: torch.Tensor) -> torch.Tensor:
     """Replacement forward of bitsandbytes.nn.Linear4bit: same compute dtype, qlcode's kernels."""
     dtype = compute_dtype(x, self.compute_dtype or x.dtype)
     with torch.autocast(x.device.type, enabled=False):
-        y = linear_4bit(x.to(dtype), self.weight.data, self.weight.quant_state, self._qlcode_kernels)
+        y = FrozenLinear4bit.apply(x.to(dtype), self.weight.data, self.weight.quant_state, self._qlcode_kernels)
     return _with_bias(y, self).to(x.dtype)
 
 

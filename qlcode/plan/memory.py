@@ -142,11 +142,13 @@ def optimizer_bytes(sizes: list[int], optimizer: str) -> int:
 def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     """Bytes autograd saves per token in one decoder layer (without checkpointing).
 
-    Residual stream and norms run in the upcast dtype p (fp32 under QLoRA), everything after a
-    matmul in the compute dtype c. The 4-bit matmul saves no input (bitsandbytes dequantizes the
-    weight again in backward); a LoRA module saves its (dropped-out) input in c and its rank-r
-    hidden; modules sharing an input share one saved copy when no dropout or cast separates them.
-    DoRA's per-forward weight norms are not counted.
+    Residual stream and norms run in the upcast dtype p (fp32 under QLoRA), attention in the
+    compute dtype c. A quantized linear returns its input's dtype (bitsandbytes' Linear4bit casts
+    back, and so do qlcode's patched forwards), and under QLoRA its input, the RMSNorm's output, is
+    in p: so the MLP's gate, silu(gate) and up are saved in p, not c. The 4-bit matmul saves no
+    input (bitsandbytes dequantizes the weight again in backward); a LoRA module saves its
+    (dropped-out) input in c and its rank-r hidden; modules sharing an input share one saved copy
+    when no dropout or cast separates them. DoRA's per-forward weight norms are not counted.
     """
     h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
@@ -169,7 +171,13 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
         total += 3 * c * q + (4 + (c if c != 4 else 0)) * shapes.heads * s.max_length
     else:  # SDPA / flash: q, k, v, the output and the log-sum-exp, no sequence-squared matrix
         total += c * (2 * q + 2 * kv) + 4 * shapes.heads
-    total += 3 * c * f  # gate, silu(gate), up
+    # gate, silu(gate), up: in p behind quantized linears, in c behind torch's under autocast. They
+    # were counted in c until the first GPU measurement (H100, 2026-11-26,
+    # benchmarks/results/2026-11-26-h100/plan_memory.md: CodeLlama-7B, r16 all-linear) found the
+    # plan 11-23% low without checkpointing; counted in p, measured/plan is 0.995-0.998 there, and
+    # 0.96-0.98 with checkpointing (where one recomputed layer holds them). The CPU test cannot
+    # tell (p == c in fp32); tests/test_plan.py checks their dtype under CPU autocast instead.
+    total += 3 * (p if s.bits is not None else c) * f
     total += lora_inputs(("q_proj", "k_proj", "v_proj"), False)
     total += lora_inputs(("o_proj",), s.attention != "eager")  # SDPA saved the attention output already
     total += lora_inputs(("gate_proj", "up_proj"), False)
