@@ -355,6 +355,8 @@ def pairs(
         out.print(f"{report.sft} SFT rows (passing samples) written to {sft_out}")
     if (kto_out or sft_out) and report.duplicates:
         out.print(f"{report.duplicates} duplicate samples (same normalized code) left out of the KTO/SFT rows")
+    if report.blank:
+        out.print(f"{report.blank} samples of nothing but whitespace left out")
     if report.no_passing:
         out.print(f"{len(report.no_passing)} problems had no passing sample: {', '.join(report.no_passing[:20])}")
     if report.no_failing:

@@ -1,8 +1,9 @@
 """The GPU benchmark scripts run end to end on CPU (small shapes, Triton interpreted): their tables
-and the checks in them, not their timings."""
+and the checks in them, not their timings. And the reward-curve plot of a GRPO run."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -38,3 +39,16 @@ def test_decode_benchmark_generates_the_same_tokens_through_both_kernel_paths():
     rows = table("decode.py", "--scale", "32", "--layers", "2", "--new-tokens", "6", "--batch", "1", "3", "--iters", "1")
     assert [r["batch"] for r in rows] == ["1", "3"]
     assert all(r["same tokens"] == "100%" for r in rows)
+
+
+def test_reward_curve_plots_a_grpo_run_and_tables_its_windows(tmp_path):
+    rows = [{"step": 0, "eval_loss": 1.0}]  # a row without GRPO's columns is not a step of the curve
+    rows += [{"step": i + 1, "reward": r, "pass_rate": p, "frac_reward_zero_std": z}
+             for i, (r, p, z) in enumerate([(0.0, 0.0, 1.0), (0.5, 0.25, 0.0), (1.0, 1.0, 0.5)])]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "reward_curve.py"), str(tmp_path), "--out",
+                          str(tmp_path / "curve.png"), "--window", "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert table[2:] == ["| 1-2 | 0.250 | 0.125 | 0.500 |", "| 3-3 | 1.000 | 1.000 | 0.500 |"]

@@ -71,7 +71,8 @@ def test_one_pass_writes_dpo_pairs_kto_and_sft_rows_that_agree_with_the_sandbox(
     assert f"{len(kto)} KTO rows ({good} passing, {len(kto) - good} failing) written to" in out
     assert f"{len(sft)} SFT rows (passing samples) written to" in out
     dupes = re.search(r"(\d+) duplicate samples", out)
-    assert len(kto) + (int(dupes[1]) if dupes else 0) == 6 * 4, out
+    blank = re.search(r"(\d+) samples of nothing but whitespace left out", out)
+    assert len(kto) + sum(int(m[1]) for m in (dupes, blank) if m) == 6 * 4, out
 
     recipe = make_recipe(tmp_path, "builtin:micro-codellama", tmp_path / "pairs.jsonl", fmt="preference",
                          train={"method": "dpo", "max_steps": 2}, data={"template": "completion", "validation": 0})
@@ -92,6 +93,23 @@ def test_identical_samples_are_kept_once(tmp_path):
     assert [r["task_id"] for r in sft] == ["always"] and sft[0]["completion"] == kto[0]["completion"]
     assert (report.duplicates, report.kto_desirable, report.kto_undesirable, report.sft, report.pairs) == (4, 1, 1, 1, 0)
     assert not (tmp_path / "pairs.jsonl").exists()
+
+
+def test_samples_of_only_whitespace_are_left_out_of_every_output(tmp_path, monkeypatch):
+    import qlcode.execution.pairs as pairs_module
+    from qlcode.data.formats import FORMATS
+
+    # a prompt ending at `return` stops at the line's end: an empty line is a possible sample
+    monkeypatch.setattr(pairs_module, "sample_raw", lambda *a, **k: [" x\n", "\n", "   \n", " y\n"])
+    problem = Problem("echo", "def echo(x):\n    return", "", "assert echo(1) == 1", True)
+    report = make_pairs(None, None, [problem], False, 4, 1.0, tmp_path / "pairs.jsonl", kto_out=tmp_path / "kto.jsonl")
+    kto, pairs = read_jsonl(tmp_path / "kto.jsonl"), read_jsonl(tmp_path / "pairs.jsonl")
+    assert [(r["completion"], r["label"]) for r in kto] == [(" x\n", True), (" y\n", False)]
+    assert [(r["chosen"], r["rejected"]) for r in pairs] == [(" x\n", " y\n")]
+    assert report.blank == 2
+    column = {k: k for k in ("prompt", "completion", "label")}
+    for n, row in enumerate(kto, 1):
+        FORMATS["kto"].check(row, f"kto.jsonl row {n}", column, "completion")  # raises on a row the format refuses
 
 
 def test_normalized_code_ignores_spacing_and_comments_but_not_meaning():

@@ -8,6 +8,8 @@ when the prompt ends at `return` (the answer is the returned expression).
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from qlcode.execution.benchmarks import Problem
@@ -30,19 +32,23 @@ def finish(problem: Problem, text: str, instruct: bool) -> str:
     return truncate(text, problem.prompt)
 
 
-def sample(model, tokenizer, problem: Problem, instruct: bool, n: int, temperature: float, max_new_tokens: int = 384,
-           seed: int = 0) -> list[str]:
+def sample(model, tokenizer, problem: Problem, instruct: bool, n: int, temperature: float,
+           max_new_tokens: int = 384) -> list[str]:
     """n completions, ready for Problem.program."""
-    raw = sample_raw(model, tokenizer, problem, instruct, n, temperature, max_new_tokens, seed)
+    raw = sample_raw(model, tokenizer, problem, instruct, n, temperature, max_new_tokens)
     return [finish(problem, t, instruct) for t in raw]
 
 
 @torch.no_grad()
 def sample_raw(model, tokenizer, problem: Problem, instruct: bool, n: int, temperature: float,
-               max_new_tokens: int = 384, seed: int = 0) -> list[str]:
-    """n answers as the model wrote them (what a preference pair trains on)."""
+               max_new_tokens: int = 384) -> list[str]:
+    """n answers as the model wrote them (what a preference pair trains on).
+
+    Seeded by the problem's id: the same samples in every run and for a base and its adapter's
+    comparison, and independent across problems (one shared seed makes every problem draw the same
+    random numbers, so a whole benchmark's outcomes move together)."""
     ids = prompt_ids(problem, tokenizer, instruct).to(model.device)
-    torch.manual_seed(seed)
+    torch.manual_seed(zlib.crc32(problem.task_id.encode()))
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
                          stop_strings=None if instruct else stops(problem.prompt), tokenizer=tokenizer, **sampling_args(temperature))

@@ -39,6 +39,7 @@ class PairsReport:
     kto_undesirable: int = 0
     sft: int = 0
     duplicates: int = 0  # samples left out of the KTO/SFT rows because an equal one was already kept
+    blank: int = 0  # samples left out because the model wrote only whitespace
     no_passing: list[str] = field(default_factory=list)
     no_failing: list[str] = field(default_factory=list)
 
@@ -95,8 +96,8 @@ def sample_and_run(model, tokenizer, problems: list[Problem], instruct: bool, sa
     progress, passed = progress_bar("sample + run", "{task.fields[passed]} passed"), 0
     with progress:
         task = progress.add_task("sample + run", total=len(problems), passed=0)
-        for i, problem in enumerate(problems):
-            raw = sample_raw(model, tokenizer, problem, instruct, samples, temperature, max_new_tokens, seed=i)
+        for problem in problems:
+            raw = sample_raw(model, tokenizer, problem, instruct, samples, temperature, max_new_tokens)
             results = run_many([problem.program(finish(problem, t, instruct)) for t in raw], limits, workers)
             passed += sum(r.outcome == "passed" for r in results)
             progress.update(task, advance=1, passed=passed)
@@ -120,17 +121,22 @@ def make_pairs(model, tokenizer, problems: list[Problem], instruct: bool, sample
     for s in sample_and_run(model, tokenizer, problems, instruct, samples, temperature, max_new_tokens, limits, workers):
         prompt = prompt_text(s.problem, instruct)
         passed = [r.outcome == "passed" for r in s.results]
+        # an answer of nothing but whitespace trains nothing (the row formats refuse it): it is left out
+        written = [bool(finish(s.problem, raw, instruct).strip()) for raw in s.raw]
         if not any(passed):
             report.no_passing.append(s.problem.task_id)
         elif all(passed):
             report.no_failing.append(s.problem.task_id)
-        else:
+        elif any(w and not ok for w, ok in zip(written, passed)):
             chosen = s.raw[passed.index(True)]
-            i = passed.index(False)
+            i = next(i for i, (w, ok) in enumerate(zip(written, passed)) if w and not ok)
             pairs.append({"task_id": s.problem.task_id, "prompt": prompt, "chosen": chosen, "rejected": s.raw[i],
                           "rejected_outcome": s.results[i].outcome, "rejected_error": s.results[i].error_type})
         seen: set[tuple[str, bool]] = set()
-        for raw, ok, result in zip(s.raw, passed, s.results):
+        for raw, ok, result, w in zip(s.raw, passed, s.results, written):
+            if not w:
+                report.blank += 1
+                continue
             completion = raw.strip() + "\n" if instruct else finish(s.problem, raw, instruct)
             key = (normalized(s.problem, finish(s.problem, raw, instruct)), ok)
             if key in seen:
