@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,10 +114,6 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
     console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {place.device}"
                   + (f", {world_size()} processes: effective batch {recipe.train.micro_batch_size} x "
                      f"{recipe.train.gradient_accumulation_steps} x {world_size()}" if world_size() > 1 else ""))
-    if place.device.type == "cpu":
-        # Subnormal floats take a slow path in CPU arithmetic: a GRPO run of the micro model fell from
-        # about 1,100 to 4-30 tokens/s after ~90 steps without this (measured on this project's CPU machine).
-        torch.set_flush_denormal(True)
     model = trainable_model(recipe)
     method = METHODS[recipe.train.method]
     args = method.config(recipe, common_args(recipe), conversational="messages" in train_ds.column_names)
@@ -165,11 +162,24 @@ def _eval_loss(trainer) -> float | None:
     return trainer.evaluate().get("eval_loss")  # methods that score by reward (GRPO) have none
 
 
+@contextmanager
+def subnormals_flushed() -> Iterator[None]:
+    """CPU arithmetic treats subnormal floats as zero while training, then as before. Subnormals take a
+    slow path on CPUs: a GRPO run of the micro model fell from about 1,100 to 4-30 tokens/s after ~90
+    steps without this (measured on this project's CPU machine). GPU arithmetic is not affected."""
+    was_on = (torch.tensor([1e-39]) * 1.0).item() == 0.0
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
 def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCallback] = ()) -> RunResult:
     """Run the recipe; with resume, continue from the newest complete checkpoint."""
     run = RunDir(recipe.output.run_dir)
     main = is_main_process()
-    with run.lock() if main else nullcontext():
+    with run.lock() if main else nullcontext(), subnormals_flushed():
         checkpoint = run.prepare(resume) if main else (run.latest_checkpoint() if resume else None)
         if main and resume and checkpoint is None:
             console.print(f"no complete checkpoint in {run.checkpoints}: starting from step 0")
