@@ -8,6 +8,7 @@ Screenshots of chat, infill and the leaderboard land in test-artifacts/ (docs/ h
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -75,8 +76,9 @@ def _max_tokens(page, n: int) -> None:
 
 
 def _words(text: str) -> str:
-    """Text as a browser shows it: runs of white space collapse."""
-    return " ".join(text.split())
+    """The words of a text, as a browser shows them whatever the markup: the chat renders a model's
+    answer as Markdown, so white space collapses and marks such as `#` or `*` may vanish."""
+    return " ".join(re.findall(r"\w+", text))
 
 
 def _label(page, side: str) -> str:

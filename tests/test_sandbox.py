@@ -80,6 +80,11 @@ def test_infinite_loop_times_out():
     assert r.outcome == "timeout" and r.seconds < LIMITS.timeout_s + 2
 
 
+def test_the_cpu_time_limit_is_a_timeout_too():
+    r = run("while True:\n    pass", Limits(timeout_s=8, cpu_s=1, memory_mb=512, procs=16, disk_mb=32))
+    assert (r.outcome, r.error_type) == ("timeout", None) and r.seconds < 4
+
+
 def test_huge_allocation_is_out_of_memory():
     r = run("x = bytearray(10 * 2**30)", LIMITS)
     assert (r.outcome, r.error_type) == ("oom", "MemoryError")

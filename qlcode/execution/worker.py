@@ -189,8 +189,11 @@ def run_one(setup: Setup, request: dict) -> dict:
         timed_out = _wait(pid, limits["timeout_s"])
         if timed_out:
             os.kill(pid, signal.SIGKILL)  # as a PID namespace's init, its death kills all it started
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         seconds = time.perf_counter() - start
+        # RLIMIT_CPU kills with SIGKILL here (a PID namespace's init ignores the SIGXCPU that comes first)
+        out_of_cpu = (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+                      and usage.ru_utime + usage.ru_stime >= limits["cpu_s"])
         if not setup.isolated:
             _sweep(pid, setup.cgroup)
         record = _record(read_end, nonce)
@@ -198,7 +201,7 @@ def run_one(setup: Setup, request: dict) -> dict:
     if not setup.isolated:
         _remove_tree(workdir)
     returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    outcome, error_type, cases = classify(record, returncode, timed_out)
+    outcome, error_type, cases = classify(record, returncode, timed_out or out_of_cpu)
     if record and "sandbox_error" in record:
         stderr += f"\nsandbox: {str(record['sandbox_error'])[:500]}"
     return {"outcome": outcome, "error_type": error_type, "returncode": returncode, "stdout": stdout,
