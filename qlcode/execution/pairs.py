@@ -46,10 +46,12 @@ class PairsReport:
 
 @dataclass
 class Sampled:
-    """One problem's samples as the model wrote them, and what the sandbox said of each."""
+    """One problem's samples as the model wrote them, each as the code it stands for, and what the
+    sandbox said of that code."""
 
     problem: Problem
     raw: list[str]
+    finished: list[str]  # generate.finish of each raw answer: what ran
     results: list[Result]
 
 
@@ -98,10 +100,11 @@ def sample_and_run(model, tokenizer, problems: list[Problem], instruct: bool, sa
         task = progress.add_task("sample + run", total=len(problems), passed=0)
         for problem in problems:
             raw = sample_raw(model, tokenizer, problem, instruct, samples, temperature, max_new_tokens)
-            results = run_many([problem.program(finish(problem, t, instruct)) for t in raw], limits, workers)
+            finished = [finish(problem, t, instruct) for t in raw]
+            results = run_many([problem.program(f) for f in finished], limits, workers)
             passed += sum(r.outcome == "passed" for r in results)
             progress.update(task, advance=1, passed=passed)
-            yield Sampled(problem, raw, results)
+            yield Sampled(problem, raw, finished, results)
 
 
 def normalized(problem: Problem, completion: str) -> str:
@@ -122,7 +125,7 @@ def make_pairs(model, tokenizer, problems: list[Problem], instruct: bool, sample
         prompt = prompt_text(s.problem, instruct)
         passed = [r.outcome == "passed" for r in s.results]
         # an answer of nothing but whitespace trains nothing (the row formats refuse it): it is left out
-        written = [bool(finish(s.problem, raw, instruct).strip()) for raw in s.raw]
+        written = [bool(f.strip()) for f in s.finished]
         if not any(passed):
             report.no_passing.append(s.problem.task_id)
         elif all(passed):
@@ -133,12 +136,12 @@ def make_pairs(model, tokenizer, problems: list[Problem], instruct: bool, sample
             pairs.append({"task_id": s.problem.task_id, "prompt": prompt, "chosen": chosen, "rejected": s.raw[i],
                           "rejected_outcome": s.results[i].outcome, "rejected_error": s.results[i].error_type})
         seen: set[tuple[str, bool]] = set()
-        for raw, ok, result, w in zip(s.raw, passed, s.results, written):
+        for raw, finished, ok, result, w in zip(s.raw, s.finished, passed, s.results, written):
             if not w:
                 report.blank += 1
                 continue
-            completion = raw.strip() + "\n" if instruct else finish(s.problem, raw, instruct)
-            key = (normalized(s.problem, finish(s.problem, raw, instruct)), ok)
+            completion = raw.strip() + "\n" if instruct else finished
+            key = (normalized(s.problem, finished), ok)
             if key in seen:
                 report.duplicates += 1
                 continue
