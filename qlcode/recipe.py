@@ -21,7 +21,7 @@ from qlcode.methods import METHODS, format_problem
 from qlcode.schema import LOCAL_DATA_SUFFIXES, DType, Section
 
 # the names of qlcode.data.formats.FORMATS (a test keeps them in step)
-Format = Literal["alpaca", "prompt-completion", "messages", "text", "preference", "repository", "kto", "problems"]
+Format = Literal["alpaca", "prompt-completion", "messages", "sharegpt", "openai", "text", "preference", "repository", "kto", "problems"]
 MIN_LENGTH = 16  # tokens: <s>[INST] x [/INST] y </s> is 12 with Llama's tokenizer, 14 with the micro model's
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -103,7 +103,7 @@ class DatasetSpec(Section):
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split to train on.")
     format: Format = Field(
-        description="Row format: alpaca, prompt-completion, messages, text, preference, kto, problems, or repository "
+        description="Row format: alpaca, prompt-completion, messages, sharegpt, openai, text, preference, kto, problems, or repository "
         "(a directory of projects, or builtin:stdlib-packages, one sequence stream per project); see README: Formats."
     )
     columns: dict[str, str] = Field(

@@ -29,6 +29,10 @@ SAMPLES = {  # a canonical row of each format, and the columns it renders to und
                           {"codellama-instruct": {"messages"}, "completion": {"prompt", "completion"}, "raw": {"prompt", "completion"}}),
     "messages": ({"messages": CONVERSATION + [{"role": "assistant", "content": "x + 1"}]},
                  {"codellama-instruct": {"messages"}, "raw": {"messages"}}),
+    "sharegpt": ({"messages": CONVERSATION + [{"role": "assistant", "content": "x + 1"}]},
+                 {"codellama-instruct": {"messages"}, "raw": {"messages"}}),
+    "openai": ({"messages": CONVERSATION + [{"role": "assistant", "content": "x + 1"}]},
+               {"codellama-instruct": {"messages"}, "raw": {"messages"}}),
     "text": ({"text": "x = 1\n"}, {t: {"text"} for t in ("codellama-instruct", "completion", "raw")}),
     "repository": ({"text": "# file: a.py\nx = 1\n"}, {t: {"text"} for t in ("codellama-instruct", "completion", "raw")}),
     "preference": ({"prompt": "p", "chosen": "c", "rejected": "r"},
@@ -67,7 +71,7 @@ def test_a_column_mapped_onto_no_field_lists_the_fields(tmp_path):
 def test_method_problems_name_the_fitting_formats():
     assert format_problem("alpaca", "dpo") == "train.method dpo needs preference data (chosen/rejected), got alpaca (it trains with train.method: sft)"
     assert format_problem("preference", "dpo") is None and format_problem("problems", "grpo") is None
-    assert format_problem("problems", "sft") == ("train.method sft needs alpaca, messages, prompt-completion, repository or "
+    assert format_problem("problems", "sft") == ("train.method sft needs alpaca, messages, openai, prompt-completion, repository, sharegpt or "
                                                  "text data, got problems (it trains with train.method: grpo)")
 
 

@@ -47,7 +47,7 @@ BROKEN = [
     (BASE + "train:\n  max_steps: ten\n",
      "{path}:8: train.max_steps: input should be a valid integer, unable to parse string as an integer (got 'ten')"),
     (BASE.replace("format: alpaca", "format: alpacca"),
-     "{path}:6: data.datasets[0].format: input should be 'alpaca', 'prompt-completion', 'messages', 'text', 'preference', 'repository', 'kto' or 'problems' (got 'alpacca')"),
+     "{path}:6: data.datasets[0].format: input should be 'alpaca', 'prompt-completion', 'messages', 'sharegpt', 'openai', 'text', 'preference', 'repository', 'kto' or 'problems' (got 'alpacca')"),
     (BASE + "quant:\n  bits: 3\n", "{path}:8: quant.bits: input should be 4, 8 or None (got 3)"),
     ("data:\n  datasets:\n    - source: builtin:stdlib-python-instruct\n      format: alpaca\n",
      "{path}:1: model: required key is missing"),

@@ -16,7 +16,7 @@ class Sft(Method):
     name = "sft"
     summary = "supervised fine-tuning"
     section = SftSection
-    formats = ("alpaca", "prompt-completion", "messages", "text", "repository")
+    formats = ("alpaca", "prompt-completion", "messages", "sharegpt", "openai", "text", "repository")
 
     def config(self, recipe, common, conversational):
         from trl import SFTConfig
