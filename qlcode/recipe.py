@@ -111,6 +111,10 @@ class DatasetSpec(Section):
         description="Map the format's fields to this dataset's columns, e.g. {instruction: question}.",
     )
     max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (after shuffling with data.seed).")
+    made_by: str | None = Field(
+        None, description="The command that makes this local file (e.g. qlcode pairs ...): until the file exists, "
+        "recipes validate notes it and train names the command."
+    )
 
 
 class FimSection(Section):

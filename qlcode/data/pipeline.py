@@ -9,11 +9,14 @@ their format's code (for infilling) and text (for decontamination).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from datasets import Dataset, List, Sequence, concatenate_datasets
 
 from qlcode.data.formats import FORMATS
 from qlcode.errors import DataError
 from qlcode.recipe import DataSection
+from qlcode.schema import LOCAL_DATA_SUFFIXES
 
 HIDDEN = ("_dataset", "_row", "_code", "_text")
 
@@ -114,6 +117,9 @@ def check_sample(data: DataSection, rows: int = 100) -> list[str]:
     notes, problems = [], []
     for i, spec in enumerate(data.datasets):
         if spec.format == "repository":
+            continue
+        if spec.made_by and spec.source.endswith(LOCAL_DATA_SUFFIXES) and not Path(spec.source).exists():
+            notes.append(f"data.datasets[{i}]: {spec.source} is not made yet; make it with: {spec.made_by}")
             continue
         try:
             if (note := hub_note(spec.source, f"data.datasets[{i}]")) is not None:

@@ -225,7 +225,8 @@ def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = Non
             raise DataError(f"{key}: a local file holds one split (train), not {split!r}; use data.validation: 0.05 to hold rows out")
         path = Path(source)
         if not path.is_file():  # checked here, not in the recipe: such a file may be made by a step before training
-            raise DataError(f"{key}.source: no such file {source!r} (paths are relative to the current directory)")
+            made = f"; make it first with: {spec.made_by}" if spec.made_by else ""
+            raise DataError(f"{key}.source: no such file {source!r} (paths are relative to the current directory){made}")
         return read_local(path, limit)
     return _hub(spec, split, key, limit)
 
