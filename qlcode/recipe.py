@@ -19,6 +19,7 @@ from qlcode.distributed.section import DistributedSection, distributed_problems
 from qlcode.errors import RecipeError
 from qlcode.methods import METHODS, format_problem
 from qlcode.schema import LOCAL_DATA_SUFFIXES, DType, Section
+from qlcode.tracking import tracker_problem
 
 # the names of qlcode.data.formats.FORMATS (a test keeps them in step)
 Format = Literal["alpaca", "prompt-completion", "messages", "sharegpt", "openai", "text", "preference", "repository", "kto", "problems"]
@@ -206,7 +207,8 @@ class TrainOptions(Section):
     save_steps: int = Field(100, gt=0, description="Write a checkpoint every N steps.")
     logging_steps: int = Field(10, gt=0, description="Log loss, learning rate and tokens/s every N steps.")
     keep_checkpoints: int = Field(3, gt=0, description="Keep only the last K checkpoints.")
-    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = Field(
+        "none", description="Experiment tracker; mlflow logs to ./mlruns unless MLFLOW_TRACKING_URI is set (README: Trackers).")
     seed: int = Field(42, description="Seed for model init, dropout and data order.")
 
     @field_validator("method")
@@ -528,6 +530,8 @@ def _check_consistency(recipe: Recipe, where) -> None:
                                                "use quant.kernels: auto or bitsandbytes"))
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append((("hub", "push"), "pushing needs hub.repo_id (user/name)"))
+    if (problem := tracker_problem(recipe.train.report_to)) is not None:
+        problems.append((("train", "report_to"), problem))
     problems += distributed_problems(recipe)
     if problems:
         raise RecipeError("\n".join(f"{where(k)}: {dotted(k)}: {msg}" for k, msg in problems))

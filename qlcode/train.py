@@ -7,7 +7,6 @@ writes the run directory (qlcode.runs), and the others wait for it at the end.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from qlcode.ranks import is_main_process, world_size
 from qlcode.progress import console, peak_memory_gb
 from qlcode.recipe import Recipe
 from qlcode.runs import RunDir, checkpoint_step, is_final
+from qlcode.tracking import tracked, tracker_problem
 
 
 @dataclass
@@ -56,8 +56,8 @@ def _precision(recipe: Recipe) -> dict:
 
 
 def _check_tracker(name: str) -> None:
-    if name != "none" and importlib.util.find_spec(name) is None:
-        raise QlcodeError(f"train.report_to: {name} is not installed; pip install {name}, or set train.report_to: none")
+    if (problem := tracker_problem(name)) is not None:
+        raise QlcodeError(f"train.report_to: {problem}")
 
 
 def common_args(recipe: Recipe) -> dict:
@@ -179,7 +179,7 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
     """Run the recipe; with resume, continue from the newest complete checkpoint."""
     run = RunDir(recipe.output.run_dir)
     main = is_main_process()
-    with run.lock() if main else nullcontext(), subnormals_flushed():
+    with run.lock() if main else nullcontext(), subnormals_flushed(), tracked(recipe) if main else nullcontext() as tracker:
         checkpoint = run.prepare(resume) if main else (run.latest_checkpoint() if resume else None)
         if main and resume and checkpoint is None:
             console.print(f"no complete checkpoint in {run.checkpoints}: starting from step 0")
@@ -218,6 +218,8 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
         if main:
             run.save_adapter(trainer.model, trainer.processing_class, recipe.model.base, adapter_card(recipe, asdict(result)), adapter)
             run.write_summary(asdict(result))
+            if tracker is not None:
+                tracker.log_adapter(run.path)
             if recipe.hub.push:
                 _push(recipe)
         trainer.accelerator.wait_for_everyone()  # the other ranks end when the adapter is complete
