@@ -219,22 +219,32 @@ def merge(
 def export(
     path: Annotated[Path, typer.Argument(help="A model directory: a merged model (qlcode merge), or builtin:micro-codellama.")],
     format: Annotated[str, typer.Option("--format", help="Export format: gguf.")] = "gguf",
-    type: Annotated[str, typer.Option("--type", help="Weight type: f16 or q8_0.")] = "f16",
+    type: Annotated[str, typer.Option("--type", help="Weight type: f16, q8_0, or the k-quants q4_k_m, q5_k_m, q6_k (llama.cpp's quantizer: pip install 'qlcode[llama-cpp]').")] = "f16",
     out_file: Annotated[Path | None, typer.Option("--out", help="Output file (default: PATH/model-TYPE.gguf).")] = None,
 ) -> None:
-    """Write a GGUF file for llama.cpp and Ollama, then read it back and check every tensor."""
+    """Write a GGUF file for llama.cpp and Ollama (with an Ollama Modelfile beside it), then read it back and check every tensor."""
     if format != "gguf":
         raise QlcodeError(f"--format: only gguf is supported, not {format!r}")
-    from qlcode.export.gguf_export import export_gguf
+    from qlcode.export.gguf_export import TYPES, export_gguf
+    from qlcode.export.ollama import chat_for, context_length, write_modelfile
+    from qlcode.export.quantize import KQUANTS, export_kquant
     from qlcode.models import base_path
 
+    if type not in (*TYPES, *KQUANTS):
+        raise QlcodeError(f"--type is one of {', '.join((*TYPES, *KQUANTS))}, not {type!r}")
     source = Path(base_path(str(path)))
     if not source.is_dir():
         raise QlcodeError(f"{path}: no such model directory")
-    report = export_gguf(source, out_file or source / f"model-{type}.gguf", type)
+    target = out_file or source / f"model-{type}.gguf"
+    report = export_kquant(source, target, type) if type in KQUANTS else export_gguf(source, target, type)
+    modelfile = write_modelfile(report.path, chat_for(source), context_length(source))
     print_pairs("gguf export", [("file", report.path), ("type", report.type), ("tensors", str(report.tensors)),
+                                *([("tensor types", ", ".join(f"{k} {v}" for k, v in report.tensor_types.items()))]
+                                  if type in KQUANTS else []),
                                 ("tensor bytes", f"{report.bytes:,}"),
-                                ("max |error| vs source weights", f"{report.max_abs_error:.3g}")])
+                                ("max |error| vs source weights", f"{report.max_abs_error:.3g}"),
+                                ("Ollama", f"ollama create NAME -f {modelfile}")])
+
 
 
 @app.command()
