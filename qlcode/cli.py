@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qlcode import __version__
@@ -51,7 +52,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except QlcodeError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)  # [extra] is text
             raise typer.Exit(2) from None
 
     return wrapper
@@ -279,6 +280,7 @@ def eval_(
     workers: Annotated[int, typer.Option(help="Sandboxes running at once.")] = 2,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where results go (default evals/BENCH-LABEL).")] = None,
     bits: Bits = "4",
+    gguf: Annotated[Path | None, typer.Option("--gguf", help="Run an exported GGUF file through llama.cpp instead (pip install 'qlcode[llama-cpp]').")] = None,
 ) -> None:
     """Generate solutions, run them with the benchmark's tests in the sandbox, report pass@k (Chen et al. 2021)."""
     from contextlib import nullcontext
@@ -292,8 +294,17 @@ def eval_(
     problems = load(bench, data, limit)
     if solutions not in (None, "reference"):
         raise QlcodeError(f"--solutions: only reference is known, not {solutions!r}")
+    if gguf is not None and (model or adapter or solutions):
+        raise QlcodeError("--gguf evaluates the file alone: leave out --model, --adapter and --solutions")
     if solutions == "reference":
         runs = [("reference", lambda p: [p.reference], nullcontext)]
+    elif gguf is not None:
+        from qlcode.execution.engines.llama_cpp import LlamaCppEngine
+        from qlcode.inference import is_instruct
+
+        engine, instruct = LlamaCppEngine(gguf), is_instruct(str(gguf))
+        runs = [("gguf", lambda p: engine.sample(p, instruct, n, temperature, max_new_tokens), nullcontext)]
+        model = str(gguf)
     else:
         if not (model or adapter):
             raise QlcodeError("give --model BASE and/or --adapter DIR, or --solutions reference")
