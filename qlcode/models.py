@@ -170,8 +170,13 @@ def check_targets(model: torch.nn.Module, target_modules: str | list[str]) -> No
 
 def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules: str | list[str],
               rslora: bool = False, dora: bool = False, modules_to_save: list[str] = (), adapter: str | None = None,
-              gradient_checkpointing: bool = True, seed: int = 42) -> PeftModel:
-    """Make the base trainable through LoRA: a new adapter, or `adapter` (a directory) to continue one."""
+              gradient_checkpointing: bool = True, seed: int = 42, init: str = "default") -> PeftModel:
+    """Make the base trainable through LoRA: a new adapter, or `adapter` (a directory) to continue one.
+
+    `init` (lora.init): default; pissa or olora, PEFT's initialisations from the base's own weights (SVD, QR),
+    which move that part out of the base: save such an adapter with `save_initial_adapter` first and convert it
+    with it when saving (qlcode.runs); loftq, PEFT's replace_lora_weights_loftq on a 4-bit base, which fits A and
+    B to the quantization error from the base's safetensors files (the base itself is not changed)."""
     quantized = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
     if quantized:
         base = prepare_model_for_kbit_training(
@@ -193,9 +198,37 @@ def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
         use_dora=dora,
         modules_to_save=list(modules_to_save) or None,
         task_type="CAUSAL_LM",
+        init_lora_weights=init if init in ("pissa", "olora") else True,
     )
     torch.manual_seed(seed)
-    return get_peft_model(base, config)
+    model = get_peft_model(base, config)
+    if init == "loftq":
+        from peft import replace_lora_weights_loftq
+
+        if not torch.cuda.is_available():
+            raise ModelError("lora.init: loftq runs PEFT's replace_lora_weights_loftq, which computes on a CUDA (or XPU) GPU, "
+                             "and this machine has none: use lora.init: default here")
+
+        local = Path(base.config.name_or_path)  # a Hub base is found in the cache by PEFT; a local one needs its file
+        replace_lora_weights_loftq(model, model_path=str(local / "model.safetensors") if local.is_dir() else None)
+    return model
+
+
+def mutates_base(model: PeftModel) -> bool:
+    """Whether the adapter's initialisation changed the base weights (PiSSA, OLoRA): it must be converted when saved."""
+    return str(model.peft_config["default"].init_lora_weights).lower() in ("pissa", "olora")
+
+
+def save_initial_adapter(model: PeftModel, path: Path) -> None:
+    """The adapter as initialised, before any step, for PEFT's conversion of a PiSSA/OLoRA adapter to a plain LoRA.
+
+    Saved with init_lora_weights True, as PEFT asks: loading it must not decompose the (already residual) base again."""
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True
+    try:
+        model.save_pretrained(str(path), selected_adapters=["default"])
+    finally:
+        config.init_lora_weights = init
 
 
 def use_kernels(model: M, quant: Quantization) -> M:

@@ -87,6 +87,10 @@ class LoraSection(Section):
     adapter: str | None = Field(
         None, description="Continue training this existing adapter directory (e.g. DPO after SFT) instead of a new one."
     )
+    init: Literal["default", "pissa", "olora", "loftq"] = Field(
+        "default", description="How a new adapter starts: default (A random, B zero), pissa or olora (the base's principal "
+        "directions; full-precision bases, saved converted to a plain LoRA), loftq (fitted to a 4-bit base's quantization error)."
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -525,6 +529,7 @@ def _check_consistency(recipe: Recipe, where) -> None:
     problems += METHODS[recipe.train.method].check(recipe)
     if recipe.data.fim is not None and recipe.train.method != "sft":
         problems.append((("data", "fim"), f"infilling examples train with train.method: sft, not {recipe.train.method}"))
+    problems += [(("lora", "init"), p) for p in lora_init_problems(recipe.lora.init, recipe.quant.bits, recipe.lora.adapter)]
     if recipe.quant.kernels == "triton" and recipe.quant.bits != 4:
         problems.append((("quant", "kernels"), f"qlcode's Triton kernels run 4-bit weights; with quant.bits {recipe.quant.bits} "
                                                "use quant.kernels: auto or bitsandbytes"))
@@ -535,6 +540,19 @@ def _check_consistency(recipe: Recipe, where) -> None:
     problems += distributed_problems(recipe)
     if problems:
         raise RecipeError("\n".join(f"{where(k)}: {dotted(k)}: {msg}" for k, msg in problems))
+
+
+def lora_init_problems(init: str, bits: int | None, adapter: str | None) -> list[str]:
+    if init == "default":
+        return []
+    if adapter:
+        return [f"{init} starts a new adapter, and lora.adapter continues {adapter!r}: remove one of them"]
+    if init in ("pissa", "olora") and bits is not None:
+        return [f"{init} moves the base's principal part into the adapter, which qlcode converts back to a plain LoRA "
+                f"exactly only over a full-precision base: set quant.bits: none (or lora.init: loftq for a 4-bit base)"]
+    if init == "loftq" and bits != 4:
+        return [f"loftq fits the adapter to a 4-bit base's quantization error: it needs quant.bits: 4, got {bits or 'none'}"]
+    return []
 
 
 def _type_name(annotation: Any) -> str:

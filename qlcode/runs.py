@@ -6,6 +6,7 @@
       metrics.jsonl        one JSON object per log event; step 0 holds the eval loss before training
       checkpoints/         checkpoint-N/ every train.save_steps (the trainer writes trainer_state.json last)
       best/                the best adapter by in-training pass@1, with best.json
+      lora_init/           a PiSSA/OLoRA adapter as initialised (lora.init), for the conversion at the final save
       adapter_config.json  the final PEFT adapter, tokenizer and README.md model card, moved in
       adapter_model.safetensors   from a temporary directory when training ends, weights last
       summary.json         steps, time, tokens/s, peak memory, eval loss before and after
@@ -175,12 +176,21 @@ class RunDir:
         with self.metrics_path.open("a", encoding="utf-8") as f:  # one line per write: a kill leaves whole rows
             f.write(json.dumps(row) + "\n")
 
-    def save_adapter(self, model, tokenizer, base: str, card: str, state_dict: dict | None = None) -> None:
+    @property
+    def initial_adapter(self) -> Path:
+        """A PiSSA/OLoRA adapter as initialised (lora.init), which converts the trained one to a plain LoRA."""
+        return self.path / "lora_init"
+
+    def save_adapter(self, model, tokenizer, base: str, card: str, state_dict: dict | None = None,
+                     initial: Path | None = None) -> None:
         """Write the final adapter beside the run's files atomically: weights last, so a directory
-        without them is unfinished. state_dict: the adapter's weights gathered from sharded ranks."""
+        without them is unfinished. state_dict: the adapter's weights gathered from sharded ranks;
+        initial: the PiSSA/OLoRA adapter as initialised, to save the trained one as a plain LoRA of twice
+        the rank on the unchanged base (PEFT's path_initial_model_for_weight_conversion)."""
         tmp = self.path / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, selected_adapters=["default"], state_dict=state_dict)
+        model.save_pretrained(tmp, selected_adapters=["default"], state_dict=state_dict,
+                              path_initial_model_for_weight_conversion=str(initial) if initial else None)
         config = json.loads((tmp / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = base  # the recipe's name, not a local cache path
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))

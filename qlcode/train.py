@@ -27,7 +27,8 @@ from qlcode.distributed.evaluation import can_evaluate_before_training, wrap_aga
 from qlcode.errors import QlcodeError
 from qlcode.methods import METHODS
 from qlcode.model_card import adapter_card
-from qlcode.models import load_recipe_base, load_tokenizer, quantization_of, use_kernels, with_lora
+from qlcode.models import (load_recipe_base, load_tokenizer, mutates_base, quantization_of, save_initial_adapter, use_kernels,
+                           with_lora)
 from qlcode.placement import placement
 from qlcode.ranks import is_main_process, world_size
 from qlcode.progress import console, peak_memory_gb
@@ -102,7 +103,7 @@ def trainable_model(recipe: Recipe) -> PeftModel:
     model = with_lora(load_recipe_base(recipe), r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                       target_modules=lora.target_modules, rslora=lora.rslora, dora=lora.dora,
                       modules_to_save=lora.modules_to_save, adapter=lora.adapter,
-                      gradient_checkpointing=recipe.train.gradient_checkpointing, seed=recipe.train.seed)
+                      gradient_checkpointing=recipe.train.gradient_checkpointing, seed=recipe.train.seed, init=lora.init)
     return use_kernels(model, quantization_of(recipe))
 
 
@@ -115,11 +116,13 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
                   + (f", {world_size()} processes: effective batch {recipe.train.micro_batch_size} x "
                      f"{recipe.train.gradient_accumulation_steps} x {world_size()}" if world_size() > 1 else ""))
     model = trainable_model(recipe)
+    run = RunDir(recipe.output.run_dir)
+    if mutates_base(model) and is_main_process():
+        save_initial_adapter(model, run.initial_adapter)
     method = METHODS[recipe.train.method]
     args = method.config(recipe, common_args(recipe), conversational="messages" in train_ds.column_names)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     throughput = Throughput()
-    run = RunDir(recipe.output.run_dir)
     trainer = method.trainer_class()(
         model=model,
         args=args,
@@ -216,7 +219,8 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
         )
         adapter = gathered_adapter(trainer.model)  # every rank: FSDP and ZeRO-3 gather the adapter's shards
         if main:
-            run.save_adapter(trainer.model, trainer.processing_class, recipe.model.base, adapter_card(recipe, asdict(result)), adapter)
+            run.save_adapter(trainer.model, trainer.processing_class, recipe.model.base, adapter_card(recipe, asdict(result)), adapter,
+                             initial=run.initial_adapter if mutates_base(trainer.model) else None)
             run.write_summary(asdict(result))
             if tracker is not None:
                 tracker.log_adapter(run.path)

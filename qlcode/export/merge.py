@@ -173,6 +173,9 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
     if quantize not in (None, "nf4"):
         raise QlcodeError(f"--quantize: only nf4 is supported, not {quantize!r}")
     recipe = run.recipe()
+    if recipe.lora.init == "loftq":
+        raise QlcodeError(f"{adapter} is a LoftQ adapter: it holds the 4-bit base's quantization error, so merging it into the "
+                          "full-precision base would count that error twice; use it on its 4-bit base (qlcode eval --adapter)")
     base = local_base(recipe.model.base, recipe.model.revision)
     torch_dtype, dev = DTYPES[dtype], torch.device(device)
     deltas, replaced, scale = lora_deltas(adapter)
