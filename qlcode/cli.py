@@ -405,16 +405,20 @@ def play(
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
     share: Annotated[bool, typer.Option("--share", help="Also open a public Gradio share link.")] = False,
     votes: Annotated[Path, typer.Option(help="Directory for the votes: chat/complete/infill.jsonl preference rows for DPO, ties.jsonl.")] = Path("data/votes"),
+    auth: Annotated[Path | None, typer.Option(help="Require a login: a file of USER:PASSWORD lines (use it with --host 0.0.0.0 or --share).")] = None,
 ) -> None:
     """Compare two models side by side in the browser: chat, complete, infill, tests on each answer, vote, leaderboard."""
     if bits not in ("4", "8", "none"):
         err.print(f"[bold red]error:[/] --bits must be 4, 8 or none, got {bits!r}", highlight=False)
         raise typer.Exit(2)
+    from qlcode.ui.access import read_logins
+
+    logins = read_logins(auth) if auth is not None else None  # a bad file stops here, before the models load
     from qlcode.ui.app import launch
 
     quiet_libraries()
     err.print(f"playground: {left} | {right or 'default'} on http://{host}:{port}")
-    launch(base, None if bits == "none" else int(bits), left, right, votes, host, port, share)
+    launch(base, None if bits == "none" else int(bits), left, right, votes, host, port, share, auth=logins)
 
 
 @adapters_app.command("list")
