@@ -133,9 +133,9 @@ def build(pool: Pool, votes: Path, left: str, right: str) -> gr.Blocks:
                            "train an adapter on this base, or name another model with --left or --right")
         return tuple(random.sample(choices, 2))
 
-    def answer(session: Session, mode: str, turn: dict, notice: str, settings: Settings, asserts: str, message_out,
+    def answer(session: Session, mode: str, turn: dict, cut: str, settings: Settings, asserts: str, message_out,
                request: gr.Request | None):
-        """Both panes answer the turn (streamed), then the asserts run on both answers."""
+        """Both panes answer the turn (streamed), then the asserts run on both answers; `cut` says how the input was cut."""
         since = _arrived(request)
         prompts = [pane_prompt(mode, turn, session.histories[i]) for i in (0, 1)]
         session.generation, session.voted = None, False
@@ -143,16 +143,15 @@ def build(pool: Pool, votes: Path, left: str, right: str) -> gr.Blocks:
         panes: list[Pane] = []
         for panes in pool.stream(list(session.models), prompts, settings, since, stop):
             yield (*_chats(session, prompts, panes), *[p.stats() for p in panes], NO_TESTS, NO_TESTS,
-                   notice, *vote_off, "", message_out, session)
-        if stop.is_set():
-            notice = " ".join(n for n in (notice, "Stopped: the answers end where you stopped them.") if n)
+                   cut, *vote_off, "", message_out, session)
+        notice = " ".join(n for n in (cut, stop.is_set() and "Stopped: the answers end where you stopped them.") if n)
         # a chat answer as the chat template renders it back (trimmed); code modes keep every character
         answers = tuple(p.text.strip() if mode == "chat" else p.text for p in panes)
         for i in (0, 1):
             session.transcripts[i].extend(transcript_turn(prompts[i], panes[i].error and f"error: {panes[i].error}" or answers[i]))
             if mode == "chat" and not panes[i].error:  # a failed turn stays out of what the model sees next
                 session.histories[i].extend([prompts[i].messages[-1], {"role": "assistant", "content": answers[i]}])
-        session.last = (mode, turn, notice, tuple(prompts))
+        session.last = (mode, turn, cut, tuple(prompts))
         if not any(p.error for p in panes):
             session.generation = Generation(mode, session.models, tuple(prompts), answers,
                                             prompt_text=pool.laid_out(session.models[0], prompts[0]) if mode == "infill" else "",
