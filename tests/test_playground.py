@@ -345,6 +345,8 @@ def test_the_running_app_through_gradio_client(app, tmp_path):
     assert client.predict("assert True", api_name="/run_tests") == ("tests: no answer yet (send a prompt first)",) * 2
     with pytest.raises(Exception, match="seed must be a whole number from 0 to 4294967295"):
         client.predict(**{**SEND, "seed": 10**30}, api_name="/send")
+    with pytest.raises(Exception, match="^seed must be a whole number from 0 to 4294967295, got abc$"):
+        client.predict(**{**SEND, "seed": "abc"}, api_name="/send")
 
     client.predict(**SEND, api_name="/send")
     left, right, l_stats, r_stats, l_tests, r_tests, notice, _, message = client.predict(**{**SEND, "message": "And sub?"},

@@ -139,11 +139,14 @@ def build(pool: Pool, votes: Path, left: str, right: str) -> gr.Blocks:
         since = _arrived(request)
         prompts = [pane_prompt(mode, turn, session.histories[i]) for i in (0, 1)]
         session.generation, session.voted = None, False
-        stop = stops[request.session_hash if request else ""] = threading.Event()
+        owner = request.session_hash if request else ""
+        stop = stops[owner] = threading.Event()
         panes: list[Pane] = []
         for panes in pool.stream(list(session.models), prompts, settings, since, stop):
             yield (*_chats(session, prompts, panes), *[p.stats() for p in panes], NO_TESTS, NO_TESTS,
                    cut, *vote_off, "", message_out, session)
+        if stops.get(owner) is stop:  # finished: nothing left to stop
+            del stops[owner]
         notice = " ".join(n for n in (cut, stop.is_set() and "Stopped: the answers end where you stopped them.") if n)
         # a chat answer as the chat template renders it back (trimmed); code modes keep every character
         answers = tuple(p.text.strip() if mode == "chat" else p.text for p in panes)
