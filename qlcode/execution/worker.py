@@ -33,12 +33,12 @@ import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jail  # noqa: E402  (run by path in isolated mode: its directory is not on sys.path)
+from cgroup import RunCgroup  # noqa: E402
 
 sys.path.pop(0)
 
 OUTPUT_LIMIT = 8192
 RECORD_LIMIT = 1 << 20
-PIDS_CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")  # cgroup v1, v2
 SHM = "/dev/shm"
 PREIMPORT = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
              "hashlib", "random", "statistics", "json", "fractions", "decimal", "datetime", "copy", "operator",
@@ -65,7 +65,7 @@ class Setup:
                 jail.expose(python)
                 self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
                 self.new_pid_namespace()
-                self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1))
+                self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1, 1))
                 jail.setns(self.pid_ns, jail.CLONE_NEWPID)  # the probe's namespace died with it
             except OSError:
                 pass
@@ -78,7 +78,7 @@ class Setup:
         self.nobody = self.root and _succeeds(lambda: (jail.leave_root(), _readable(python)))
         if self.nobody and not self.isolated:
             os.chmod(self.base, 0o711)  # nobody reaches its own directories below
-        self.cgroup = make_pids_cgroup() if self.root else None
+        self.cgroup = RunCgroup.make() if self.root else None
         self.landlock_abi = jail.landlock_abi()
         self.seccomp = _succeeds(jail.deny_sockets)
 
@@ -88,15 +88,14 @@ class Setup:
         jail.unshare(jail.CLONE_NEWPID)              # then to a new one
 
     def features(self) -> dict:
-        return {"root": self.root, "nobody": self.nobody, "namespaces": self.isolated, "pids_cgroup": self.cgroup,
-                "directory": self.base, "landlock_abi": self.landlock_abi, "seccomp": self.seccomp}
+        cgroup = self.cgroup or RunCgroup({})
+        return {"root": self.root, "nobody": self.nobody, "namespaces": self.isolated, "pids_cgroup": cgroup.pids,
+                "memory_cgroup": cgroup.memory, "swap_bounded": cgroup.swap_bounded(), "directory": self.base,
+                "landlock_abi": self.landlock_abi, "seccomp": self.seccomp}
 
     def close(self) -> None:
         if self.cgroup:
-            try:
-                os.rmdir(self.cgroup)
-            except OSError:
-                pass
+            self.cgroup.remove()
         _remove_tree(self.base)
 
 
@@ -119,19 +118,6 @@ def _readable(paths: list[str]) -> None:
             open(path, "rb").close()
         else:
             os.listdir(path)
-
-
-def make_pids_cgroup() -> str | None:
-    """A pids cgroup for this worker's runs (one at a time); None where there is no pids controller."""
-    for root in PIDS_CGROUP_ROOTS:
-        try:
-            group = tempfile.mkdtemp(prefix="qlcode-sandbox-", dir=root)
-        except OSError:
-            continue
-        if os.path.exists(os.path.join(group, "pids.max")):
-            return group
-        os.rmdir(group)
-    return None
 
 
 def _remove_tree(path: str) -> None:
@@ -170,10 +156,9 @@ def run_one(setup: Setup, request: dict) -> dict:
         if setup.nobody:
             os.chown(workdir, jail.NOBODY, jail.NOBODY)
     if setup.cgroup:
-        with open(os.path.join(setup.cgroup, "pids.max"), "w") as f:
-            f.write(str(limits["procs"]))
+        setup.cgroup.start_run(limits["procs"], limits["memory_mb"])
     # RLIMIT_NPROC counts every process of a user, and the kernel exempts root: the cgroup bounds root's runs
-    nproc = None if setup.cgroup else limits["procs"] + (0 if setup.root else _own_processes())
+    nproc = None if setup.cgroup and setup.cgroup.pids else limits["procs"] + (0 if setup.root else _own_processes())
     read_end, write_end = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         if setup.isolated:
@@ -191,17 +176,23 @@ def run_one(setup: Setup, request: dict) -> dict:
             os.kill(pid, signal.SIGKILL)  # as a PID namespace's init, its death kills all it started
         _, status, usage = os.wait4(pid, 0)
         seconds = time.perf_counter() - start
-        # RLIMIT_CPU kills with SIGKILL here (a PID namespace's init ignores the SIGXCPU that comes first)
+        # RLIMIT_CPU: SIGXCPU (fatal unless ignored, as a PID namespace's init does), SIGKILL a second later
         out_of_cpu = (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
                       and usage.ru_utime + usage.ru_stime >= limits["cpu_s"])
         if not setup.isolated:
             _sweep(pid, setup.cgroup)
+        # the kernel killed a process of the run at the memory cgroup's bound (it counts what RLIMIT_AS does not)
+        out_of_memory = setup.cgroup is not None and setup.cgroup.oom_kills() > 0
+        if setup.cgroup:
+            setup.cgroup.end_run()
         record = _record(read_end, nonce)
         stdout, stderr = _read(out), _read(err)
     if not setup.isolated:
         _remove_tree(workdir)
     returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     outcome, error_type, cases = classify(record, returncode, timed_out or out_of_cpu)
+    if out_of_memory:
+        outcome, error_type = "oom", None
     if record and "sandbox_error" in record:
         stderr += f"\nsandbox: {str(record['sandbox_error'])[:500]}"
     return {"outcome": outcome, "error_type": error_type, "returncode": returncode, "stdout": stdout,
@@ -218,7 +209,7 @@ def _wait(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def _sweep(pid: int, cgroup: str | None) -> None:
+def _sweep(pid: int, cgroup: RunCgroup | None) -> None:
     """Without namespaces: kill the run's process group and whatever is left in its cgroup."""
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -227,8 +218,7 @@ def _sweep(pid: int, cgroup: str | None) -> None:
     if cgroup is None:
         return
     for _ in range(100):  # a fork bomb may still be spawning while we sweep
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            pids = [int(p) for p in f.read().split()]
+        pids = cgroup.processes()
         if not pids:
             return
         for p in pids:
@@ -288,12 +278,14 @@ def classify(record: dict | None, returncode: int, timed_out: bool) -> tuple[str
     return outcome, error, cases
 
 
-def enter_run_namespaces(workdir: str, disk_mb: int) -> None:
-    """As the init of a fresh PID namespace: a mount namespace of its own, a /proc that shows only
-    this namespace's processes, and one tmpfs of disk_mb MB, at /dev/shm (multiprocessing's
-    semaphores live there) with its `work` directory bind-mounted as the working directory."""
+def enter_run_namespaces(workdir: str, disk_mb: int, memory_mb: int) -> None:
+    """As the init of a fresh PID namespace: mount and IPC namespaces of its own (SysV IPC bounded by
+    memory_mb), a /proc that shows only this namespace's processes, and one tmpfs of disk_mb MB, at
+    /dev/shm (multiprocessing's semaphores live there) with its `work` directory bind-mounted as the
+    working directory."""
     jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWIPC)
     jail.mount("proc", "/proc", "proc", jail.MS_NOSUID | jail.MS_NODEV | jail.MS_NOEXEC)
+    jail.limit_ipc(memory_mb)
     jail.mount("tmpfs", SHM, "tmpfs", jail.MS_NOSUID | jail.MS_NODEV,
                f"size={disk_mb}m,mode=1777,uid={jail.NOBODY},gid={jail.NOBODY}")
     os.mkdir(f"{SHM}/work", 0o700)
@@ -308,10 +300,9 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
     try:
         os.setsid()
         if setup.isolated:
-            enter_run_namespaces(workdir, limits["disk_mb"])
+            enter_run_namespaces(workdir, limits["disk_mb"], limits["memory_mb"])
         if setup.cgroup:
-            with open(os.path.join(setup.cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
+            setup.cgroup.join()
         null = os.open("/dev/null", os.O_RDWR)
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (null, out, err, channel)]
         for target, fd in enumerate(high):

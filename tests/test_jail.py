@@ -1,0 +1,119 @@
+"""What a program cannot reach or take: memory beyond its bound in any form, and the CPU beyond its limit."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from qlcode.execution import sandbox
+from qlcode.execution.sandbox import Limits, run
+
+FEATURES = sandbox.protections()
+needs_memory_cgroup = pytest.mark.skipif(not FEATURES["memory_cgroup"],
+                                         reason="a memory cgroup needs root and the memory controller (v1, or v2 "
+                                                "delegated); sandbox.protections()['memory_cgroup'] is None here")
+needs_namespaces = pytest.mark.skipif(not FEATURES["namespaces"], reason="an IPC namespace per run needs root")
+
+SYSV_SHM_3GB = """import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+for i in range(12):  # 12 segments of 256 MB, each filled then detached: no mapping for RLIMIT_AS to count
+    shmid = libc.shmget(0, 256 << 20, 0o1600)
+    if shmid < 0:
+        raise OSError(ctypes.get_errno(), 'shmget')
+    addr = libc.shmat(shmid, None, 0)
+    ctypes.memset(addr, 1, 256 << 20)
+    libc.shmdt(ctypes.c_void_p(addr))
+    print((i + 1) * 256, flush=True)
+"""
+MEMFD_944MB = """import os
+for i in range(59):  # 59 files of 16 MB (the per-file bound) in memory, each held open: never written to disk
+    fd = os.memfd_create(f'm{i}')
+    for _ in range(16):
+        os.write(fd, b'x' * 2**20)
+"""
+FOUR_FORKS_800MB = """import os, time
+kids = []
+for i in range(4):  # each one within the address-space limit, together 3.2 GB
+    pid = os.fork()
+    if pid == 0:
+        x = b'x' * (800 << 20)
+        time.sleep(2)
+        os._exit(0)
+    kids.append(pid)
+print([os.waitpid(k, 0)[1] for k in kids])
+"""
+
+
+def mem_available_mb() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemAvailable:"))
+
+
+def run_watching_memory(program: str, limits: Limits) -> tuple[sandbox.Result, int]:
+    """The run, and how far the host's available memory fell below what it was before, sampled every 5 ms."""
+    base, lowest, done = mem_available_mb(), [], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            lowest.append(mem_available_mb())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = run(program, limits)
+    finally:
+        done.set()
+        watcher.join()
+    return result, base - min(lowest)
+
+
+@needs_memory_cgroup
+@needs_namespaces
+@pytest.mark.parametrize("program, memory_mb", [(SYSV_SHM_3GB, 1024), (MEMFD_944MB, 384), (FOUR_FORKS_800MB, 1024)],
+                         ids=["sysv-shm-3GB", "memfd-944MB", "4-forks-of-800MB"])
+def test_memory_in_every_form_is_bounded_in_total(program, memory_mb):
+    r, fell_mb = run_watching_memory(program, Limits(timeout_s=60, cpu_s=30, memory_mb=memory_mb))
+    assert (r.outcome, r.error_type) == ("oom", None), (r, r.stderr[-500:])
+    # the margin is for the other processes of a shared machine, which allocate while we watch; uncounted, each
+    # program here would take 300 MB or more beyond bound + margin (944 MB against 384 + 256 the least)
+    assert fell_mb < memory_mb + 256, f"the host's available memory fell by {fell_mb} MB with a bound of {memory_mb} MB"
+
+
+@needs_memory_cgroup
+@needs_namespaces
+def test_memory_within_the_bound_is_no_oom_and_the_next_run_gets_all_of_its_bound():
+    """The segments of a run killed at its bound are freed with its IPC namespace a moment after it ends; the
+    worker waits for that, so the next run (same worker: one at a time) is not squeezed by them."""
+    fill_900mb = SYSV_SHM_3GB.replace("range(12)", "range(3)").replace("256 << 20", "300 << 20")
+    limits = Limits(timeout_s=60, cpu_s=30, memory_mb=1024)
+    outcomes = [run(p, limits).outcome for p in (SYSV_SHM_3GB, fill_900mb, SYSV_SHM_3GB, fill_900mb)]
+    assert outcomes == ["oom", "passed", "oom", "passed"]
+
+
+@needs_namespaces
+def test_sysv_ipc_is_bounded_in_the_run_namespace():
+    program = ("import ctypes\nfor name in ('shmmax', 'shmall', 'shmmni', 'msgmni'):\n"
+               "    print(open(f'/proc/sys/kernel/{name}').read().strip())\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               "print(libc.shmget(0, 513 << 20, 0o1600), ctypes.get_errno())")
+    r = run(program, Limits(timeout_s=30, memory_mb=512))
+    assert r.outcome == "passed", r.stderr
+    shmmax, shmall, shmmni, msgmni, (shmget, err) = *map(int, r.stdout.split()[:4]), r.stdout.split()[4:]
+    assert (shmmax, shmall, shmmni, msgmni) == (512 << 20, (512 << 20) // os.sysconf("SC_PAGE_SIZE"), 64, 16)
+    assert (shmget, err) == ("-1", "22"), "a segment larger than the bound: EINVAL"
+
+
+def test_a_program_that_ignores_sigxcpu_still_times_out_on_cpu():
+    limits = Limits(timeout_s=120, cpu_s=1, memory_mb=512)
+    r = run("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass", limits)
+    assert (r.outcome, r.error_type) == ("timeout", None) and r.seconds < limits.timeout_s  # the CPU limit ended it
+
+
+@needs_memory_cgroup
+def test_protections_say_memory_is_bounded_with_swap():
+    assert FEATURES["memory_cgroup"].startswith("/sys/fs/cgroup/") and FEATURES["swap_bounded"] is True
