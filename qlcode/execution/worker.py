@@ -56,13 +56,15 @@ class Setup:
         self.base = tempfile.mkdtemp(prefix="qlcode-sandbox-")
         self.isolated = False  # per-run PID and mount namespaces, /proc, tmpfs working directory
         self.pid_ns = -1
-        python = [p for p in sys.path if os.path.exists(p)]  # what the program imports from
+        runtime = jail.runtime()  # all a program may read, besides its own directory: (path, Landlock access)
+        paths = [path for path, _ in runtime]
+        directories = [path for path in paths if os.path.isdir(path)]
         if self.root:
             try:
                 jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWUTS | jail.CLONE_NEWIPC | jail.CLONE_NEWNET)
                 jail.mount("none", "/", None, jail.MS_REC | jail.MS_PRIVATE)
                 jail.sethostname("sandbox")
-                jail.expose(python)
+                jail.expose(paths)
                 self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
                 self.new_pid_namespace()
                 self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1, 1))
@@ -75,11 +77,12 @@ class Setup:
             except OSError:
                 pass
         # not in a user namespace that maps only root, and Python's own files readable as nobody
-        self.nobody = self.root and _succeeds(lambda: (jail.leave_root(), _readable(python)))
+        self.nobody = self.root and _succeeds(lambda: (jail.leave_root(), _readable(directories)))
         if self.nobody and not self.isolated:
             os.chmod(self.base, 0o711)  # nobody reaches its own directories below
         self.cgroup = RunCgroup.make() if self.root else None
         self.landlock_abi = jail.landlock_abi()
+        self.runtime = list(zip(jail.open_paths(paths), (access for _, access in runtime))) if self.landlock_abi else []
         self.seccomp = _succeeds(jail.deny_sockets)
 
     def new_pid_namespace(self) -> None:
@@ -111,13 +114,10 @@ def _succeeds(fn) -> bool:
     return os.waitpid(pid, 0)[1] == 0
 
 
-def _readable(paths: list[str]) -> None:
-    """Raises unless each directory can be listed and each file read (by whoever we are now)."""
-    for path in paths:
-        if path.endswith(".zip"):
-            open(path, "rb").close()
-        else:
-            os.listdir(path)
+def _readable(directories: list[str]) -> None:
+    """Raises unless each directory can be listed (by whoever we are now)."""
+    for directory in directories:
+        os.listdir(directory)
 
 
 def _remove_tree(path: str) -> None:
@@ -303,6 +303,9 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
             enter_run_namespaces(workdir, limits["disk_mb"], limits["memory_mb"])
         if setup.cgroup:
             setup.cgroup.join()
+        # from here on it reads only the runtime, /proc, its directory and its /dev/shm; it writes only the last two
+        proc = (jail.open_paths(["/proc"])[0], jail.FS_READ | jail.FS_READ_DIR)
+        jail.landlock([*setup.runtime, proc], [workdir, SHM] if setup.isolated else [workdir])
         null = os.open("/dev/null", os.O_RDWR)
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (null, out, err, channel)]
         for target, fd in enumerate(high):
@@ -314,7 +317,6 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         if setup.nobody:
             jail.leave_root()
         jail.die_with_parent(signal.SIGKILL)  # after leave_root, which clears it; the worker may be killed
-        jail.landlock(workdir, SHM) if setup.isolated else jail.landlock(workdir)
         if setup.seccomp:
             jail.deny_sockets()
         os.environ.clear()
