@@ -1,13 +1,15 @@
 """The confinement primitives the sandbox's worker applies to each program's process, before it runs.
 
 Each is a system call that survives everything the program may do afterwards:
-- namespaces (root): mount, UTS, IPC and network for the worker; a fresh PID and mount namespace per
-  program, with its own /proc (it sees only its own processes) and a size-limited tmpfs as its
-  working directory (the total bytes it may write);
+- namespaces (root): mount, UTS, IPC and network for the worker; a fresh PID, mount and IPC namespace
+  per program, with its own /proc (it sees only its own processes), bounded SysV IPC and a
+  size-limited tmpfs as its working directory (the total bytes it may write);
 - leaving root: no supplementary groups, uid and gid `nobody`, hence no capabilities;
-- resource limits: address space, CPU seconds, processes, file size, open files, no core dumps;
-- Landlock (Linux >= 5.13): writes only beneath the working directory; TCP connect and bind denied
-  (ABI >= 4); signals and abstract unix sockets scoped to the sandbox (ABI >= 6);
+- resource limits: address space, CPU seconds, processes, file size, open files, no core dumps
+  (cgroup.py bounds a run's processes and memory in total);
+- Landlock (Linux >= 5.13): reads only the Python runtime (standard library, interpreter, system
+  libraries), /proc and its own directories, writes only beneath the latter; TCP connect and bind
+  denied (ABI >= 4); signals and abstract unix sockets scoped to the sandbox (ABI >= 6);
 - seccomp: no sockets (so no connection to a unix socket anywhere on the host, nor UDP where there
   is no network namespace) and no io_uring (which could open one without the socket call).
 Standard library only: the worker that imports it is run by path, before any program.
