@@ -3,6 +3,7 @@ beyond the Python runtime (the problem sets with their answers, the project, tok
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -176,3 +177,56 @@ def test_installed_packages_do_not_import_the_standard_library_does():
     r = run(program, Limits(timeout_s=60))
     assert r.outcome == "passed", r.stderr
     assert r.stdout.split("\n")[:3] == ["42", "5 Europe/Paris", '"0.25" ']
+
+
+def test_cgroup_v2_moves_the_processes_of_a_cgroup_that_must_delegate_into_a_leaf(tmp_path, monkeypatch):
+    """cgroup v2 is not this machine's (its memory controller is v1's): the kernel's rules are played by a fake
+    file system here, so that the way through them is tested. A cgroup with processes refuses to enable a
+    controller for its children (EBUSY); a process written to a cgroup's cgroup.procs leaves the other."""
+    from qlcode.execution import cgroup
+
+    parent = tmp_path / "user.slice"
+    parent.mkdir()
+    for name, text in {"cgroup.controllers": "cpu memory pids", "cgroup.subtree_control": "", "cgroup.procs": "11\n12\n"}.items():
+        (parent / name).write_text(text)
+    real_write = cgroup._write
+
+    def kernel_write(directory: str, name: str, value: str) -> None:
+        here = Path(directory)
+        if name == "cgroup.subtree_control":
+            if (here / "cgroup.procs").exists() and (here / "cgroup.procs").read_text().split():
+                raise OSError(errno.EBUSY, "Device or resource busy")
+            enabled = set((here / name).read_text().split()) | {v[1:] for v in value.split()}
+            real_write(directory, name, " ".join(sorted(enabled)))
+        elif name == "cgroup.procs":
+            for other in tmp_path.rglob("cgroup.procs"):
+                other.write_text("".join(f"{p}\n" for p in other.read_text().split() if p != value))
+            procs = here / name
+            real_write(directory, name, (procs.read_text() if procs.exists() else "") + value + "\n")
+        else:
+            real_write(directory, name, value)
+
+    monkeypatch.setattr(cgroup, "_write", kernel_write)
+    assert cgroup._delegate(str(parent), ["pids", "memory"]) == ["pids", "memory"]
+    assert (parent / "cgroup.subtree_control").read_text() == "memory pids"
+    assert (parent / "cgroup.procs").read_text() == "" and (parent / cgroup.LEAF / "cgroup.procs").read_text() == "11\n12\n"
+
+    worker = parent / "qlcode-sandbox-w"  # a worker's cgroup: both controllers in one directory, bounds per run
+    (worker / "run").mkdir(parents=True)
+    (worker / "cgroup.controllers").write_text("memory pids")
+    (worker / "run" / "memory.swap.max").write_text("max")
+    group = cgroup.RunCgroup({"pids": str(worker), "memory": str(worker)})
+    group.start_run(procs=16, memory_mb=512)
+    run = {f.name: f.read_text() for f in (worker / "run").iterdir()}
+    assert group.v2 and run == {"pids.max": "16", "memory.max": str(512 << 20), "memory.swap.max": "0", "memory.oom.group": "1"}
+    (worker / "run" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 1\n")
+    assert group.oom_kills() == 1
+
+
+def test_cgroup_paths_under_a_mount_that_shows_a_subtree():
+    from qlcode.execution.cgroup import _directory
+
+    assert _directory("/sys/fs/cgroup/memory", "/", "/process_api/abc") == "/sys/fs/cgroup/memory/process_api/abc"
+    assert _directory("/sys/fs/cgroup/memory", "/docker/1f", "/docker/1f/sub") == "/sys/fs/cgroup/memory/sub"
+    assert _directory("/sys/fs/cgroup/memory", "/docker/1f", "/docker/1f") == "/sys/fs/cgroup/memory/"
+    assert _directory("/sys/fs/cgroup/memory", "/docker/1f", "/docker/2") is None, "outside what the mount shows"
