@@ -22,6 +22,8 @@ needs_memory_cgroup = pytest.mark.skipif(not FEATURES["memory_cgroup"],
                                          reason="a memory cgroup needs root and the memory controller (v1, or v2 "
                                                 "delegated); sandbox.protections()['memory_cgroup'] is None here")
 needs_namespaces = pytest.mark.skipif(not FEATURES["namespaces"], reason="an IPC namespace per run needs root")
+needs_ipc_limits = pytest.mark.skipif(not FEATURES["ipc_bounded"], reason="IPC limits need a writable /proc/sys "
+                                      "in the run's namespaces (root, not an unprivileged container)")
 
 SYSV_SHM_3GB = """import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
@@ -101,7 +103,7 @@ def test_memory_within_the_bound_is_no_oom_and_the_next_run_gets_all_of_its_boun
     assert outcomes == ["oom", "passed", "oom", "passed"]
 
 
-@needs_namespaces
+@needs_ipc_limits
 def test_sysv_ipc_is_bounded_in_the_run_namespace():
     program = ("import ctypes\nfor name in ('shmmax', 'shmall', 'shmmni', 'msgmni'):\n"
                "    print(open(f'/proc/sys/kernel/{name}').read().strip())\n"

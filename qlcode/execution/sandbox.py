@@ -175,7 +175,8 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def protections() -> dict:
-    """What holds here: root, nobody (runs leave root), namespaces, pids_cgroup, memory_cgroup and directory (a
+    """What holds here: root, nobody (runs leave root), namespaces, ipc_bounded (SysV IPC limits in each run's
+    namespace), pids_cgroup, memory_cgroup and directory (a
     worker's; a cgroup None where the machine offers none), swap_bounded (the memory bound includes swap, or
     there is none), landlock_abi (0 = none), seccomp."""
     return _pool.features()

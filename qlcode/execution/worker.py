@@ -55,6 +55,7 @@ class Setup:
         self.root = os.geteuid() == 0
         self.base = tempfile.mkdtemp(prefix="qlcode-sandbox-")
         self.isolated = False  # per-run PID and mount namespaces, /proc, tmpfs working directory
+        self.ipc_bounded = False  # SysV IPC limits written in each run's IPC namespace
         self.pid_ns = -1
         runtime = jail.runtime()  # all a program may read, besides its own directory: (path, Landlock access)
         paths = [path for path, _ in runtime]
@@ -67,8 +68,10 @@ class Setup:
                 jail.expose(paths)
                 self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
                 self.new_pid_namespace()
-                self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1, 1))
-                jail.setns(self.pid_ns, jail.CLONE_NEWPID)  # the probe's namespace died with it
+                self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1, None))
+                self.new_pid_namespace()  # the probe's namespace died with it
+                self.ipc_bounded = self.isolated and _succeeds(lambda: enter_run_namespaces(self.base, 1, 1))
+                jail.setns(self.pid_ns, jail.CLONE_NEWPID)
             except OSError:
                 pass
         else:
@@ -92,9 +95,9 @@ class Setup:
 
     def features(self) -> dict:
         cgroup = self.cgroup or RunCgroup({})
-        return {"root": self.root, "nobody": self.nobody, "namespaces": self.isolated, "pids_cgroup": cgroup.pids,
-                "memory_cgroup": cgroup.memory, "swap_bounded": cgroup.swap_bounded(), "directory": self.base,
-                "landlock_abi": self.landlock_abi, "seccomp": self.seccomp}
+        return {"root": self.root, "nobody": self.nobody, "namespaces": self.isolated, "ipc_bounded": self.ipc_bounded,
+                "pids_cgroup": cgroup.pids, "memory_cgroup": cgroup.memory, "swap_bounded": cgroup.swap_bounded(),
+                "directory": self.base, "landlock_abi": self.landlock_abi, "seccomp": self.seccomp}
 
     def close(self) -> None:
         if self.cgroup:
@@ -278,14 +281,15 @@ def classify(record: dict | None, returncode: int, timed_out: bool) -> tuple[str
     return outcome, error, cases
 
 
-def enter_run_namespaces(workdir: str, disk_mb: int, memory_mb: int) -> None:
+def enter_run_namespaces(workdir: str, disk_mb: int, memory_mb: int | None) -> None:
     """As the init of a fresh PID namespace: mount and IPC namespaces of its own (SysV IPC bounded by
-    memory_mb), a /proc that shows only this namespace's processes, and one tmpfs of disk_mb MB, at
-    /dev/shm (multiprocessing's semaphores live there) with its `work` directory bind-mounted as the
-    working directory."""
+    memory_mb, unless None: where /proc/sys cannot be written), a /proc that shows only this namespace's
+    processes, and one tmpfs of disk_mb MB, at /dev/shm (multiprocessing's semaphores live there) with
+    its `work` directory bind-mounted as the working directory."""
     jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWIPC)
     jail.mount("proc", "/proc", "proc", jail.MS_NOSUID | jail.MS_NODEV | jail.MS_NOEXEC)
-    jail.limit_ipc(memory_mb)
+    if memory_mb is not None:
+        jail.limit_ipc(memory_mb)
     jail.mount("tmpfs", SHM, "tmpfs", jail.MS_NOSUID | jail.MS_NODEV,
                f"size={disk_mb}m,mode=1777,uid={jail.NOBODY},gid={jail.NOBODY}")
     os.mkdir(f"{SHM}/work", 0o700)
@@ -300,7 +304,7 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
     try:
         os.setsid()
         if setup.isolated:
-            enter_run_namespaces(workdir, limits["disk_mb"], limits["memory_mb"])
+            enter_run_namespaces(workdir, limits["disk_mb"], limits["memory_mb"] if setup.ipc_bounded else None)
         if setup.cgroup:
             setup.cgroup.join()
         # from here on it reads only the runtime, /proc, its directory and its /dev/shm; it writes only the last two
