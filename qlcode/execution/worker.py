@@ -86,6 +86,8 @@ class Setup:
         self.cgroup = RunCgroup.make() if self.root else None
         self.landlock_abi = jail.landlock_abi()
         self.runtime = list(zip(jail.open_paths(paths), (access for _, access in runtime))) if self.landlock_abi else []
+        if self.landlock_abi and not _succeeds(lambda: jail.landlock(self.runtime, [self.base])):
+            self.landlock_abi, self.runtime = 0, []  # rules this kernel refuses: said by protections(), not per run
         self.seccomp = _succeeds(jail.deny_sockets)
 
     def new_pid_namespace(self) -> None:
@@ -308,8 +310,9 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         if setup.cgroup:
             setup.cgroup.join()
         # from here on it reads only the runtime, /proc, its directory and its /dev/shm; it writes only the last two
-        proc = (jail.open_paths(["/proc"])[0], jail.FS_READ | jail.FS_READ_DIR)
-        jail.landlock([*setup.runtime, proc], [workdir, SHM] if setup.isolated else [workdir])
+        if setup.landlock_abi:
+            proc = (jail.open_paths(["/proc"])[0], jail.FS_READ | jail.FS_READ_DIR)
+            jail.landlock([*setup.runtime, proc], [workdir, SHM] if setup.isolated else [workdir])
         null = os.open("/dev/null", os.O_RDWR)
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (null, out, err, channel)]
         for target, fd in enumerate(high):
