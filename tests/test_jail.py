@@ -233,11 +233,14 @@ def test_cgroup_v2_moves_the_processes_of_a_cgroup_that_must_delegate_into_a_lea
     (worker / "run").mkdir(parents=True)
     (worker / "cgroup.controllers").write_text("memory pids")
     (worker / "run" / "memory.swap.max").write_text("max")
+    events = worker / "run" / "memory.events"  # a run cgroup left behind: its counters are the next run's
+    events.write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 2\n")
     group = cgroup.RunCgroup({"pids": str(worker), "memory": str(worker)})
     group.start_run(procs=16, memory_mb=512)
-    run = {f.name: f.read_text() for f in (worker / "run").iterdir()}
+    run = {f.name: f.read_text() for f in (worker / "run").iterdir() if f != events}
     assert group.v2 and run == {"pids.max": "16", "memory.max": str(512 << 20), "memory.swap.max": "0", "memory.oom.group": "1"}
-    (worker / "run" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 1\n")
+    assert group.oom_kills() == 0
+    events.write_text("low 0\nhigh 0\nmax 5\noom 3\noom_kill 3\noom_group_kill 3\n")
     assert group.oom_kills() == 1
 
 

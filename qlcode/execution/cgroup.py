@@ -107,6 +107,7 @@ class RunCgroup:
 
     def __init__(self, directories: dict[str, str]) -> None:
         self.directories = directories
+        self._oom_kills_before = 0  # a run cgroup that could not be removed is the next run's, counters and all
         self.v2 = len(set(directories.values())) == 1 and os.path.exists(
             os.path.join(next(iter(directories.values())), "cgroup.controllers"))
 
@@ -164,6 +165,7 @@ class RunCgroup:
             os.makedirs(run, exist_ok=True)  # there still when the last one could not be removed
         if self.pids:
             _write(os.path.join(self.pids, self.RUN), "pids.max", str(procs))
+        self._oom_kills_before = self._oom_kill_count()
         if self.memory is None:
             return
         run, limit = os.path.join(self.memory, self.RUN), str(memory_mb * 2**20)
@@ -186,6 +188,9 @@ class RunCgroup:
 
     def oom_kills(self) -> int:
         """How many of the run's processes the kernel killed at its memory bound."""
+        return self._oom_kill_count() - self._oom_kills_before
+
+    def _oom_kill_count(self) -> int:
         if self.memory is None:
             return 0
         run = os.path.join(self.memory, self.RUN)
