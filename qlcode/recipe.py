@@ -64,6 +64,10 @@ class QuantSection(Section):
         "auto", description="4-bit layers: qlcode's (Triton dequantization for training and prefill, bitsandbytes' matmul "
                             "for decoding's few rows) or bitsandbytes' own; auto = triton on CUDA."
     )
+    fused_blocks: bool = Field(
+        True, description="With qlcode's kernels (quant.kernels: triton, or auto on CUDA): Llama's MLP and attention "
+                          "projections as fused QLoRA blocks that save less for backward; other families keep the plain path."
+    )
 
     @field_validator("bits", mode="before")
     @classmethod

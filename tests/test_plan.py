@@ -76,9 +76,13 @@ def _saved_bytes(base: Path, overrides: list[str], tokens: torch.Tensor) -> int:
     ["lora.dropout=0", "lora.target_modules=[q_proj,v_proj,down_proj]"],
     ["lora.dropout=0.1", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "lora.r=8"],
     ["lora.dropout=0", "model.attn_implementation=eager"],
-], ids=["all-linear-dropout", "all-linear", "some", "attention-dropout", "eager"])
+    ["lora.dropout=0.05", "quant.kernels=triton"],
+    ["lora.dropout=0.05", "quant.kernels=triton", "lora.target_modules=[q_proj,v_proj,down_proj]"],
+    ["lora.dropout=0", "quant.kernels=triton", "model.attn_implementation=eager"],
+], ids=["all-linear-dropout", "all-linear", "some", "attention-dropout", "eager", "fused", "fused-some", "fused-eager"])
 def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
-    """One layer more adds exactly the planned per-layer bytes (CPU: fp32, dropout masks in fp32)."""
+    """One layer more adds exactly the planned per-layer bytes (CPU: fp32, dropout masks in fp32);
+    quant.kernels=triton trains through the fused blocks (Triton interpreted)."""
     tokens = torch.randint(3, 500, (2, 48), generator=torch.Generator().manual_seed(0))
     overrides = [*overrides, "data.max_length=48"]
     measured = []

@@ -57,6 +57,7 @@ class Settings:
     checkpointing: bool = True
     attention: str = "sdpa"
     method: str = "sft"
+    fused: bool = False  # Llama's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
 
     @property
     def sequences(self) -> int:
@@ -149,6 +150,8 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     input (bitsandbytes dequantizes the weight again in backward); a LoRA module saves its
     (dropped-out) input in c and its rank-r hidden; modules sharing an input share one saved copy
     when no dropout or cast separates them. DoRA's per-forward weight norms are not counted.
+    The fused blocks (s.fused) keep each block's input once in c, and the MLP's gate and up in c;
+    LoRA's products and dropout masks are recomputed in backward.
     """
     h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
@@ -171,6 +174,8 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
         total += 3 * c * q + (4 + (c if c != 4 else 0)) * shapes.heads * s.max_length
     else:  # SDPA / flash: q, k, v, the output and the log-sum-exp, no sequence-squared matrix
         total += c * (2 * q + 2 * kv) + 4 * shapes.heads
+    if s.fused and s.bits == 4:  # qlcode.kernels.fused_blocks: each block's input, gate and up, in c
+        return total + c * (2 * h + 2 * f) + (c * q if s.attention == "eager" else 0)  # o's input: SDPA's output
     # gate, silu(gate), up: in p behind quantized linears, in c behind torch's under autocast. They
     # were counted in c until the first GPU measurement (H100, 2026-11-26,
     # benchmarks/results/2026-11-26-h100/plan_memory.md: CodeLlama-7B, r16 all-linear) found the
@@ -277,7 +282,15 @@ def settings(recipe, device: str = "cuda") -> Settings:
         checkpointing=recipe.train.gradient_checkpointing,
         attention=recipe.model.attn_implementation,
         method=recipe.train.method,
+        fused=fused_blocks(recipe, device),
     )
+
+
+def fused_blocks(recipe, device: str) -> bool:
+    """Whether the run trains through the fused QLoRA blocks: qlcode's kernels (quant.kernels triton,
+    or auto on a GPU, where the self-check is assumed to pass) with quant.fused_blocks."""
+    q = recipe.quant
+    return q.bits == 4 and q.fused_blocks and (q.kernels == "triton" or (q.kernels == "auto" and device == "cuda"))
 
 
 def _adapter_lora(adapter: str, r: int, targets: tuple[str, ...], dora: bool) -> tuple[int, tuple[str, ...], bool]:
