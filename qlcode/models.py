@@ -175,9 +175,11 @@ def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
     """Make the base trainable through LoRA: a new adapter, or `adapter` (a directory) to continue one."""
     quantized = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
     if quantized:
+        frozen = frozen_embeddings(base, modules_to_save)
         base = prepare_model_for_kbit_training(
             base, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+        keep_dtypes(base, frozen)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if adapter:
@@ -197,6 +199,26 @@ def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
     )
     torch.manual_seed(seed)
     return get_peft_model(base, config)
+
+
+def frozen_embeddings(base: PreTrainedModel, modules_to_save: list[str]) -> dict[torch.nn.Parameter, torch.dtype]:
+    """The embeddings and LM head that stay frozen (not in modules_to_save), with their loaded dtype."""
+    modules = {"embed_tokens": base.get_input_embeddings(), "lm_head": base.get_output_embeddings()}
+    if any(name in modules_to_save for name in modules):  # a trained copy starts from the fp32 upcast
+        return {}
+    return {m.weight: m.weight.dtype for m in modules.values() if m is not None}
+
+
+def keep_dtypes(base: PreTrainedModel, frozen: dict[torch.nn.Parameter, torch.dtype]) -> None:
+    """Undo PEFT's fp32 upcast of the frozen embeddings and LM head: in the loaded (compute) dtype
+    they take half the memory (3.9 GiB against 2.0 at 34B) and give the same bf16 autocast
+    matmuls; the loss is still computed on fp32 logits (transformers upcasts them). The LM head
+    casts its input (the fp32 final norm's output) to its own dtype outside autocast."""
+    for param, dtype in frozen.items():
+        param.data = param.data.to(dtype)
+    head = base.get_output_embeddings()
+    if head is not None and head.weight in frozen and frozen[head.weight] != torch.float32:
+        head.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype), *args[1:]))
 
 
 def use_kernels(model: M, quant: Quantization) -> M:

@@ -224,8 +224,11 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
         f"{len(linears)} linear layers x {shapes.layers} in {kind}, with their quantization state")
     embeddings = shapes.vocab * shapes.hidden * (1 if shapes.tied_embeddings else 2)
     norms = shapes.hidden * (2 * shapes.layers + 1)
-    add("embeddings, lm_head, norms", (embeddings + norms) * s.upcast_bytes,
-        "unquantized, " + ("fp32" if s.upcast_bytes == 4 else "bf16/fp16") + (" (PEFT upcasts them for k-bit training)" if s.bits else ""))
+    trained = any(m in ("embed_tokens", "lm_head") for m in s.modules_to_save)
+    embedding_bytes = s.upcast_bytes if trained else s.weight_bytes  # frozen ones keep their loaded dtype (models.keep_dtypes)
+    add("embeddings, lm_head, norms", embeddings * embedding_bytes + norms * s.upcast_bytes,
+        f"unquantized: embeddings and lm_head in {'fp32' if embedding_bytes == 4 else 'bf16/fp16'}, norms in "
+        + ("fp32" if s.upcast_bytes == 4 else "bf16/fp16") + (" (PEFT upcasts them for k-bit training)" if s.bits else ""))
     add("buffers", 2 * 4 * shapes.head_dim // 2, "RoPE inverse frequencies, and their original copy")
     sizes = lora_tensors(shapes, s)
     params = sum(sizes)

@@ -1,0 +1,67 @@
+"""Training options for speed and memory beside the fused blocks: the frozen embeddings and LM head
+kept in their loaded dtype, offloaded activations, padding-free packing, torch.compile, liger-kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def _losses(model, steps: int = 3) -> list[float]:
+    """Losses of `steps` AdamW steps on one fixed batch (dropout off: the two paths draw alike)."""
+    ids = torch.randint(3, 300, (2, 32), generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_frozen_embeddings_and_lm_head_stay_in_the_loaded_dtype_and_train_like_the_upcast_path(tiny, monkeypatch):
+    """A bf16 base (a GPU's dtype, here on CPU without autocast): PEFT's k-bit preparation upcasts the
+    embeddings and LM head to fp32; qlcode puts them back in bf16 (norms and LoRA stay fp32). The
+    losses of three steps agree with the all-fp32 path within 2% (a bf16 LM head matmul rounds
+    the logits to 8 bits of mantissa; the loss itself is computed on fp32 logits)."""
+    from qlcode import models
+
+    def lora(keep: bool):
+        if not keep:
+            monkeypatch.setattr(models, "keep_dtypes", lambda base, frozen: None)
+        base = models.load_base(str(tiny), dtype="bf16")
+        m = models.with_lora(base, r=4, alpha=8, dropout=0.0, target_modules="all-linear", gradient_checkpointing=False)
+        monkeypatch.undo()
+        return m
+
+    kept, upcast = lora(True), lora(False)
+    assert kept.get_input_embeddings().weight.dtype == kept.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert upcast.get_output_embeddings().weight.dtype == torch.float32
+    assert kept.base_model.model.model.norm.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in kept.parameters() if p.requires_grad)
+    got, want = _losses(kept), _losses(upcast)
+    assert got == pytest.approx(want, rel=2e-2)
+    assert got[-1] < got[0], "it trains"
+
+
+def test_a_trained_lm_head_is_upcast_as_before(tiny):
+    from qlcode import models
+
+    base = models.load_base(str(tiny), dtype="bf16")
+    m = models.with_lora(base, r=4, alpha=8, dropout=0.0, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                         gradient_checkpointing=False)
+    assert m.get_input_embeddings().weight.dtype == torch.float32
+    trained = [p for n, p in m.named_parameters() if "lm_head" in n and p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
