@@ -65,3 +65,34 @@ def test_a_trained_lm_head_is_upcast_as_before(tiny):
     assert m.get_input_embeddings().weight.dtype == torch.float32
     trained = [p for n, p in m.named_parameters() if "lm_head" in n and p.requires_grad]
     assert trained and all(p.dtype == torch.float32 for p in trained)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_sequences_each_keep_their_own_loss(tmp_path, tiny_base, alpaca_file, attention):
+    """data.packing through qlcode's SFT trainer: one padding-free row whose position ids restart at
+    each sequence, and attention kept within each (transformers builds the block mask from the
+    position ids; flash attention takes TRL's cu_seq_lens on a GPU). Each sequence's loss in the
+    packed row equals its loss alone: fp32 on CPU, the only difference the attention kernel's
+    shapes (measured 2e-7 on the logits; 1e-5 relative leaves room for other CPUs)."""
+    import torch.nn.functional as F
+    from conftest import make_recipe
+
+    from qlcode.train import build_trainer
+
+    recipe = make_recipe(tmp_path, tiny_base, alpaca_file, model={"attn_implementation": attention},
+                         data={"packing": True, "max_length": 256, "validation": 0}, train={"micro_batch_size": 2})
+    trainer, _ = build_trainer(recipe)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1  # padding-free: one flat row
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) >= 3, "several rows packed"
+    model = trainer.model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        for start, end in zip(starts, [*starts[1:], batch["input_ids"].shape[1]]):
+            ids, labels = batch["input_ids"][0, start:end], batch["labels"][0, start:end]
+            assert batch["position_ids"][0, start:end].tolist() == list(range(end - start))
+            alone = model(input_ids=ids[None]).logits[0]
+            loss_packed = F.cross_entropy(packed[start:end - 1], labels[1:], ignore_index=-100)
+            loss_alone = F.cross_entropy(alone[:-1], labels[1:], ignore_index=-100)
+            assert loss_packed.item() == pytest.approx(loss_alone.item(), rel=1e-5)
