@@ -58,6 +58,8 @@ class Settings:
     attention: str = "sdpa"
     method: str = "sft"
     fused: bool = False  # Llama's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
+    offload: bool = False  # train.offload_activations
+    packing: bool = False  # data.packing: one padding-free row per micro batch
 
     @property
     def sequences(self) -> int:
@@ -85,6 +87,7 @@ class Plan:
     shapes: Shapes
     settings: Settings
     parts: list[Part] = field(default_factory=list)
+    host: list[Part] = field(default_factory=list)  # CPU memory the run adds (offloaded activations)
 
     @property
     def total(self) -> int:
@@ -244,11 +247,19 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
     tokens, per_layer, h = s.tokens, layer_activation_bytes(shapes, s), shapes.hidden
     seq = f"{s.sequences} x {s.max_length} tokens"
     head = tokens * (2 * s.upcast_bytes * h + 8)  # final norm's input, the LM head's input and log-sum-exp
-    if s.checkpointing:
-        add("activations", tokens * shapes.layers * s.upcast_bytes * h + head,
-            f"checkpointing: each layer's input ({seq})")
+    inputs = tokens * shapes.layers * s.upcast_bytes * h  # each layer's input, kept by checkpointing
+    if s.checkpointing and s.offload:
+        add("activations", 2 * inputs // shapes.layers + head,
+            f"checkpointing, offloaded: two layers' inputs in flight ({seq})")
+        out.host.append(Part("offloaded activations", inputs, f"each layer's input in pinned CPU memory ({seq})"))
+    elif s.checkpointing:
+        add("activations", inputs + head, f"checkpointing: each layer's input ({seq})")
     else:
         add("activations", tokens * shapes.layers * per_layer + head, f"every layer's saved tensors ({seq}, {s.attention})")
+    if s.packing and s.attention in ("sdpa", "eager"):  # flash attention takes the sequence bounds instead
+        mask = 1 if s.attention == "sdpa" else s.compute_bytes
+        add("packed attention mask", mask * tokens ** 2, f"the block mask transformers builds over the packed row "
+            f"({tokens:,} tokens, {'boolean' if mask == 1 else 'additive'})")
     lm_head, layer = lm_head_bytes(shapes, s), layer_backward_bytes(shapes, s, per_layer)
     add("peak working set", max(lm_head, layer),
         f"the larger of: LM head {lm_head / GiB:.2f} GiB (TRL's tiled log-probs), one layer's backward {layer / GiB:.2f} GiB")
@@ -286,6 +297,8 @@ def settings(recipe, device: str = "cuda") -> Settings:
         attention=recipe.model.attn_implementation,
         method=recipe.train.method,
         fused=fused_blocks(recipe, device),
+        offload=recipe.train.offload_activations,
+        packing=recipe.data.packing,
     )
 
 
