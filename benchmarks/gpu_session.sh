@@ -5,9 +5,9 @@
 #   1. here, once:  echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_session.sh --fetch-wheels
 #   2. device run:  bash benchmarks/gpu_session.sh     (carry: [".whl"], timeout_s 600)
 #      a rerun of some steps: bash benchmarks/gpu_session.sh kernel-tests dequant decode
-#   3. unsloth, if the time allows (its own call: its wheels and ours do not fit one 64 MiB carry):
+#   3. unsloth, if the time allows (a call of its own: unsloth patches transformers on import):
 #      here:        echo /.whl-unsloth/ >> .git/info/exclude && bash benchmarks/gpu_session.sh --fetch-wheels unsloth
-#      device run:  bash benchmarks/gpu_session.sh unsloth     (carry: [".whl-unsloth"], timeout_s 600)
+#      device run:  bash benchmarks/gpu_session.sh unsloth     (carry: [".whl", ".whl-unsloth"], timeout_s 600)
 #
 # The device image has torch, triton, transformers, peft and pytest but not bitsandbytes, pydantic,
 # datasets or trl (plan_memory.py runs TRL's fused LM head): step 1 downloads those wheels (about
@@ -17,9 +17,11 @@
 # sequence on a 24 GiB cap; `qlcode train` itself on python-sft.yaml's shapes under the cap; peak
 # memory against qlcode plan); everything lands in $OUT (the device tool's folder) or
 # build/gpu-session; each step has a time limit, so one that hangs costs only its own figures.
-# unsloth 2026.10.9 pins transformers <= 5.17 and trl <= 1.15: step 3 installs those versions
-# beside it, in a directory of their own, with bitsandbytes (about 45 MB with the stripped
-# unsloth wheel, whose studio/ web app, 86 of its 88 MB unpacked, is removed).
+# unsloth 2026.10.9 pins transformers <= 5.17 and trl <= 1.15: step 3 puts those versions in front
+# of ours, in a directory of their own (measured here: .whl 27.9 MB, .whl-unsloth 18.8 MB with the
+# unsloth wheel's studio/ web app, 86 of its 88 MB unpacked, removed; the tracked tree 16.5 MB:
+# 63.2 MB of the carry's 67.1 MB (64 MiB). unsloth's other dependencies (xformers, diffusers,
+# torchvision, hf_transfer) are not carried: if it will not import without them, its row says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,14 +33,13 @@ download() {  # download DIR PACKAGE==VERSION...: wheels for the device's Python
     --platform manylinux2014_x86_64 --platform any -d "$dir" "$@"
   # bitsandbytes ships a library per CUDA/ROCm version (120 MB unpacked): keep the CUDA 13 ones the image's
   # torch (cu130) loads, so that the wheels and the tree stay under the tool's 64 MiB
-  bnb=$(ls "$dir"/bitsandbytes-*.whl) && zip -q -d "$bnb" 'bitsandbytes/libbitsandbytes_cuda1[12]*.so' \
-    'bitsandbytes/libbitsandbytes_rocm*.so' 'bitsandbytes/libbitsandbytes_xpu*.so'
+  bnb=$(ls "$dir"/bitsandbytes-*.whl 2>/dev/null) && zip -q -d "$bnb" 'bitsandbytes/libbitsandbytes_cuda1[12]*.so' \
+    'bitsandbytes/libbitsandbytes_rocm*.so' 'bitsandbytes/libbitsandbytes_xpu*.so' || true
 }
 COMMON="bitsandbytes==0.50.2 pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.4 annotated-types==0.7.0
   typing-extensions==4.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 peft==0.21.2 regex==2026.11.19"
 if [[ "${1:-}" == "--fetch-wheels" && "${2:-}" == "unsloth" ]]; then
-  # shellcheck disable=SC2086
-  download .whl-unsloth $COMMON unsloth==2026.10.9 unsloth-zoo==2026.10.9 transformers==5.17.0 trl==1.15.0 \
+  download .whl-unsloth unsloth==2026.10.9 unsloth-zoo==2026.10.9 transformers==5.17.0 trl==1.15.0 \
     tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1 shtab==1.13.0 json5==0.17.3 nest-asyncio==1.6.0
   zip -q -d .whl-unsloth/unsloth-*.whl 'studio/*'  # unsloth's web app: not the library
   du -sh .whl-unsloth
@@ -54,14 +55,14 @@ fi
 out="${OUT:-build/gpu-session}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [[ "${1:-}" == "unsloth" ]]; then  # step 3: unsloth alone, with the library versions it accepts
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if [[ "${1:-}" == "unsloth" ]]; then  # step 3: unsloth alone, with the library versions it accepts in front
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-unsloth .whl-unsloth/*.whl
-  export PYTHONPATH="/tmp/site-unsloth:$PWD"
+  export PYTHONPATH="/tmp/site-unsloth:/tmp/site:$PWD"
   timeout 500 python3 benchmarks/train_step.py --unsloth 2>&1 | tee "$out/train_step_unsloth.md"
   echo "[train_step_unsloth.md: exit ${PIPESTATUS[0]}]" | tee -a "$out/train_step_unsloth.md"
   exit 0
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD"
 set +e  # from here a failing or slow step is recorded and the next one still runs
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv

@@ -38,6 +38,7 @@ CONFIGS: dict[str, list[str] | None] = {
     "qlcode": [],
     "qlcode, quant.fused_blocks=false": ["quant.fused_blocks=false"],
     "qlcode, train.offload_activations=true": ["train.offload_activations=true"],
+    "qlcode, train.liger=true": ["train.liger=true"],  # GPU only (liger's kernels): left out on CPU
 }
 
 
@@ -153,7 +154,7 @@ def main() -> None:
 
         builds = {f"unsloth {unsloth.__version__}": lambda: unsloth_model(model_dir, recipe, args.seq_len)}
     else:
-        names = args.only or list(CONFIGS)
+        names = args.only or [n for n in CONFIGS if harness.GPU or "liger" not in n]
         builds = {n: (lambda: plain_stack(model_dir, recipe)) if CONFIGS[n] is None
                   else (lambda o=CONFIGS[n]: trainable_model(recipe_for(model_dir, o))) for n in names}
     ids = torch.randint(3, harness.VOCAB, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(harness.DEVICE)

@@ -199,6 +199,9 @@ class TrainOptions(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    liger: bool = Field(
+        False, description="liger-kernel's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy (Llama; CUDA; "
+                           "pip install 'qlcode[liger]').")
     offload_activations: bool = Field(
         False, description="Keep the tensors saved for backward (with checkpointing: each layer's input) in pinned CPU "
                            "memory until backward needs them; less GPU memory, more host traffic.")

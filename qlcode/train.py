@@ -104,6 +104,10 @@ def trainable_model(recipe: Recipe) -> PeftModel:
                       modules_to_save=lora.modules_to_save, adapter=lora.adapter,
                       gradient_checkpointing=recipe.train.gradient_checkpointing, seed=recipe.train.seed)
     model = use_kernels(model, quantization_of(recipe))
+    if recipe.train.liger:
+        from qlcode.kernels.liger import use_liger
+
+        use_liger(model)
     if recipe.train.offload_activations:
         from qlcode.kernels.offload import offload_activations
 

@@ -3,6 +3,8 @@ kept in their loaded dtype, offloaded activations, padding-free packing, torch.c
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -130,3 +132,68 @@ def test_offloaded_activations_give_the_same_losses_and_gradients(tmp_path, tiny
     assert runs[False][2] is None
     layer_inputs = [s for s in runs[True][2].moved if s == (2, 40, 64)]
     assert len(layer_inputs) >= 2 * 2, "each step moved both layers' inputs"
+
+
+def test_liger_without_a_gpu_is_a_recipe_level_error(tmp_path, tiny_base, alpaca_file):
+    from conftest import make_recipe
+
+    from qlcode.errors import ModelError
+    from qlcode.train import trainable_model
+
+    recipe = make_recipe(tmp_path, tiny_base, alpaca_file, train={"liger": True})
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs liger's kernels: the GPU session covers it")
+    pytest.importorskip("liger_kernel", reason="liger-kernel is an optional extra: pip install 'qlcode[liger]'")
+    with pytest.raises(ModelError, match=r"^train.liger: liger-kernel's Triton kernels need a CUDA GPU; "
+                                         r"set train.liger: false on this machine$"):
+        trainable_model(recipe)
+
+
+LIGER_CHECK = """
+import sys
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers.models.llama import modeling_llama
+from liger_kernel.transformers.rope import liger_rotary_pos_emb
+from liger_kernel.transformers.rms_norm import LigerRMSNorm
+from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+from liger_kernel.transformers.model.llama import lce_forward
+from qlcode.kernels import fused_blocks, liger
+from qlcode.kernels.qlora_linear import TRITON, patch_model
+from qlcode.models import load_base
+
+fused = sys.argv[2] == "fused"
+model = get_peft_model(load_base(sys.argv[1]), LoraConfig(r=4, target_modules="all-linear"))
+if fused:
+    patch_model(model, TRITON)
+    fused_blocks.patch_blocks(model, TRITON)
+print(liger.apply_liger(model, fused_mlp=fused))
+base = model.get_base_model()
+assert modeling_llama.apply_rotary_pos_emb is liger_rotary_pos_emb
+assert base.forward.__func__ is lce_forward
+norms = [m for m in base.modules() if type(m).__name__ == "LlamaRMSNorm"]
+assert len(norms) == 5 and all(m.forward.__func__ is LigerRMSNorm.forward for m in norms)
+mlps = [m for m in base.modules() if type(m).__name__ == "LlamaMLP"]
+want = fused_blocks._mlp_forward if fused else LigerSwiGLUMLP.forward
+assert len(mlps) == 2 and all(m.forward.__func__ is want for m in mlps)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("blocks", ["fused", "plain"])
+def test_liger_patches_rope_norms_and_the_loss_and_leaves_a_fused_mlp_alone(tiny_base, tmp_path, blocks):
+    """The patching itself, on CPU (running liger's kernels needs a GPU): in a process of its own,
+    since liger patches transformers' Llama module for the whole process."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    pytest.importorskip("liger_kernel", reason="liger-kernel is an optional extra: pip install 'qlcode[liger]'")
+    script = tmp_path / "check.py"
+    script.write_text(LIGER_CHECK)
+    out = subprocess.run([sys.executable, str(script), str(tiny_base), blocks], capture_output=True, text=True, timeout=300,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    ops = ["rope", "rms_norm", "fused_linear_cross_entropy"] if blocks == "fused" else ["rope", "rms_norm", "swiglu", "fused_linear_cross_entropy"]
+    assert out.stdout.splitlines()[-2:] == [str(ops), "ok"]
