@@ -441,10 +441,12 @@ def plan(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/python-sft.yaml.")],
     overrides: Overrides = None,
     gpu: Annotated[str, typer.Option("--gpu", help="GPU memory: a size (24GB) or a name (RTX4090, A100-80GB, H100, ...).")] = "24GB",
+    longest: Annotated[bool, typer.Option("--longest", help="Also print the longest data.max_length that fits the GPU.")] = False,
 ) -> None:
     """The GPU memory a recipe's run needs, part by part, whether it fits the GPU, and what makes it fit."""
     from qlcode.plan import fits, gpu_bytes, plan_recipe, suggestions
-    from qlcode.plan.report import changes_table, plan_table, verdict
+    from qlcode.plan import longest as longest_fit
+    from qlcode.plan.report import changes_table, longest_line, plan_table, verdict
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
@@ -452,6 +454,8 @@ def plan(
     planned = plan_recipe(loaded)
     out.print(plan_table(planned, f"{recipe}: {loaded.model.base}, memory on one CUDA GPU"))
     out.print(verdict(planned, capacity, gpu))
+    if longest:
+        out.print(longest_line(longest_fit(planned.shapes, planned.settings, capacity), planned, gpu, capacity))
     if not fits(planned, capacity):
         changes = suggestions(planned.shapes, planned.settings, capacity)
         if changes:
