@@ -1,42 +1,131 @@
-"""A QLoRA SFT step on the CodeLlama-7B architecture: qlcode's Triton kernels against peft + bitsandbytes.
+"""A QLoRA SFT step on the CodeLlama-7B architecture: the plain stack, qlcode and each of its options, unsloth.
 
     python benchmarks/train_step.py                                   # on a GPU (random weights, no download)
-    python benchmarks/train_step.py --scale 32 --layers 2 --seq-len 64 --steps 2   # without one: a run of the script
+    python benchmarks/train_step.py --unsloth                         # unsloth alone, in its own process
+    python benchmarks/train_step.py --batch 1 --seq-len 75264 --memory-cap 24 --repeats 1 --steps 1 --warmup 1 \
+        --only "qlcode, train.offload_activations=true"              # the planned longest on a 24 GB card
+    python benchmarks/train_step.py --scale 32 --layers 2 --seq-len 64 --steps 1 --warmup 1   # without a GPU
 
-A random-weight model is loaded once through qlcode's loading path (NF4, double quant, bf16
-compute) and wrapped with recipes/python-sft.yaml's LoRA settings (r 16, all linear layers) and
-gradient checkpointing. The baseline is exactly peft over bitsandbytes (quant.kernels:
-bitsandbytes); then the same model is patched in place with quant.kernels: triton. One step is
-forward, backward and an 8-bit AdamW update (learning rate 0, so the weights stay the same for
-both) of micro batch 2 x seq-len tokens under bf16 autocast. Same process, same GPU, baseline
-first. The first step's loss is printed for both: the kernels must not change it.
+A random-weight model (harness.random_codellama) is loaded in 4 bits (NF4, double quant, bf16
+compute) and given recipes/python-sft.yaml's LoRA: r 16, alpha 32, dropout 0.05 (the recipes'),
+every linear layer, gradient checkpointing. Configurations:
+
+    peft + bitsandbytes   the plain stack: PEFT's k-bit preparation and LoRA over bitsandbytes
+    qlcode                qlcode's loading path as `qlcode train` runs it (quant.kernels, fused blocks,
+                          frozen embeddings in bf16)
+    qlcode, <override>    the same with one recipe option changed
+
+One step is forward, backward and an 8-bit AdamW update (learning rate 0, so every repeat steps the
+same weights) of micro batch 2 x seq-len tokens under bf16 autocast. All configurations are loaded
+in one process; each is measured `--repeats` times, in alternating order (forward, then backward
+through the list), each time `--steps` steps after the warmup. Peak memory is each configuration's
+own: the memory its loading and warmup added (weights, LoRA, optimizer state) plus the highest
+allocation above that during its steps. unsloth patches transformers when imported, so it runs in a
+process of its own (--unsloth), with the same settings and the same table row.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import statistics
 
 import harness
 import torch
 
+# configuration -> recipe overrides on top of python-sft.yaml's (None: the plain peft + bitsandbytes stack)
+CONFIGS: dict[str, list[str] | None] = {
+    "peft + bitsandbytes": None,
+    "qlcode": [],
+    "qlcode, quant.fused_blocks=false": ["quant.fused_blocks=false"],
+    "qlcode, train.offload_activations=true": ["train.offload_activations=true"],
+    "qlcode, train.liger=true": ["train.liger=true"],  # GPU only (liger's kernels): left out on CPU
+}
 
-def measure(model, opt, ids: torch.Tensor, args) -> tuple[float, str, float]:
-    """(tokens/s, peak GPU memory in GiB, first-step loss) of args.steps steps after args.warmup."""
-    losses = []
 
-    def step() -> None:
+def recipe_for(model_dir, overrides: list[str]):
+    from qlcode.recipe import load_recipe
+
+    kernels = [] if harness.GPU else ["quant.kernels=triton"]  # auto: triton on a GPU; the interpreter on CPU
+    return load_recipe(harness.REPO / "recipes" / "python-sft.yaml", [f"model.base={model_dir}", *kernels, *overrides])
+
+
+def plain_stack(model_dir, recipe):
+    """peft + bitsandbytes exactly: no qlcode kernels, patches or dtype changes."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from qlcode.models import Quantization, load_base
+
+    base = load_base(str(model_dir), Quantization(kernels="bitsandbytes"))
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = recipe.lora
+    torch.manual_seed(recipe.train.seed)
+    return get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                           target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+
+
+def unsloth_model(model_dir, recipe, seq_len: int):
+    from transformers import AutoTokenizer
+    from unsloth import FastLanguageModel
+
+    from qlcode.builtin import MODELS
+
+    if not (model_dir / "tokenizer.json").is_file():  # unsloth loads a tokenizer beside the weights
+        AutoTokenizer.from_pretrained(MODELS["micro-codellama"]).save_pretrained(model_dir)
+    model, _ = FastLanguageModel.from_pretrained(str(model_dir), max_seq_length=seq_len, dtype=torch.bfloat16,
+                                                 load_in_4bit=True)
+    lora = recipe.lora
+    return FastLanguageModel.get_peft_model(
+        model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        use_gradient_checkpointing="unsloth", random_state=recipe.train.seed)
+
+
+class Configuration:
+    """One model with its optimizer, its own memory, and what its repeats measured."""
+
+    def __init__(self, name: str, build) -> None:
+        import bitsandbytes as bnb
+
+        harness.free_memory()
+        before = torch.cuda.memory_allocated() if harness.GPU else 0
+        self.name = name
+        self.model = build().train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # lr 0: the optimizer does all its work but the weights stay, so every repeat steps the same model
+        self.opt = bnb.optim.AdamW8bit(params, lr=0.0) if harness.GPU else torch.optim.AdamW(params, lr=0.0)
+        self.build_bytes = before
+        self.rates: list[float] = []
+        self.peaks: list[int] = []
+        self.first_loss: float | None = None
+
+    def step(self, ids: torch.Tensor) -> float:
         with torch.autocast(harness.DEVICE.type, dtype=torch.bfloat16, enabled=harness.GPU):
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = self.model(input_ids=ids, labels=ids).loss
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.item()
 
-    harness.free_memory()
-    seconds = harness.seconds_per_call(step, args.steps, warmup=args.warmup)
-    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if harness.GPU else "-"
-    return ids.numel() / seconds, peak, losses[0]
+    def warm_up(self, ids: torch.Tensor, steps: int) -> None:
+        torch.manual_seed(0)  # the same dropout draws for every configuration's first step
+        self.first_loss = self.step(ids)
+        for _ in range(steps - 1):
+            self.step(ids)
+        harness.free_memory()
+        self.own = torch.cuda.memory_allocated() - self.build_bytes if harness.GPU else 0  # weights, LoRA, optimizer
+
+    def measure(self, ids: torch.Tensor, steps: int) -> None:
+        harness.free_memory()
+        resting = torch.cuda.memory_allocated() if harness.GPU else 0
+        seconds = harness.seconds_per_call(lambda: self.step(ids), steps, warmup=0)
+        self.rates.append(ids.numel() / seconds)
+        if harness.GPU:
+            self.peaks.append(self.own + torch.cuda.max_memory_allocated() - resting)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):,.0f}-{max(values):,.0f}"
 
 
 def main() -> None:
@@ -45,33 +134,54 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None, help="default: the architecture's 32")
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=5, help="steps per repeat")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", nargs="*", default=None, help=f"configurations to run (default: all of {list(CONFIGS)})")
+    ap.add_argument("--unsloth", action="store_true", help="measure unsloth alone (it patches transformers on import)")
+    ap.add_argument("--memory-cap", type=float, default=None, metavar="GIB",
+                    help="cap this process's GPU memory (a consumer GPU on a larger one)")
     args = ap.parse_args()
+    if args.memory_cap and harness.GPU:
+        torch.cuda.set_per_process_memory_fraction(args.memory_cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
 
-    import bitsandbytes as bnb
-
-    from qlcode.models import quantization_of, use_kernels
-    from qlcode.recipe import load_recipe
     from qlcode.train import trainable_model
 
     model_dir = harness.random_codellama("7B", args.scale, args.layers)
-    recipe = load_recipe(harness.REPO / "recipes" / "python-sft.yaml",
-                         [f"model.base={model_dir}", "quant.kernels=bitsandbytes", "lora.dropout=0"])
-    model = trainable_model(recipe).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    # lr 0: the optimizer does all its work but the weights stay, so both variants step the same model
-    opt = bnb.optim.AdamW8bit(params, lr=0.0) if harness.GPU else torch.optim.AdamW(params, lr=0.0)
+    recipe = recipe_for(model_dir, [])
+    if args.unsloth:
+        import unsloth  # noqa: F401  (first: it patches transformers and peft)
+
+        builds = {f"unsloth {unsloth.__version__}": lambda: unsloth_model(model_dir, recipe, args.seq_len)}
+    else:
+        names = args.only or [n for n in CONFIGS if harness.GPU or "liger" not in n]
+        builds = {n: (lambda: plain_stack(model_dir, recipe)) if CONFIGS[n] is None
+                  else (lambda o=CONFIGS[n]: trainable_model(recipe_for(model_dir, o))) for n in names}
     ids = torch.randint(3, harness.VOCAB, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(harness.DEVICE)
-    results = {"bitsandbytes": measure(model, opt, ids, args)}
-    use_kernels(model, replace(quantization_of(recipe), kernels="triton"))  # the same model, patched in place
-    results["triton"] = measure(model, opt, ids, args)
-    print(harness.header(f"train step: CodeLlama-7B architecture (/{args.scale}, {args.layers or 32} layers), "
-                         f"QLoRA r16 all-linear, micro batch {args.batch} x {args.seq_len}, gradient checkpointing, "
-                         f"{args.steps} steps after {args.warmup}"))
-    baseline = results["bitsandbytes"][0]
-    rows = [[kernels, f"{tps:,.0f}", f"{tps / baseline:.2f}x", peak, f"{loss:.4f}"] for kernels, (tps, peak, loss) in results.items()]
-    harness.print_table(["kernels", "tokens/s", "vs peft + bitsandbytes", "peak GPU memory (GiB)", "first-step loss"], rows)
+    configs = []
+    for name, build in builds.items():
+        c = Configuration(name, build)
+        c.warm_up(ids, args.warmup)
+        configs.append(c)
+    for rep in range(args.repeats):
+        for c in configs if rep % 2 == 0 else configs[::-1]:
+            c.measure(ids, args.steps)
+
+    cap = f", GPU memory capped at {args.memory_cap:g} GiB" if args.memory_cap and harness.GPU else ""
+    print(harness.header(f"train step{cap}: CodeLlama-7B architecture (/{args.scale}, {args.layers or 32} layers), QLoRA r16 "
+                         f"all-linear, dropout {recipe.lora.dropout}, micro batch {args.batch} x {args.seq_len}, gradient "
+                         f"checkpointing; {args.repeats} repeats of {args.steps} steps in alternating order after "
+                         f"{args.warmup} warmup steps"))
+    base = configs[0]
+    rows = []
+    for c in configs:
+        rate = statistics.median(c.rates)
+        peak = statistics.median(c.peaks) / 2**30 if c.peaks else None
+        base_peak = statistics.median(base.peaks) / 2**30 if base.peaks else None
+        rows.append([c.name, f"{rate:,.0f}", spread(c.rates), f"{rate / statistics.median(base.rates):.2f}x",
+                     f"{peak:.2f}" if peak else "-", f"{peak / base_peak:.2f}x" if peak else "-", f"{c.first_loss:.4f}"])
+    harness.print_table(["configuration", "tokens/s (median)", "tokens/s (min-max)", f"vs {base.name}",
+                         "peak GiB (median)", f"peak vs {base.name}", "first-step loss"], rows)
 
 
 if __name__ == "__main__":

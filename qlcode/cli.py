@@ -426,16 +426,20 @@ def play(
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
     share: Annotated[bool, typer.Option("--share", help="Also open a public Gradio share link.")] = False,
     votes: Annotated[Path, typer.Option(help="Directory for the votes: chat/complete/infill.jsonl preference rows for DPO, ties.jsonl.")] = Path("data/votes"),
+    auth: Annotated[Path | None, typer.Option(help="Require a login: a file of USER:PASSWORD lines (use it with --host 0.0.0.0 or --share).")] = None,
 ) -> None:
     """Compare two models side by side in the browser: chat, complete, infill, tests on each answer, vote, leaderboard."""
     if bits not in ("4", "8", "none"):
         err.print(f"[bold red]error:[/] --bits must be 4, 8 or none, got {bits!r}", highlight=False)
         raise typer.Exit(2)
+    from qlcode.ui.access import read_logins
+
+    logins = read_logins(auth) if auth is not None else None  # a bad file stops here, before the models load
     from qlcode.ui.app import launch
 
     quiet_libraries()
     err.print(f"playground: {left} | {right or 'default'} on http://{host}:{port}")
-    launch(base, None if bits == "none" else int(bits), left, right, votes, host, port, share)
+    launch(base, None if bits == "none" else int(bits), left, right, votes, host, port, share, auth=logins)
 
 
 @adapters_app.command("list")
@@ -458,10 +462,12 @@ def plan(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/python-sft.yaml.")],
     overrides: Overrides = None,
     gpu: Annotated[str, typer.Option("--gpu", help="GPU memory: a size (24GB) or a name (RTX4090, A100-80GB, H100, ...).")] = "24GB",
+    longest: Annotated[bool, typer.Option("--longest", help="Also print the longest data.max_length that fits the GPU.")] = False,
 ) -> None:
     """The GPU memory a recipe's run needs, part by part, whether it fits the GPU, and what makes it fit."""
     from qlcode.plan import fits, gpu_bytes, plan_recipe, suggestions
-    from qlcode.plan.report import changes_table, plan_table, verdict
+    from qlcode.plan import longest as longest_fit
+    from qlcode.plan.report import changes_table, longest_line, plan_table, verdict
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
@@ -469,6 +475,8 @@ def plan(
     planned = plan_recipe(loaded)
     out.print(plan_table(planned, f"{recipe}: {loaded.model.base}, memory on one CUDA GPU"))
     out.print(verdict(planned, capacity, gpu))
+    if longest:
+        out.print(longest_line(longest_fit(planned.shapes, planned.settings, capacity), planned, gpu, capacity))
     if not fits(planned, capacity):
         changes = suggestions(planned.shapes, planned.settings, capacity)
         if changes:

@@ -38,6 +38,7 @@ class Quantization:
     compute_dtype: str = "auto"
     storage_dtype: str = "uint8"
     kernels: str = "auto"  # triton | bitsandbytes | auto (triton on CUDA)
+    fused_blocks: bool = True  # with the Triton kernels: Llama's MLP and q/k/v/o as fused QLoRA blocks
 
 
 def base_path(spec: str) -> str:
@@ -179,9 +180,11 @@ def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
     B to the quantization error from the base's safetensors files (the base itself is not changed)."""
     quantized = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
     if quantized:
+        frozen = frozen_embeddings(base, modules_to_save)
         base = prepare_model_for_kbit_training(
             base, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+        keep_dtypes(base, frozen)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if adapter:
@@ -231,10 +234,31 @@ def save_initial_adapter(model: PeftModel, path: Path) -> None:
         config.init_lora_weights = init
 
 
+def frozen_embeddings(base: PreTrainedModel, modules_to_save: list[str]) -> dict[torch.nn.Parameter, torch.dtype]:
+    """The embeddings and LM head that stay frozen (not in modules_to_save), with their loaded dtype."""
+    modules = {"embed_tokens": base.get_input_embeddings(), "lm_head": base.get_output_embeddings()}
+    if any(name in modules_to_save for name in modules):  # a trained copy starts from the fp32 upcast
+        return {}
+    return {m.weight: m.weight.dtype for m in modules.values() if m is not None}
+
+
+def keep_dtypes(base: PreTrainedModel, frozen: dict[torch.nn.Parameter, torch.dtype]) -> None:
+    """Undo PEFT's fp32 upcast of the frozen embeddings and LM head: in the loaded (compute) dtype
+    they take half the memory (3.9 GiB against 2.0 at 34B) and give the same bf16 autocast
+    matmuls; the loss is still computed on fp32 logits (transformers upcasts them). The LM head
+    casts its input (the fp32 final norm's output) to its own dtype outside autocast."""
+    for param, dtype in frozen.items():
+        param.data = param.data.to(dtype)
+    head = base.get_output_embeddings()
+    if head is not None and head.weight in frozen and frozen[head.weight] != torch.float32:
+        head.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype), *args[1:]))
+
+
 def use_kernels(model: M, quant: Quantization) -> M:
     """Route 4-bit layers (LoRA-wrapped or bare) through qlcode's kernels when quant.kernels asks
     (auto: on CUDA, once they check out there): Triton dequantization + matmul for training and
-    prefill, bitsandbytes' own matmul_4bit for decoding's few rows."""
+    prefill, bitsandbytes' own matmul_4bit for decoding's few rows; with quant.fused_blocks, Llama's MLP
+    and attention projections as fused blocks (qlcode.kernels.fused_blocks)."""
     from qlcode.kernels.selfcheck import auto_kernels
 
     if quant.bits != 4 or (auto_kernels(model) if quant.kernels == "auto" else quant.kernels) != "triton":
@@ -245,4 +269,8 @@ def use_kernels(model: M, quant: Quantization) -> M:
     from qlcode.kernels.qlora_linear import TRITON, patch_model
 
     patch_model(model, TRITON)
+    if quant.fused_blocks:
+        from qlcode.kernels.fused_blocks import patch_blocks
+
+        patch_blocks(model, TRITON)
     return model

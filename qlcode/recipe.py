@@ -65,6 +65,10 @@ class QuantSection(Section):
         "auto", description="4-bit layers: qlcode's (Triton dequantization for training and prefill, bitsandbytes' matmul "
                             "for decoding's few rows) or bitsandbytes' own; auto = triton on CUDA."
     )
+    fused_blocks: bool = Field(
+        True, description="With qlcode's kernels (quant.kernels: triton, or auto on CUDA): Llama's MLP and attention "
+                          "projections as fused QLoRA blocks that save less for backward; other families keep the plain path."
+    )
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -204,6 +208,12 @@ class TrainOptions(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    liger: bool = Field(
+        False, description="liger-kernel's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy (Llama; CUDA; "
+                           "pip install 'qlcode[liger]').")
+    offload_activations: bool = Field(
+        False, description="Keep the tensors saved for backward (with checkpointing: each layer's input) in pinned CPU "
+                           "memory until backward needs them; less GPU memory, more host traffic.")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (always before and after training).")
     pass_at_1: PassAt1Section | None = Field(
         None, description="Execution-grounded eval in the loop: {bench, problems, every}; the best adapter by it is kept in best/."

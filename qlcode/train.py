@@ -104,7 +104,16 @@ def trainable_model(recipe: Recipe) -> PeftModel:
                       target_modules=lora.target_modules, rslora=lora.rslora, dora=lora.dora,
                       modules_to_save=lora.modules_to_save, adapter=lora.adapter,
                       gradient_checkpointing=recipe.train.gradient_checkpointing, seed=recipe.train.seed, init=lora.init)
-    return use_kernels(model, quantization_of(recipe))
+    model = use_kernels(model, quantization_of(recipe))
+    if recipe.train.liger:
+        from qlcode.kernels.liger import use_liger
+
+        use_liger(model)
+    if recipe.train.offload_activations:
+        from qlcode.kernels.offload import offload_activations
+
+        offload_activations(model)
+    return model
 
 
 def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -> tuple[Trainer, Throughput]:

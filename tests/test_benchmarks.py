@@ -28,9 +28,12 @@ def test_dequant_benchmark_covers_every_projection_and_agrees_with_bitsandbytes(
     assert all(r["bit-exact"] == "yes" for r in rows)
 
 
-def test_train_step_benchmark_runs_both_paths_to_the_same_loss():
-    rows = table("train_step.py", "--scale", "32", "--layers", "2", "--seq-len", "64", "--steps", "1", "--warmup", "1")
-    assert [r["kernels"] for r in rows] == ["bitsandbytes", "triton"]
+def test_train_step_benchmark_runs_each_configuration_to_the_same_first_loss():
+    """The plain stack and qlcode with the recipes' dropout 0.05: the fused blocks draw PEFT's masks in
+    PEFT's order, so the first step's loss agrees (fp32 on CPU: to 1e-3)."""
+    rows = table("train_step.py", "--scale", "32", "--layers", "2", "--seq-len", "64", "--steps", "1", "--warmup", "1",
+                 "--repeats", "2", "--only", "peft + bitsandbytes", "qlcode")
+    assert [r["configuration"] for r in rows] == ["peft + bitsandbytes", "qlcode"]
     assert rows[0]["vs peft + bitsandbytes"] == "1.00x"
     assert abs(float(rows[0]["first-step loss"]) - float(rows[1]["first-step loss"])) < 1e-3
 

@@ -99,11 +99,11 @@ def test_use_kernels_patches_on_auto_only_after_the_check_and_always_on_triton(t
     def patched(m, kernels):
         return sum("_qlcode_original_forward" in mod.__dict__ for mod in use_kernels(m, Quantization(bits=4, kernels=kernels)).modules())
 
-    assert patched(models[0], "auto") == 14
+    assert patched(models[0], "auto") == 14 + 4  # 2 x 7 4-bit layers, 2 x 2 fused blocks
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
     monkeypatch.setattr(qlora_linear, "TRITON", Kernels(lambda *a: 1 / 0, TRITON.matmul))
     assert patched(models[1], "auto") == 0
-    assert patched(models[2], "triton") == 14 and len(runs) == 2
+    assert patched(models[2], "triton") == 14 + 4 and len(runs) == 2
     assert patched(models[3], "bitsandbytes") == 0 and len(runs) == 2
 
 

@@ -246,7 +246,7 @@ def test_training_through_the_kernels_matches_the_bitsandbytes_path(tmp_path, ti
         if kernels == "triton":
             trainer, _ = build_trainer(recipe)
             patched = [m for m in trainer.model.modules() if "_qlcode_original_forward" in m.__dict__]
-            assert len(patched) == 2 * 7 * 2
+            assert len(patched) == 2 * 7 * 2 + 2 * 2  # each layer, and each block fused (quant.fused_blocks)
         train(recipe)
         losses[kernels] = [r["loss"] for r in read_jsonl(tmp_path / kernels / "run" / "metrics.jsonl") if "loss" in r]
     assert len(losses["triton"]) == 4

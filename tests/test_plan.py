@@ -76,9 +76,13 @@ def _saved_bytes(base: Path, overrides: list[str], tokens: torch.Tensor) -> int:
     ["lora.dropout=0", "lora.target_modules=[q_proj,v_proj,down_proj]"],
     ["lora.dropout=0.1", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "lora.r=8"],
     ["lora.dropout=0", "model.attn_implementation=eager"],
-], ids=["all-linear-dropout", "all-linear", "some", "attention-dropout", "eager"])
+    ["lora.dropout=0.05", "quant.kernels=triton"],
+    ["lora.dropout=0.05", "quant.kernels=triton", "lora.target_modules=[q_proj,v_proj,down_proj]"],
+    ["lora.dropout=0", "quant.kernels=triton", "model.attn_implementation=eager"],
+], ids=["all-linear-dropout", "all-linear", "some", "attention-dropout", "eager", "fused", "fused-some", "fused-eager"])
 def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
-    """One layer more adds exactly the planned per-layer bytes (CPU: fp32, dropout masks in fp32)."""
+    """One layer more adds exactly the planned per-layer bytes (CPU: fp32, dropout masks in fp32);
+    quant.kernels=triton trains through the fused blocks (Triton interpreted)."""
     tokens = torch.randint(3, 500, (2, 48), generator=torch.Generator().manual_seed(0))
     overrides = [*overrides, "data.max_length=48"]
     measured = []
@@ -257,3 +261,51 @@ def test_train_command_runs_the_preflight_on_a_gpu_before_loading_anything(impos
     assert res.exit_code == 2, res.output
     assert "error: this run needs about" in res.output and "changes that make it fit" in res.output
     assert not Path(impossible_34b.output.dir).exists()  # stopped before the run directory or any model
+
+
+def test_offloaded_activations_move_the_layer_inputs_to_cpu_memory():
+    shapes = load_shapes("codellama/CodeLlama-7b-hf")
+    kept, moved = (plan(shapes, Settings(max_length=4096, fused=True, offload=o)) for o in (False, True))
+    inputs = 4096 * 32 * 4 * 4096  # tokens x layers x fp32 x hidden
+    assert kept.part("activations") - moved.part("activations") == inputs - 2 * inputs // 32
+    assert [(p.name, p.bytes) for p in moved.host] == [("offloaded activations", inputs)] and kept.host == []
+    assert moved.part("peak working set") == kept.part("peak working set")
+
+
+def test_longest_is_the_last_length_that_fits():
+    from dataclasses import replace
+
+    from qlcode.plan import longest
+
+    shapes = load_shapes("codellama/CodeLlama-7b-hf")
+    for s in (Settings(), Settings(fused=True, offload=True)):
+        n = longest(shapes, s, 24 * GiB)
+        assert n % 256 == 0 and n > 8192
+        assert plan(shapes, replace(s, max_length=n)).total <= 24 * GiB < plan(shapes, replace(s, max_length=n + 256)).total
+    assert longest(shapes, Settings(), 3 * GiB) == 0  # the 4-bit weights alone take 3.1 GiB
+
+
+def test_plan_command_prints_the_longest_sequence_and_the_cpu_part():
+    from typer.testing import CliRunner
+
+    from qlcode.cli import app
+    from qlcode.plan import longest
+
+    recipe = REPO / "recipes" / "python-sft.yaml"
+    res = CliRunner().invoke(app, ["plan", str(recipe), "--gpu", "RTX4090", "--longest", "train.micro_batch_size=1",
+                                   "train.offload_activations=true"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    planned = plan_recipe(load_recipe(recipe, ["train.micro_batch_size=1", "train.offload_activations=true"]))
+    n = longest(planned.shapes, planned.settings, 24 * GiB)
+    assert f"longest max_length that fits RTX4090 (24.00 GiB): {n:,} tokens (micro batch 1" in res.output
+    assert re.search(r"CPU: offloaded activations\s+│\s+1\.00 │ each layer's input in pinned CPU memory", res.output), res.output
+
+
+def test_packing_counts_the_block_mask_transformers_builds():
+    """SDPA gets a boolean (tokens x tokens) mask over the packed row (tests/test_train_speed.py checks
+    it keeps sequences apart); flash attention takes sequence bounds and needs none."""
+    shapes = load_shapes("codellama/CodeLlama-7b-hf")
+    packed = plan(shapes, Settings(micro_batch=2, max_length=1024, packing=True))
+    assert packed.part("packed attention mask") == (2 * 1024) ** 2
+    flash = plan(shapes, Settings(micro_batch=2, max_length=1024, packing=True, attention="flash_attention_2"))
+    assert "packed attention mask" not in [p.name for p in flash.parts]

@@ -100,7 +100,7 @@ def test_resolved_recipe_round_trips_with_every_default(tmp_path):
     dumped = yaml.safe_load(r.to_yaml())
     assert dumped["output"]["name"] == "mini"
     assert dumped["quant"] == {"bits": 4, "type": "nf4", "double_quant": True, "compute_dtype": "auto", "storage_dtype": "uint8",
-                              "kernels": "auto"}
+                              "kernels": "auto", "fused_blocks": True}
     again = tmp_path / "again.yaml"
     again.write_text(r.to_yaml())
     assert load_recipe(again) == r

@@ -8,7 +8,7 @@ from qlcode.execution.benchmarks import Problem
 from qlcode.execution.reward import execution_reward, program_and_cases, split_tests
 from qlcode.execution.sandbox import Limits
 
-LIMITS = Limits(timeout_s=2, cpu_s=2, memory_mb=512)
+LIMITS = Limits(timeout_s=10, cpu_s=2, memory_mb=512)  # wall: room for a loaded machine; the loop ends on CPU time
 TEST = '''METADATA = {"author": "qlcode"}
 
 
@@ -67,4 +67,4 @@ def test_grpo_reward_scores_a_completion_of_return_up_to_its_line():
     prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n    return'
     tests = "assert add(1, 2) == 3\nassert add(0, 0) == 0"
     completions = [" a + b\n    )( the model writing on", " a - b\n", " a +"]
-    assert ExecutionReward(instruct=False, timeout_s=2)([prompt] * 3, completions, [tests] * 3) == [1.0, 0.5, 0.0]
+    assert ExecutionReward(instruct=False, timeout_s=10)([prompt] * 3, completions, [tests] * 3) == [1.0, 0.5, 0.0]

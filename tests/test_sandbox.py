@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,10 @@ import pytest
 from qlcode.execution import sandbox
 from qlcode.execution.sandbox import Limits, run, run_many
 
-LIMITS = Limits(timeout_s=4, cpu_s=4, memory_mb=512, procs=16, disk_mb=32)
+# Programs that end get a wall limit far beyond their time on a loaded machine (they take well under a second
+# idle, 3-5x that under load); programs that must time out get a short one, so the suite does not wait long
+LIMITS = Limits(timeout_s=30, cpu_s=10, memory_mb=512, procs=16, disk_mb=32)
+TIMES_OUT = Limits(timeout_s=3, cpu_s=10, memory_mb=512, procs=16, disk_mb=32)
 FEATURES = sandbox.protections()
 needs_root = pytest.mark.skipif(not FEATURES["root"], reason="leaving root for nobody needs root")
 needs_namespaces = pytest.mark.skipif(not FEATURES["namespaces"],
@@ -23,12 +27,15 @@ needs_namespaces = pytest.mark.skipif(not FEATURES["namespaces"],
 
 
 def _sandboxed() -> list[int]:
-    """Processes still running inside a sandbox directory (as root: ours run as nobody, not other sandboxes')."""
-    uid = 65534 if FEATURES["root"] else os.getuid()
+    """Processes still running inside one of our (idle) workers' directories: on a shared machine, other
+    sandboxes' programs run too, as nobody, in directories of the same name."""
+    with sandbox._pool._lock:
+        ours = tuple(w.features["directory"] for w in sandbox._pool._idle)
+    assert ours, "a worker that ran a program is idle again"
     found = []
     for p in os.listdir("/proc"):
         try:
-            if p.isdigit() and "qlcode-sandbox-" in os.readlink(f"/proc/{p}/cwd") and os.stat(f"/proc/{p}").st_uid == uid:
+            if p.isdigit() and os.readlink(f"/proc/{p}/cwd").startswith(ours):
                 found.append(int(p))
         except OSError:
             pass
@@ -68,21 +75,25 @@ def test_error_type_is_the_exception_class_not_its_message():
 
 
 def test_deep_recursion_is_reported_as_the_crash_it_is_quickly():
+    # uncapped, the first hangs while unwinding until the wall limit ends it: its outcome would be a timeout
     r = run("import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1)\nf(0)", LIMITS)
-    assert (r.outcome, r.error_type) == ("error", "RecursionError") and r.seconds < 3
+    assert (r.outcome, r.error_type) == ("error", "RecursionError")
     r = run("import sys\nsys.setrecursionlimit(10**7)\nclass A:\n    def __repr__(self):\n        return repr(A())\n"
             "repr(A())", LIMITS)
-    assert (r.outcome, r.error_type) == ("error", "SIGSEGV") and r.seconds < 3
+    assert (r.outcome, r.error_type) == ("error", "SIGSEGV")
 
 
 def test_infinite_loop_times_out():
-    r = run("while True:\n    pass", LIMITS)
-    assert r.outcome == "timeout" and r.seconds < LIMITS.timeout_s + 2
+    r = run("while True:\n    pass", TIMES_OUT)
+    assert r.outcome == "timeout" and r.seconds < TIMES_OUT.timeout_s + 10  # ended by the limit, not by chance
 
 
 def test_the_cpu_time_limit_is_a_timeout_too():
-    r = run("while True:\n    pass", Limits(timeout_s=8, cpu_s=1, memory_mb=512, procs=16, disk_mb=32))
-    assert (r.outcome, r.error_type) == ("timeout", None) and r.seconds < 4
+    # the wall limit is far away, so that a loaded machine cannot reach it first (ended before it: the CPU limit did)
+    limits = Limits(timeout_s=120, cpu_s=1, memory_mb=512, procs=16, disk_mb=32)
+    r = run("while True:\n    pass", limits)
+    assert (r.outcome, r.error_type) == ("timeout", None) and r.seconds < limits.timeout_s
+    assert r.returncode in (-signal.SIGXCPU, -signal.SIGKILL)  # SIGKILL where a PID namespace's init ignores SIGXCPU
 
 
 def test_huge_allocation_is_out_of_memory():
@@ -91,7 +102,7 @@ def test_huge_allocation_is_out_of_memory():
 
 
 def test_fork_bomb_is_contained_and_swept():
-    r = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", LIMITS)
+    r = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", TIMES_OUT)
     assert r.outcome == "timeout"
     assert _sandboxed() == [], "every process the bomb made is gone"
 
@@ -189,7 +200,7 @@ def test_total_disk_writes_are_bounded():
 @needs_namespaces
 def test_multiprocessing_queues_work():
     r = run("import multiprocessing as mp\nq = mp.Queue()\np = mp.Process(target=q.put, args=(3,))\np.start()\n"
-            "assert q.get(timeout=3) == 3\np.join()", LIMITS)
+            "assert q.get(timeout=20) == 3\np.join()", LIMITS)
     assert r.outcome == "passed", r.stderr
 
 

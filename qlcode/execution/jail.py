@@ -1,13 +1,15 @@
 """The confinement primitives the sandbox's worker applies to each program's process, before it runs.
 
 Each is a system call that survives everything the program may do afterwards:
-- namespaces (root): mount, UTS, IPC and network for the worker; a fresh PID and mount namespace per
-  program, with its own /proc (it sees only its own processes) and a size-limited tmpfs as its
-  working directory (the total bytes it may write);
+- namespaces (root): mount, UTS, IPC and network for the worker; a fresh PID, mount and IPC namespace
+  per program, with its own /proc (it sees only its own processes), bounded SysV IPC and a
+  size-limited tmpfs as its working directory (the total bytes it may write);
 - leaving root: no supplementary groups, uid and gid `nobody`, hence no capabilities;
-- resource limits: address space, CPU seconds, processes, file size, open files, no core dumps;
-- Landlock (Linux >= 5.13): writes only beneath the working directory; TCP connect and bind denied
-  (ABI >= 4); signals and abstract unix sockets scoped to the sandbox (ABI >= 6);
+- resource limits: address space, CPU seconds, processes, file size, open files, no core dumps
+  (cgroup.py bounds a run's processes and memory in total);
+- Landlock (Linux >= 5.13): reads only the Python runtime (standard library, interpreter, system
+  libraries), /proc and its own directories, writes only beneath the latter; TCP connect and bind
+  denied (ABI >= 4); signals and abstract unix sockets scoped to the sandbox (ABI >= 6);
 - seccomp: no sockets (so no connection to a unix socket anywhere on the host, nor UDP where there
   is no network namespace) and no io_uring (which could open one without the socket call).
 Standard library only: the worker that imports it is run by path, before any program.
@@ -20,9 +22,16 @@ import os
 import platform
 import resource
 import shutil
+import site
+import sys
+import sysconfig
 import tempfile
 
 NOBODY = 65534
+PACKAGE_DIRS = ("site-packages", "dist-packages")
+SYSTEM_LIBRARIES = ("/lib/", "/usr/lib/", "/lib64/", "/usr/lib64/")
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/usr/share/zoneinfo", "/usr/bin", "/bin",
+                "/sys/devices/system/cpu", "/dev/zero", "/dev/urandom", "/dev/random")
 
 # Landlock constants (include/uapi/linux/landlock.h)
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
@@ -42,6 +51,8 @@ FS_WRITE = {  # access right bit: minimal ABI
     1 << 13: 2,  # REFER
     1 << 14: 3,  # TRUNCATE
 }
+FS_READ = (1 << 0) | (1 << 2)  # EXECUTE | READ_FILE
+FS_READ_DIR = 1 << 3
 NET_TCP = (1 << 0) | (1 << 1)  # BIND_TCP | CONNECT_TCP, ABI 4
 SCOPES = (1 << 0) | (1 << 1)  # ABSTRACT_UNIX_SOCKET | SIGNAL, ABI 6
 PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_SECCOMP = 38, 1, 22
@@ -128,6 +139,17 @@ def expose(paths: list[str], uid: int = NOBODY) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def limit_ipc(memory_mb: int) -> None:
+    """In a fresh IPC namespace (whose defaults are unlimited): SysV shared memory up to `memory_mb` in all,
+    few segments, message queues and semaphore sets. A memory cgroup counts these too; this bounds them
+    where there is none."""
+    shm = memory_mb * 2**20
+    for name, value in (("kernel/shmmax", shm), ("kernel/shmall", shm // os.sysconf("SC_PAGE_SIZE")), ("kernel/shmmni", 64),
+                        ("kernel/msgmni", 16), ("kernel/sem", "64 1024 32 16"), ("fs/mqueue/queues_max", 16)):
+        with open(f"/proc/sys/{name}", "w") as f:
+            f.write(str(value))
+
+
 def sethostname(name: str) -> None:
     _check(libc.sethostname(name.encode(), len(name)), "sethostname")
 
@@ -137,13 +159,20 @@ def die_with_parent(sig: int) -> None:
 
 
 def limit_resources(memory_mb: int, cpu_s: int, nproc: int | None) -> None:
-    """Address space, CPU seconds, file size, open files, no core dumps; processes where `nproc` is given."""
-    limits = [(resource.RLIMIT_AS, memory_mb * 2**20), (resource.RLIMIT_CPU, cpu_s),
-              (resource.RLIMIT_FSIZE, 16 * 2**20), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)]
+    """Address space, CPU seconds, file size, open files, no core dumps; processes where `nproc` is given.
+
+    CPU: SIGXCPU at `cpu_s` (a PID namespace's init ignores it, like any signal it does not handle), SIGKILL a
+    second later. The kernel decides on tick-sampled CPU time, which may run ahead of the precise time wait4
+    reports (measured here, soft and hard limit equal: killed at 0.976 s of a 1 s limit, so a SIGKILL at
+    "less than the limit" read as a crash); with the hard limit a second above, the time reported at the
+    SIGKILL is well past `cpu_s`."""
+    limits = [(resource.RLIMIT_AS, memory_mb * 2**20), (resource.RLIMIT_FSIZE, 16 * 2**20),
+              (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)]
     if nproc is not None:
         limits.append((resource.RLIMIT_NPROC, nproc))
     for res, value in limits:
         resource.setrlimit(res, (value, value))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
 
 
 def leave_root(uid: int = NOBODY) -> None:
@@ -158,26 +187,78 @@ def landlock_abi() -> int:
     return max(0, libc.syscall(SYS_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION))
 
 
-def landlock(*writable: str) -> int:
-    """Restrict writes to beneath `writable`, TCP, and signals; returns the Landlock ABI used (0 = unavailable)."""
+def _package_dirs() -> set[str]:
+    """Where installed packages live: the venv's, the base interpreter's, the system's, the user's."""
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
+    candidates = [*site.getsitepackages(), site.getusersitepackages(), base["purelib"], base["platlib"],
+                  *(p for p in sys.path if os.path.basename(p) in PACKAGE_DIRS)]
+    return {os.path.realpath(p) for p in candidates if os.path.isdir(p)}
+
+
+def _without(directory: str, hidden: set[str]) -> list[str]:
+    """`directory`; where one of `hidden` lies beneath it, its entries instead, all but that one's way."""
+    if not any(h.startswith(directory + "/") for h in hidden):
+        return [directory]
+    kept = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if path not in hidden:
+            kept += _without(path, hidden) if os.path.isdir(path) and not os.path.islink(path) else [path]
+    return kept
+
+
+def runtime() -> list[tuple[str, int]]:
+    """What a program may read, as (path, Landlock access) pairs: the standard library (its directory listed, for
+    a fresh interpreter's imports), the interpreter, the shared libraries it maps (their system directories
+    whole, for the extensions a program may import), a few system files; never a package directory within
+    them. Not the project, its data, installed packages, the user's home or caches: those stay unread."""
+    hidden = _package_dirs()
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])  # the base interpreter's, also in a venv
+    paths = [*_without(stdlib, hidden), *(p for p in sys.path if p.endswith(".zip"))]
+    with open("/proc/self/maps") as f:
+        mapped = {os.path.realpath(line.split(maxsplit=5)[5].strip()) for line in f if line.count(" /")}
+    for path in mapped:
+        directory = os.path.dirname(path)
+        paths += _without(directory, hidden) if directory.startswith(SYSTEM_LIBRARIES) else [path]
+    # a venv's pyvenv.cfg tells a fresh interpreter that it runs in one (unreadable, it stops at start)
+    paths += [os.path.realpath(sys.executable), os.path.join(sys.prefix, "pyvenv.cfg"), *SYSTEM_FILES]
+    rules = [(p, FS_READ | (FS_READ_DIR if os.path.isdir(p) else 0)) for p in sorted(set(paths)) if os.path.exists(p)]
+    return [(stdlib, FS_READ_DIR), *rules]
+
+
+def open_paths(paths: list[str]) -> list[int]:
+    """O_PATH descriptors of `paths` (the worker opens the runtime's once, for each run's Landlock rules)."""
+    return [os.open(path, os.O_PATH | os.O_CLOEXEC) for path in paths]
+
+
+def landlock(readable: list[tuple[int, int]], writable: list[str]) -> int:
+    """Allow reads and executions only as `readable` says ((O_PATH descriptor, access) pairs) and beneath
+    `writable`, writes only beneath `writable` (and /dev/null); deny TCP (ABI >= 4), scope signals and
+    abstract unix sockets to the sandbox (ABI >= 6); returns the Landlock ABI used (0 = unavailable).
+
+    Made per run, after its mounts: a rule on a directory does not cover what is later mounted on it
+    (Landlock skips a mount point it walks up through), so a run's tmpfs and /proc are opened after."""
     abi = landlock_abi()
     if abi == 0:
         return 0
-    fs = sum(bit for bit, since in FS_WRITE.items() if abi >= since)
-    attr = RulesetAttr(fs, NET_TCP if abi >= 4 else 0, SCOPES if abi >= 6 else 0)
+    write = sum(bit for bit, since in FS_WRITE.items() if abi >= since)
+    attr = RulesetAttr(write | FS_READ | FS_READ_DIR, NET_TCP if abi >= 4 else 0, SCOPES if abi >= 6 else 0)
     size = ctypes.sizeof(RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
     ruleset = libc.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), size, 0)
     if ruleset < 0:
         return 0
-    for path, access in (*((w, fs) for w in writable), ("/dev/null", 1 << 1)):
-        fd = os.open(path, os.O_PATH)
-        rule = PathBeneath(access, fd)
-        libc.syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0)
-        os.close(fd)
-    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    if libc.syscall(SYS_RESTRICT_SELF, ruleset, 0) != 0:
-        return 0
-    os.close(ruleset)
+    opened = open_paths([*writable, "/dev/null"])
+    rules = [*readable, *((fd, write | FS_READ | FS_READ_DIR) for fd in opened[:-1])]
+    rules.append((opened[-1], FS_READ | (1 << 1) | (1 << 14 if abi >= 3 else 0)))  # /dev/null: read, write, truncate
+    try:
+        for fd, access in rules:
+            _check(libc.syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(PathBeneath(access, fd)), 0),
+                   "landlock_add_rule")
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        _check(libc.syscall(SYS_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+    finally:
+        for fd in (*opened, ruleset):
+            os.close(fd)
     return abi
 
 

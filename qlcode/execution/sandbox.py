@@ -100,15 +100,16 @@ class _Worker:
         features = getattr(self, "features", {})
         if features.get("directory"):
             shutil.rmtree(features["directory"], ignore_errors=True)
-        if features.get("pids_cgroup"):
-            for _ in range(50):  # its last run's processes may take a moment to go
-                try:
-                    os.rmdir(features["pids_cgroup"])
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
+        for cgroup in {features.get("pids_cgroup"), features.get("memory_cgroup")} - {None}:
+            for directory in (os.path.join(cgroup, "run"), cgroup):  # its last run's, then its own
+                for _ in range(50):  # the run's processes may take a moment to go
+                    try:
+                        os.rmdir(directory)
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        time.sleep(0.01)
 
 
 class WorkerPool:
@@ -174,8 +175,10 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def protections() -> dict:
-    """What holds here: root, nobody (runs leave root), namespaces, pids_cgroup and directory (a worker's),
-    landlock_abi (0 = none), seccomp."""
+    """What holds here: root, nobody (runs leave root), namespaces, ipc_bounded (SysV IPC limits in each run's
+    namespace), pids_cgroup, memory_cgroup and directory (a
+    worker's; a cgroup None where the machine offers none), swap_bounded (the memory bound includes swap, or
+    there is none), landlock_abi (0 = none), seccomp."""
     return _pool.features()
 
 

@@ -33,12 +33,12 @@ import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jail  # noqa: E402  (run by path in isolated mode: its directory is not on sys.path)
+from cgroup import RunCgroup  # noqa: E402
 
 sys.path.pop(0)
 
 OUTPUT_LIMIT = 8192
 RECORD_LIMIT = 1 << 20
-PIDS_CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")  # cgroup v1, v2
 SHM = "/dev/shm"
 PREIMPORT = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
              "hashlib", "random", "statistics", "json", "fractions", "decimal", "datetime", "copy", "operator",
@@ -55,18 +55,23 @@ class Setup:
         self.root = os.geteuid() == 0
         self.base = tempfile.mkdtemp(prefix="qlcode-sandbox-")
         self.isolated = False  # per-run PID and mount namespaces, /proc, tmpfs working directory
+        self.ipc_bounded = False  # SysV IPC limits written in each run's IPC namespace
         self.pid_ns = -1
-        python = [p for p in sys.path if os.path.exists(p)]  # what the program imports from
+        runtime = jail.runtime()  # all a program may read, besides its own directory: (path, Landlock access)
+        paths = [path for path, _ in runtime]
+        directories = [path for path in paths if os.path.isdir(path)]
         if self.root:
             try:
                 jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWUTS | jail.CLONE_NEWIPC | jail.CLONE_NEWNET)
                 jail.mount("none", "/", None, jail.MS_REC | jail.MS_PRIVATE)
                 jail.sethostname("sandbox")
-                jail.expose(python)
+                jail.expose(paths)
                 self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
                 self.new_pid_namespace()
-                self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1))
-                jail.setns(self.pid_ns, jail.CLONE_NEWPID)  # the probe's namespace died with it
+                self.isolated = _succeeds(lambda: enter_run_namespaces(self.base, 1, None))
+                self.new_pid_namespace()  # the probe's namespace died with it
+                self.ipc_bounded = self.isolated and _succeeds(lambda: enter_run_namespaces(self.base, 1, 1))
+                jail.setns(self.pid_ns, jail.CLONE_NEWPID)
             except OSError:
                 pass
         else:
@@ -75,11 +80,14 @@ class Setup:
             except OSError:
                 pass
         # not in a user namespace that maps only root, and Python's own files readable as nobody
-        self.nobody = self.root and _succeeds(lambda: (jail.leave_root(), _readable(python)))
+        self.nobody = self.root and _succeeds(lambda: (jail.leave_root(), _readable(directories)))
         if self.nobody and not self.isolated:
             os.chmod(self.base, 0o711)  # nobody reaches its own directories below
-        self.cgroup = make_pids_cgroup() if self.root else None
+        self.cgroup = RunCgroup.make() if self.root else None
         self.landlock_abi = jail.landlock_abi()
+        self.runtime = list(zip(jail.open_paths(paths), (access for _, access in runtime))) if self.landlock_abi else []
+        if self.landlock_abi and not _succeeds(lambda: jail.landlock(self.runtime, [self.base])):
+            self.landlock_abi, self.runtime = 0, []  # rules this kernel refuses: said by protections(), not per run
         self.seccomp = _succeeds(jail.deny_sockets)
 
     def new_pid_namespace(self) -> None:
@@ -88,15 +96,14 @@ class Setup:
         jail.unshare(jail.CLONE_NEWPID)              # then to a new one
 
     def features(self) -> dict:
-        return {"root": self.root, "nobody": self.nobody, "namespaces": self.isolated, "pids_cgroup": self.cgroup,
+        cgroup = self.cgroup or RunCgroup({})
+        return {"root": self.root, "nobody": self.nobody, "namespaces": self.isolated, "ipc_bounded": self.ipc_bounded,
+                "pids_cgroup": cgroup.pids, "memory_cgroup": cgroup.memory, "swap_bounded": cgroup.swap_bounded(),
                 "directory": self.base, "landlock_abi": self.landlock_abi, "seccomp": self.seccomp}
 
     def close(self) -> None:
         if self.cgroup:
-            try:
-                os.rmdir(self.cgroup)
-            except OSError:
-                pass
+            self.cgroup.remove()
         _remove_tree(self.base)
 
 
@@ -112,26 +119,10 @@ def _succeeds(fn) -> bool:
     return os.waitpid(pid, 0)[1] == 0
 
 
-def _readable(paths: list[str]) -> None:
-    """Raises unless each directory can be listed and each file read (by whoever we are now)."""
-    for path in paths:
-        if path.endswith(".zip"):
-            open(path, "rb").close()
-        else:
-            os.listdir(path)
-
-
-def make_pids_cgroup() -> str | None:
-    """A pids cgroup for this worker's runs (one at a time); None where there is no pids controller."""
-    for root in PIDS_CGROUP_ROOTS:
-        try:
-            group = tempfile.mkdtemp(prefix="qlcode-sandbox-", dir=root)
-        except OSError:
-            continue
-        if os.path.exists(os.path.join(group, "pids.max")):
-            return group
-        os.rmdir(group)
-    return None
+def _readable(directories: list[str]) -> None:
+    """Raises unless each directory can be listed (by whoever we are now)."""
+    for directory in directories:
+        os.listdir(directory)
 
 
 def _remove_tree(path: str) -> None:
@@ -170,10 +161,9 @@ def run_one(setup: Setup, request: dict) -> dict:
         if setup.nobody:
             os.chown(workdir, jail.NOBODY, jail.NOBODY)
     if setup.cgroup:
-        with open(os.path.join(setup.cgroup, "pids.max"), "w") as f:
-            f.write(str(limits["procs"]))
+        setup.cgroup.start_run(limits["procs"], limits["memory_mb"])
     # RLIMIT_NPROC counts every process of a user, and the kernel exempts root: the cgroup bounds root's runs
-    nproc = None if setup.cgroup else limits["procs"] + (0 if setup.root else _own_processes())
+    nproc = None if setup.cgroup and setup.cgroup.pids else limits["procs"] + (0 if setup.root else _own_processes())
     read_end, write_end = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         if setup.isolated:
@@ -191,17 +181,23 @@ def run_one(setup: Setup, request: dict) -> dict:
             os.kill(pid, signal.SIGKILL)  # as a PID namespace's init, its death kills all it started
         _, status, usage = os.wait4(pid, 0)
         seconds = time.perf_counter() - start
-        # RLIMIT_CPU kills with SIGKILL here (a PID namespace's init ignores the SIGXCPU that comes first)
+        # RLIMIT_CPU: SIGXCPU (fatal unless ignored, as a PID namespace's init does), SIGKILL a second later
         out_of_cpu = (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
                       and usage.ru_utime + usage.ru_stime >= limits["cpu_s"])
         if not setup.isolated:
             _sweep(pid, setup.cgroup)
+        # the kernel killed a process of the run at the memory cgroup's bound (it counts what RLIMIT_AS does not)
+        out_of_memory = setup.cgroup is not None and setup.cgroup.oom_kills() > 0
+        if setup.cgroup:
+            setup.cgroup.end_run()
         record = _record(read_end, nonce)
         stdout, stderr = _read(out), _read(err)
     if not setup.isolated:
         _remove_tree(workdir)
     returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     outcome, error_type, cases = classify(record, returncode, timed_out or out_of_cpu)
+    if out_of_memory:
+        outcome, error_type = "oom", None
     if record and "sandbox_error" in record:
         stderr += f"\nsandbox: {str(record['sandbox_error'])[:500]}"
     return {"outcome": outcome, "error_type": error_type, "returncode": returncode, "stdout": stdout,
@@ -218,7 +214,7 @@ def _wait(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def _sweep(pid: int, cgroup: str | None) -> None:
+def _sweep(pid: int, cgroup: RunCgroup | None) -> None:
     """Without namespaces: kill the run's process group and whatever is left in its cgroup."""
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -227,8 +223,7 @@ def _sweep(pid: int, cgroup: str | None) -> None:
     if cgroup is None:
         return
     for _ in range(100):  # a fork bomb may still be spawning while we sweep
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            pids = [int(p) for p in f.read().split()]
+        pids = cgroup.processes()
         if not pids:
             return
         for p in pids:
@@ -288,12 +283,15 @@ def classify(record: dict | None, returncode: int, timed_out: bool) -> tuple[str
     return outcome, error, cases
 
 
-def enter_run_namespaces(workdir: str, disk_mb: int) -> None:
-    """As the init of a fresh PID namespace: a mount namespace of its own, a /proc that shows only
-    this namespace's processes, and one tmpfs of disk_mb MB, at /dev/shm (multiprocessing's
-    semaphores live there) with its `work` directory bind-mounted as the working directory."""
+def enter_run_namespaces(workdir: str, disk_mb: int, memory_mb: int | None) -> None:
+    """As the init of a fresh PID namespace: mount and IPC namespaces of its own (SysV IPC bounded by
+    memory_mb, unless None: where /proc/sys cannot be written), a /proc that shows only this namespace's
+    processes, and one tmpfs of disk_mb MB, at /dev/shm (multiprocessing's semaphores live there) with
+    its `work` directory bind-mounted as the working directory."""
     jail.unshare(jail.CLONE_NEWNS | jail.CLONE_NEWIPC)
     jail.mount("proc", "/proc", "proc", jail.MS_NOSUID | jail.MS_NODEV | jail.MS_NOEXEC)
+    if memory_mb is not None:
+        jail.limit_ipc(memory_mb)
     jail.mount("tmpfs", SHM, "tmpfs", jail.MS_NOSUID | jail.MS_NODEV,
                f"size={disk_mb}m,mode=1777,uid={jail.NOBODY},gid={jail.NOBODY}")
     os.mkdir(f"{SHM}/work", 0o700)
@@ -308,10 +306,13 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
     try:
         os.setsid()
         if setup.isolated:
-            enter_run_namespaces(workdir, limits["disk_mb"])
+            enter_run_namespaces(workdir, limits["disk_mb"], limits["memory_mb"] if setup.ipc_bounded else None)
         if setup.cgroup:
-            with open(os.path.join(setup.cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
+            setup.cgroup.join()
+        # from here on it reads only the runtime, /proc, its directory and its /dev/shm; it writes only the last two
+        if setup.landlock_abi:
+            proc = (jail.open_paths(["/proc"])[0], jail.FS_READ | jail.FS_READ_DIR)
+            jail.landlock([*setup.runtime, proc], [workdir, SHM] if setup.isolated else [workdir])
         null = os.open("/dev/null", os.O_RDWR)
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (null, out, err, channel)]
         for target, fd in enumerate(high):
@@ -323,7 +324,6 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         if setup.nobody:
             jail.leave_root()
         jail.die_with_parent(signal.SIGKILL)  # after leave_root, which clears it; the worker may be killed
-        jail.landlock(workdir, SHM) if setup.isolated else jail.landlock(workdir)
         if setup.seccomp:
             jail.deny_sockets()
         os.environ.clear()

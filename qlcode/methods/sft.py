@@ -25,6 +25,10 @@ class Sft(Method):
         return SFTConfig(
             **common,
             packing=data.packing,
+            # packed rows are one padding-free row whose position ids restart at each sequence: transformers
+            # keeps attention within each (SDPA/eager: a block mask from the position ids; flash attention:
+            # TRL's cu_seq_lens), tests/test_train_speed.py checks each sequence's loss equals its own
+            padding_free=data.packing,
             # repository rows are longer than max_length: split them into pieces instead of truncating
             packing_strategy="bfd_split" if any(d.format == "repository" for d in data.datasets) else "bfd",
             completion_only_loss=data.train_on_completions_only,

@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-from qlcode.plan.fit import GPUS, Change, PlanError, fits, gpu_bytes, suggestions
+from qlcode.plan.fit import GPUS, Change, PlanError, fits, gpu_bytes, longest, suggestions
 from qlcode.plan.memory import GiB, Plan, Settings, plan, settings
 from qlcode.plan.shapes import Shapes, load_shapes
 
 __all__ = ["GPUS", "Change", "GiB", "Plan", "PlanError", "Settings", "Shapes", "fits", "gpu_bytes", "load_shapes",
-           "plan", "plan_recipe", "preflight", "settings", "suggestions"]
+           "longest", "plan", "plan_recipe", "preflight", "settings", "suggestions"]
 
 
 def plan_recipe(recipe, device: str = "cuda") -> Plan:

@@ -60,6 +60,8 @@ def _candidates(s: Settings) -> list[tuple[tuple[str, ...], Settings]]:
         out.append((("train.gradient_checkpointing=true",), replace(s, checkpointing=True)))
     if s.attention == "eager":
         out.append((("model.attn_implementation=sdpa",), replace(s, attention="sdpa")))
+    if s.checkpointing and not s.offload:
+        out.append((("train.offload_activations=true",), replace(s, offload=True)))
     if s.optimizer == "adamw_torch":
         out.append((("train.optimizer=paged_adamw_8bit",), replace(s, optimizer="paged_adamw_8bit")))
     batch = s.micro_batch // 2
@@ -111,6 +113,20 @@ def _combination(shapes: Shapes, s: Settings, capacity: int) -> Change | None:
         if options:
             applied, current = applied + options[-1][0], options[-1][1]
     return None
+
+
+def longest(shapes: Shapes, s: Settings, capacity: int, step: int = 256, limit: int = 1 << 22) -> int:
+    """The longest max_length, a multiple of `step` up to `limit`, whose plan fits `capacity`; 0 if none
+    does (every part grows with the length, so a bisection finds it)."""
+    fits_at = lambda n: fits(plan(shapes, replace(s, max_length=n * step)), capacity)  # noqa: E731
+    low, high = 0, limit // step  # fits_at(low) holds (0 tokens) or the answer is 0
+    if not fits_at(1):
+        return 0
+    low = 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits_at(middle) else (low, middle - 1)
+    return low * step
 
 
 def preflight(shapes: Shapes, s: Settings, capacity: int) -> Plan:

@@ -57,6 +57,9 @@ class Settings:
     checkpointing: bool = True
     attention: str = "sdpa"
     method: str = "sft"
+    fused: bool = False  # Llama's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
+    offload: bool = False  # train.offload_activations
+    packing: bool = False  # data.packing: one padding-free row per micro batch
 
     @property
     def sequences(self) -> int:
@@ -84,6 +87,7 @@ class Plan:
     shapes: Shapes
     settings: Settings
     parts: list[Part] = field(default_factory=list)
+    host: list[Part] = field(default_factory=list)  # CPU memory the run adds (offloaded activations)
 
     @property
     def total(self) -> int:
@@ -149,6 +153,8 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     input (bitsandbytes dequantizes the weight again in backward); a LoRA module saves its
     (dropped-out) input in c and its rank-r hidden; modules sharing an input share one saved copy
     when no dropout or cast separates them. DoRA's per-forward weight norms are not counted.
+    The fused blocks (s.fused) keep each block's input once in c, and the MLP's gate and up in c;
+    LoRA's products and dropout masks are recomputed in backward.
     """
     h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
@@ -171,6 +177,8 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
         total += 3 * c * q + (4 + (c if c != 4 else 0)) * shapes.heads * s.max_length
     else:  # SDPA / flash: q, k, v, the output and the log-sum-exp, no sequence-squared matrix
         total += c * (2 * q + 2 * kv) + 4 * shapes.heads
+    if s.fused and s.bits == 4:  # qlcode.kernels.fused_blocks: each block's input, gate and up, in c
+        return total + c * (2 * h + 2 * f) + (c * q if s.attention == "eager" else 0)  # o's input: SDPA's output
     # gate, silu(gate), up: in p behind quantized linears, in c behind torch's under autocast. They
     # were counted in c until the first GPU measurement (H100, 2026-11-26,
     # benchmarks/results/2026-11-26-h100/plan_memory.md: CodeLlama-7B, r16 all-linear) found the
@@ -219,8 +227,11 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
         f"{len(linears)} linear layers x {shapes.layers} in {kind}, with their quantization state")
     embeddings = shapes.vocab * shapes.hidden * (1 if shapes.tied_embeddings else 2)
     norms = shapes.hidden * (2 * shapes.layers + 1)
-    add("embeddings, lm_head, norms", (embeddings + norms) * s.upcast_bytes,
-        "unquantized, " + ("fp32" if s.upcast_bytes == 4 else "bf16/fp16") + (" (PEFT upcasts them for k-bit training)" if s.bits else ""))
+    trained = any(m in ("embed_tokens", "lm_head") for m in s.modules_to_save)
+    embedding_bytes = s.upcast_bytes if trained else s.weight_bytes  # frozen ones keep their loaded dtype (models.keep_dtypes)
+    add("embeddings, lm_head, norms", embeddings * embedding_bytes + norms * s.upcast_bytes,
+        f"unquantized: embeddings and lm_head in {'fp32' if embedding_bytes == 4 else 'bf16/fp16'}, norms in "
+        + ("fp32" if s.upcast_bytes == 4 else "bf16/fp16") + (" (PEFT upcasts them for k-bit training)" if s.bits else ""))
     add("buffers", 2 * 4 * shapes.head_dim // 2, "RoPE inverse frequencies, and their original copy")
     sizes = lora_tensors(shapes, s)
     params = sum(sizes)
@@ -236,11 +247,19 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
     tokens, per_layer, h = s.tokens, layer_activation_bytes(shapes, s), shapes.hidden
     seq = f"{s.sequences} x {s.max_length} tokens"
     head = tokens * (2 * s.upcast_bytes * h + 8)  # final norm's input, the LM head's input and log-sum-exp
-    if s.checkpointing:
-        add("activations", tokens * shapes.layers * s.upcast_bytes * h + head,
-            f"checkpointing: each layer's input ({seq})")
+    inputs = tokens * shapes.layers * s.upcast_bytes * h  # each layer's input, kept by checkpointing
+    if s.checkpointing and s.offload:
+        add("activations", 2 * inputs // shapes.layers + head,
+            f"checkpointing, offloaded: two layers' inputs in flight ({seq})")
+        out.host.append(Part("offloaded activations", inputs, f"each layer's input in pinned CPU memory ({seq})"))
+    elif s.checkpointing:
+        add("activations", inputs + head, f"checkpointing: each layer's input ({seq})")
     else:
         add("activations", tokens * shapes.layers * per_layer + head, f"every layer's saved tensors ({seq}, {s.attention})")
+    if s.packing and s.attention in ("sdpa", "eager"):  # flash attention takes the sequence bounds instead
+        mask = 1 if s.attention == "sdpa" else s.compute_bytes
+        add("packed attention mask", mask * tokens ** 2, f"the block mask transformers builds over the packed row "
+            f"({tokens:,} tokens, {'boolean' if mask == 1 else 'additive'})")
     lm_head, layer = lm_head_bytes(shapes, s), layer_backward_bytes(shapes, s, per_layer)
     add("peak working set", max(lm_head, layer),
         f"the larger of: LM head {lm_head / GiB:.2f} GiB (TRL's tiled log-probs), one layer's backward {layer / GiB:.2f} GiB")
@@ -277,7 +296,17 @@ def settings(recipe, device: str = "cuda") -> Settings:
         checkpointing=recipe.train.gradient_checkpointing,
         attention=recipe.model.attn_implementation,
         method=recipe.train.method,
+        fused=fused_blocks(recipe, device),
+        offload=recipe.train.offload_activations,
+        packing=recipe.data.packing,
     )
+
+
+def fused_blocks(recipe, device: str) -> bool:
+    """Whether the run trains through the fused QLoRA blocks: qlcode's kernels (quant.kernels triton,
+    or auto on a GPU, where the self-check is assumed to pass) with quant.fused_blocks."""
+    q = recipe.quant
+    return q.bits == 4 and q.fused_blocks and (q.kernels == "triton" or (q.kernels == "auto" and device == "cuda"))
 
 
 def _adapter_lora(adapter: str, r: int, targets: tuple[str, ...], dora: bool) -> tuple[int, tuple[str, ...], bool]:

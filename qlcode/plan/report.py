@@ -21,7 +21,16 @@ def plan_table(p: Plan, title: str) -> Table:
         table.add_row(part.name, gib(part.bytes), part.detail)
     table.add_section()
     table.add_row("[bold]total[/]", f"[bold]{gib(p.total)}[/]", "")
+    for part in p.host:
+        table.add_row(f"CPU: {part.name}", gib(part.bytes), part.detail + " (not in the GPU total)")
     return table
+
+
+def longest_line(tokens: int, p: Plan, gpu: str, capacity: int) -> str:
+    if tokens == 0:
+        return f"no max_length fits {gpu} ({gib(capacity)} GiB) with these settings"
+    return (f"longest max_length that fits {gpu} ({gib(capacity)} GiB): {tokens:,} tokens "
+            f"(micro batch {p.settings.micro_batch}, planned in steps of 256)")
 
 
 def verdict(p: Plan, capacity: int, gpu: str) -> str:

@@ -5,6 +5,10 @@ that base (the base itself or any of its adapters) are one batched `generate`, e
 own adapter (PEFT's `adapter_names=`, "__base__" for the bare base), so both panes stream together
 at the cost of one model. A merged model directory or another Hub id is a model of its own and
 generates in its own thread beside it. Each model serves one generation at a time (its lock).
+
+The pool serves only the models it offers (`choices`): the base, its finished adapters, and the
+models named when it was made; any other spec is refused before anything loads, so a request can
+neither load an arbitrary folder nor put a made-up name on the leaderboard.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from qlcode.data.fim import fim_ids
@@ -55,13 +60,17 @@ class Settings:
         return sampling_args(self.temperature, self.top_p)
 
 
+SHOWN_WAIT_S = 0.1  # a shorter wait for the model is not worth a mention
+
+
 @dataclass
 class Pane:
-    """One pane's answer so far and how fast it came."""
+    """One pane's answer so far and how fast it came, timed from the request's arrival (queue included)."""
 
     text: str = ""
     tokens: int = 0
     first_token_s: float | None = None
+    queued_s: float | None = None  # from the arrival to the model starting on it
     seconds: float = 0.0
     done: bool = False
     error: str | None = None
@@ -70,9 +79,11 @@ class Pane:
         if self.error:
             return "error"
         if self.first_token_s is None:
-            return "waiting for the first token" if not self.done else "no tokens"
-        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
-        return ("" if self.done else "generating · ") + f"first token {self.first_token_s:.2f} s · {self.tokens} tokens · {rate:.1f} tokens/s"
+            return ("waiting for the model" if self.queued_s is None else "waiting for the first token") if not self.done else "no tokens"
+        waited = self.queued_s or 0.0
+        rate = self.tokens / (self.seconds - waited) if self.seconds > waited else 0.0
+        wait = f" ({waited:.2f} s of it waiting for the model)" if waited >= SHOWN_WAIT_S else ""
+        return ("" if self.done else "generating · ") + f"first token {self.first_token_s:.2f} s{wait} · {self.tokens} tokens · {rate:.1f} tokens/s"
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,16 @@ class Target:
     tokenizer: object
     adapter: str | None
     lock: threading.Lock
+
+
+class _Stop(StoppingCriteria):
+    """Ends a generate when its event is set (the Stop button, or a consumer that went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class _RowStreamer(BaseStreamer):
@@ -129,8 +150,10 @@ class _RowStreamer(BaseStreamer):
 class Pool:
     """Models by spec: 'base', 'adapter:NAME' (adapters/NAME on the shared base), or a directory / Hub id."""
 
-    def __init__(self, base: str = "builtin:micro-codellama", bits: int | None = 4, adapters: Path = Path("adapters")):
+    def __init__(self, base: str = "builtin:micro-codellama", bits: int | None = 4, adapters: Path = Path("adapters"),
+                 models: tuple[str, ...] = ()):
         self.base, self.quant, self.adapters = base, Quantization(bits=bits), Path(adapters)
+        self.models = tuple(models)  # offered beside the base and its adapters: merged directories, Hub ids
         self.model = self.tokenizer = None
         self.loaded: set[str] = set()
         self.others: dict[str, tuple] = {}
@@ -180,12 +203,17 @@ class Pool:
     def choices(self) -> list[str]:
         from qlcode.runs import list_runs
 
-        return [BASE, *(f"adapter:{r.name}" for r in list_runs(self.adapters) if r.status == "finished" and r.base == self.base)]
+        offered = [BASE, *(f"adapter:{r.name}" for r in list_runs(self.adapters) if r.status == "finished" and r.base == self.base)]
+        return offered + [m for m in self.models if m not in offered]
 
     def target(self, spec: str) -> Target:
-        """The model a spec generates with, loading it the first time."""
+        """The model a spec generates with, loading it the first time; a spec the pool does not offer is refused."""
         from peft import PeftModel
 
+        choices = self.choices()
+        if spec not in choices:
+            shown = spec if len(spec) <= 80 else spec[:80] + f"... ({len(spec):,} characters)"
+            raise QlcodeError(f"{shown!r} is not a model of this playground; pick one of: {', '.join(choices)}")
         if spec == BASE or spec.startswith("adapter:") and self.shares_base(spec):
             with self.locks[BASE]:  # loading an adapter changes the shared model
                 name = spec.removeprefix("adapter:")
@@ -203,9 +231,14 @@ class Pool:
         tok = self.target(spec).tokenizer
         return tok.decode(prompt.ids(tok), skip_special_tokens=False).removeprefix(tok.bos_token or "")
 
-    def stream(self, specs: list[str], prompts: list[Prompt], settings: Settings) -> Iterator[list[Pane]]:
+    def stream(self, specs: list[str], prompts: list[Prompt], settings: Settings, since: float | None = None,
+               stop: threading.Event | None = None) -> Iterator[list[Pane]]:
         """Every pane's answer so far, after each new token of any pane; a pane that fails shows its
-        error and the others go on."""
+        error and the others go on. Times count from `since` (a time.perf_counter() value: when the
+        request arrived; default now); setting `stop` ends the generation where it is, as does
+        closing this iterator."""
+        since = time.perf_counter() if since is None else since
+        stop = stop or threading.Event()
         panes = [Pane() for _ in specs]
         groups: dict[int, list[int]] = {}
         targets: dict[int, Target] = {}
@@ -217,28 +250,34 @@ class Pool:
             except Exception as e:  # shown in the pane; the app keeps serving
                 panes[i].error, panes[i].done = f"{type(e).__name__}: {e}", True
         events: queue.Queue = queue.Queue()
-        workers = [threading.Thread(target=self._generate, args=(rows, targets, prompts, settings, events), daemon=True)
+        workers = [threading.Thread(target=self._generate, args=(rows, targets, prompts, settings, events, since, stop), daemon=True)
                    for rows in groups.values()]
         for w in workers:
             w.start()
-        yield panes
-        while not all(p.done for p in panes):
-            pane, kind, payload = events.get()
-            p = panes[pane]
-            if kind == "token":
-                p.text, p.tokens, p.seconds = payload
-                p.first_token_s = p.seconds if p.first_token_s is None else p.first_token_s
-            elif kind == "error":
-                p.error, p.done = payload, True
-            else:
-                p.seconds, p.done = max(p.seconds, payload), True
+        try:
             yield panes
+            while not all(p.done for p in panes):
+                pane, kind, payload = events.get()
+                p = panes[pane]
+                if kind == "token":
+                    p.text, p.tokens, p.seconds = payload
+                    p.first_token_s = p.seconds if p.first_token_s is None else p.first_token_s
+                elif kind == "start":
+                    p.queued_s = payload
+                elif kind == "error":
+                    p.error, p.done = payload, True
+                else:
+                    p.seconds, p.done = max(p.seconds, payload), True
+                yield panes
+        finally:
+            if not all(p.done for p in panes):  # the consumer stopped listening (a cancelled request): stop generating
+                stop.set()
         for w in workers:
             w.join()
 
     @staticmethod
     def _generate(rows: list[int], targets: dict[int, Target], prompts: list[Prompt], settings: Settings,
-                  events: queue.Queue) -> None:
+                  events: queue.Queue, since: float, stop: threading.Event) -> None:
         """One batched generate for the panes that share a model (left-padded, one adapter per row)."""
         first = targets[rows[0]]
         tok = first.tokenizer
@@ -250,12 +289,14 @@ class Pool:
             stops = {tok.eos_token_id} | ({fim_ids(tok).eot} if any(prompts[r].mode == "infill" for r in rows) else set())
             adapters = {} if first.adapter is None else {"adapter_names": [targets[r].adapter for r in rows]}
             with first.lock, torch.no_grad():
-                start = time.perf_counter()
-                streamer = _RowStreamer(tok, rows, stops, events, start)
+                for r in rows:
+                    events.put((r, "start", time.perf_counter() - since))
+                streamer = _RowStreamer(tok, rows, stops, events, since)
                 torch.manual_seed(settings.seed)
                 first.model.generate(input_ids=input_ids, attention_mask=mask, streamer=streamer,
                                      max_new_tokens=settings.max_new_tokens, eos_token_id=sorted(stops),
-                                     pad_token_id=tok.pad_token_id, **adapters, **settings.sampling())
+                                     pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([_Stop(stop)]),
+                                     **adapters, **settings.sampling())
         except Exception as e:  # every pane of this batch shows it
             for r in rows:
                 events.put((r, "error", f"{type(e).__name__}: {e}"))

@@ -2,12 +2,24 @@
 
 The prompt is text or a conversation (a list of {role, content} ending with the user's turn, as
 the playground stores its votes); each answer is text, an assistant message, or a list holding one.
+
+A playground vote on a later chat turn may carry `rejected_prompt`: the conversation the rejected
+answer followed, whose earlier answers differ from the chosen side's. DPO (and KTO, which unpairs
+these rows) trains both answers after one prompt, so such a row would teach the rejected answer
+after a conversation it never saw: it is left out, and the count printed.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from qlcode.data.formats.base import PREFERENCE, DataFormat, assistant, check_messages, user
 from qlcode.errors import DataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+OTHER = "_rejected_after_another_conversation"
 
 
 def answer_text(value, f: str, where: str, column: dict[str, str]) -> str:
@@ -51,16 +63,39 @@ def rendered_answer(text: str, prompt: str | list[dict]) -> str | list[dict]:
 class Preference(DataFormat):
     name = "preference"
     required = ("prompt", "chosen", "rejected")
+    optional = ("rejected_prompt",)
     short = "chosen/rejected"
-    summary = "prompt (text or a conversation), chosen, rejected (text or an assistant message)"
+    summary = ("prompt (text or a conversation), chosen, rejected (text or an assistant message), optional rejected_prompt "
+               "(the rejected answer's own conversation: a row where it differs is left out)")
 
     def kind(self, template: str) -> str:
         return PREFERENCE
 
     def check(self, row: dict, where: str, column: dict[str, str], template: str) -> dict:
-        return {"prompt": prompt_value(row["prompt"], where, column, template),
-                "chosen": answer_text(row["chosen"], "chosen", where, column),
-                "rejected": answer_text(row["rejected"], "rejected", where, column)}
+        prompt = prompt_value(row["prompt"], where, column, template)
+        other = row.get("rejected_prompt")
+        if other is not None:
+            other = prompt_value(other, where, {"prompt": column["rejected_prompt"]}, template)
+        return {"prompt": prompt, "chosen": answer_text(row["chosen"], "chosen", where, column),
+                "rejected": answer_text(row["rejected"], "rejected", where, column),
+                OTHER: other is not None and other != prompt}
+
+    def canonical(self, ds: Dataset, columns: dict[str, str], key: str, source: str, template: str,
+                  rows: list[int] | None = None) -> Dataset:
+        """The rows whose two answers followed the same prompt; the others are counted and left out."""
+        from qlcode.progress import console
+
+        ds = super().canonical(ds, columns, key, source, template, rows)
+        other = sum(ds[OTHER])
+        if other:
+            note = (f"{key}: {other} of {len(ds)} rows of {source} have a rejected answer that followed another "
+                    "conversation (rejected_prompt, a later turn of a playground chat)")
+            if other == len(ds):
+                raise DataError(f"{note}: none is left to train on, since DPO and KTO train both answers after one "
+                                "prompt; vote on first turns (New chat before each vote) to get rows they can use")
+            console.print(f"{note}: left out, since DPO and KTO train both answers after one prompt")
+            ds = ds.filter(lambda o: not o, input_columns=OTHER)
+        return ds.remove_columns(OTHER)
 
     def render(self, row: dict, template: str) -> dict:
         prompt = rendered_prompt(row["prompt"], template)

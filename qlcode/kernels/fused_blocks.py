@@ -1,0 +1,276 @@
+"""Fused QLoRA blocks for Llama: the MLP (gate, up, SwiGLU, down) and the attention's q, k, v
+projections as autograd functions that keep only what backward needs.
+
+unsloth's `fast_lora` is the design followed (and beaten on one point): each 4-bit weight is
+dequantized when it is needed, in forward and again in backward, and the LoRA products are
+applied in the same pass. What autograd keeps, per token of one layer, in the compute dtype c:
+
+    attention q, k, v   the block's input once (c x hidden), for all three projections
+    o                   its input (already saved by SDPA: the same storage under sdpa)
+    MLP                 the block's input, gate and up (c x (hidden + 2 x intermediate));
+                        SwiGLU's output and everything LoRA needs are recomputed in backward
+
+where PEFT over bitsandbytes keeps, behind PEFT's fp32 upcast, gate, silu(gate) and up in fp32,
+and for each LoRA module its dropped-out input and its dropout mask. unsloth runs only without
+LoRA dropout; here the recipes' dropout (0.05) is applied as PEFT applies it, one mask per module
+drawn in PEFT's order from the same generator (so a run equals PEFT's draw for draw), and backward
+draws the masks again from the generator state saved in forward instead of keeping them.
+
+A block whose projections are not all 4-bit (LoRA-wrapped with one plain adapter, or bare), has
+biases, or is not Llama's keeps the plain path (qlora_linear's per-layer functions).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qlcode.kernels.qlora_linear import Kernels, compute_dtype, linear_4bit
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One 4-bit linear layer and its LoRA adapter as the functions use it (no tensors autograd tracks)."""
+
+    packed: torch.Tensor
+    state: object  # bitsandbytes QuantState
+    scale: float = 0.0  # LoRA's scaling; 0 and no A/B for a bare 4-bit layer
+    dropout: float = 0.0  # LoRA dropout probability, 0 outside training
+
+
+def rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+@contextmanager
+def replayed_rng(device: torch.device, state: torch.Tensor) -> Iterator[None]:
+    """The generator as it was when `state` was taken, and as it is now afterwards."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda"):
+        if cuda:
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        yield
+
+
+def draw_mask(x: torch.Tensor, p: float, lora: bool) -> torch.Tensor | None:
+    """LoRA dropout's mask for x, drawn as nn.Dropout draws it (torch's dropout op, same generator
+    use), or None where there is no draw: no LoRA, or p 0 (PEFT's nn.Identity)."""
+    return torch.native_dropout(x, p, True)[1] if lora and p > 0 else None
+
+
+def apply_mask(x: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Tensor:
+    """dropout(x) for a drawn mask: the same ops, so the same values, as torch's dropout."""
+    return x if mask is None else torch.ops.aten.native_dropout_backward(x, mask, 1.0 / (1.0 - p))
+
+
+def project(x: torch.Tensor, proj: Projection, a: torch.Tensor | None, b: torch.Tensor | None, kernels: Kernels) -> torch.Tensor:
+    """x W^T + s (dropout(x) A^T) B^T for 2-d x, in x's dtype; draws the dropout mask."""
+    y = linear_4bit(x, proj.packed, proj.state, kernels)
+    if a is None:
+        return y
+    xd = apply_mask(x, draw_mask(x, proj.dropout, True), proj.dropout)
+    return torch.addmm(y, xd @ a.to(x.dtype).t(), b.to(x.dtype).t(), alpha=proj.scale)
+
+
+def project_backward(x: torch.Tensor, grad: torch.Tensor, proj: Projection, a, b, mask, kernels: Kernels,
+                     grad_x: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(grad_x plus this projection's part, grad A, grad B) for 2-d x and grad, with forward's mask."""
+    grad_x = torch.addmm(grad_x, grad, kernels.dequantize(proj.packed, proj.state, grad.dtype)) if grad_x is not None \
+        else grad @ kernels.dequantize(proj.packed, proj.state, grad.dtype)  # the weight recomputed, never stored
+    if a is None:
+        return grad_x, None, None
+    ac, bc = a.to(grad.dtype), b.to(grad.dtype)
+    xd = apply_mask(x, mask, proj.dropout)
+    gb = grad @ bc  # (tokens, r)
+    grad_x.add_(apply_mask(gb @ ac, mask, proj.dropout), alpha=proj.scale)
+    grad_a = (proj.scale * (gb.t() @ xd)).to(a.dtype)
+    grad_b = (proj.scale * (grad.t() @ (xd @ ac.t()))).to(b.dtype)
+    return grad_x, grad_a, grad_b
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """t in at least fp32, for the elementwise math of bf16/fp16 tensors."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def swiglu(e: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """silu(e) * g computed in at least fp32, returned in e's dtype."""
+    return (F.silu(wide(e)) * wide(g)).to(e.dtype)
+
+
+class LoRAProjections(torch.autograd.Function):
+    """Several 4-bit projections (each with or without LoRA) of one input, saved once: q, k and v.
+    `lora` holds A and B of each projection in turn (None, None for a bare one)."""
+
+    @staticmethod
+    def forward(ctx, x, projections: tuple[Projection, ...], kernels: Kernels, *lora):
+        ctx.projections, ctx.kernels, ctx.rng = projections, kernels, rng_state(x.device)
+        ctx.save_for_backward(x, *lora)
+        x2 = x.reshape(-1, x.shape[-1])
+        outs = [project(x2, p, lora[2 * i], lora[2 * i + 1], kernels) for i, p in enumerate(projections)]
+        return tuple(o.reshape(*x.shape[:-1], o.shape[-1]) for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, *lora = ctx.saved_tensors
+        x2 = x.reshape(-1, x.shape[-1])
+        with replayed_rng(x.device, ctx.rng):  # forward's masks, drawn again in forward's order
+            masks = [draw_mask(x2, p.dropout, lora[2 * i] is not None) for i, p in enumerate(ctx.projections)]
+        grad_x, lora_grads = None, []
+        for i, (p, g, mask) in enumerate(zip(ctx.projections, grads, masks)):
+            g = torch.zeros(x2.shape[0], p.state.shape[0], dtype=x.dtype, device=x.device) if g is None \
+                else g.reshape(-1, g.shape[-1]).to(x.dtype)
+            grad_x, ga, gb = project_backward(x2, g, p, lora[2 * i], lora[2 * i + 1], mask, ctx.kernels, grad_x)
+            lora_grads += [ga, gb]
+        return grad_x.reshape(x.shape), None, None, *lora_grads
+
+
+class LoRAMLP(torch.autograd.Function):
+    """down(silu(gate(x)) * up(x)) with 4-bit weights and LoRA; saves x, gate's and up's outputs.
+    `lora`: A and B of gate, up and down (None, None for a bare one)."""
+
+    @staticmethod
+    def forward(ctx, x, projections: tuple[Projection, Projection, Projection], kernels: Kernels, *lora):
+        gate, up, down = projections
+        ctx.projections, ctx.kernels, ctx.rng = projections, kernels, rng_state(x.device)
+        x2 = x.reshape(-1, x.shape[-1])
+        e = project(x2, gate, lora[0], lora[1], kernels)
+        g = project(x2, up, lora[2], lora[3], kernels)
+        y = project(swiglu(e, g), down, lora[4], lora[5], kernels)
+        ctx.save_for_backward(x, e, g, *lora)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, e, g, *lora = ctx.saved_tensors
+        gate, up, down = ctx.projections
+        x2 = x.reshape(-1, x.shape[-1])
+        h = swiglu(e, g)
+        with replayed_rng(x.device, ctx.rng):  # gate's mask, up's, then down's, as forward drew them
+            masks = [draw_mask(t, p.dropout, lora[2 * i] is not None) for i, (t, p) in enumerate(((x2, gate), (x2, up), (h, down)))]
+        dh, grad_ad, grad_bd = project_backward(h, grad.reshape(-1, grad.shape[-1]).to(x.dtype), down, lora[4], lora[5],
+                                                masks[2], ctx.kernels, None)
+        ef, dhf = wide(e), wide(dh)
+        sig = torch.sigmoid(ef)
+        de = (dhf * wide(g) * sig * (1 + ef * (1 - sig))).to(x.dtype)  # silu'(e) = sigmoid(e) (1 + e (1 - sigmoid(e)))
+        dg = (dhf * ef * sig).to(x.dtype)
+        grad_x, grad_ag, grad_bg = project_backward(x2, de, gate, lora[0], lora[1], masks[0], ctx.kernels, None)
+        grad_x, grad_au, grad_bu = project_backward(x2, dg, up, lora[2], lora[3], masks[1], ctx.kernels, grad_x)
+        return grad_x.reshape(x.shape), None, None, grad_ag, grad_bg, grad_au, grad_bu, grad_ad, grad_bd
+
+
+def block_projections(block: torch.nn.Module, names: tuple[str, ...]) -> tuple[tuple[Projection, ...], list, torch.dtype] | None:
+    """The block's projections as the functions take them, their LoRA weights (A, B per projection)
+    and the compute dtype outside autocast; None where any projection needs the plain path: not
+    4-bit, a bias, hooks (PEFT's mixed-adapter batches), or a LoRA that is disabled, merged, DoRA
+    or several adapters."""
+    import bitsandbytes as bnb
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+    projections, lora, dtype = [], [], None
+    for name in names:
+        m = getattr(block, name)
+        if m._forward_pre_hooks or m._forward_hooks:
+            return None
+        if isinstance(m, LoraLinear4bit):
+            active = m.active_adapters
+            if m.disable_adapters or m.merged or len(active) != 1 or m.use_dora.get(active[0]):
+                return None
+            adapter, base = active[0], m.base_layer
+            drop = m.lora_dropout[adapter]
+            p = drop.p if isinstance(drop, torch.nn.Dropout) and drop.training else 0.0
+            projections.append(Projection(base.weight.data, base.weight.quant_state, m.scaling[adapter], p))
+            lora += [m.lora_A[adapter].weight, m.lora_B[adapter].weight]
+            dtype = dtype or m.lora_A[adapter].weight.dtype
+        elif isinstance(m, bnb.nn.Linear4bit):
+            base = m
+            projections.append(Projection(m.weight.data, m.weight.quant_state))
+            lora += [None, None]
+        else:
+            return None
+        if base.bias is not None:
+            return None
+        dtype = dtype or base.compute_dtype
+    return tuple(projections), lora, dtype
+
+
+def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Replacement forward of LlamaMLP."""
+    found = block_projections(self, ("gate_proj", "up_proj", "down_proj"))
+    if found is None:
+        return self._qlcode_original_forward(x)
+    projections, lora, dtype = found
+    with torch.autocast(x.device.type, enabled=False):  # the function casts for itself
+        y = LoRAMLP.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, self._qlcode_kernels, *lora)
+    return y.to(x.dtype)
+
+
+@contextmanager
+def _calls_returning(modules: dict[torch.nn.Module, object]) -> Iterator[None]:
+    """Each module's calls run the given forward while inside (its own forward afterwards)."""
+    saved = {m: m.__dict__.get("forward") for m in modules}
+    for m, forward in modules.items():
+        m.forward = forward
+    try:
+        yield
+    finally:
+        for m, forward in saved.items():
+            if forward is None:
+                del m.forward
+            else:
+                m.forward = forward
+
+
+def _attention_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    """Replacement forward of LlamaAttention: q, k, v (and o) through the fused functions, the rest
+    (RoPE, the cache, the attention kernel) transformers' own forward."""
+    qkv = block_projections(self, ("q_proj", "k_proj", "v_proj"))
+    o = block_projections(self, ("o_proj",))
+    if qkv is None or o is None:
+        return self._qlcode_original_forward(hidden_states, *args, **kwargs)
+    (projections, lora, dtype), kernels = qkv, self._qlcode_kernels
+    x = hidden_states
+    with torch.autocast(x.device.type, enabled=False):
+        q, k, v = LoRAProjections.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, kernels, *lora)
+
+    def o_forward(a: torch.Tensor) -> torch.Tensor:
+        (o_projection,), o_lora, o_dtype = o
+        with torch.autocast(a.device.type, enabled=False):
+            (y,) = LoRAProjections.apply(a.to(compute_dtype(a, o_dtype or a.dtype)), (o_projection,), kernels, *o_lora)
+        return y.to(hidden_states.dtype)
+
+    outputs = {self.q_proj: lambda _: q, self.k_proj: lambda _: k, self.v_proj: lambda _: v, self.o_proj: o_forward}
+    with _calls_returning(outputs):
+        return self._qlcode_original_forward(hidden_states, *args, **kwargs)
+
+
+def patch_blocks(model: torch.nn.Module, kernels: Kernels) -> int:
+    """Route Llama's MLP and attention blocks through the fused functions (in place, as
+    qlora_linear.patch_model does for single layers); returns how many blocks. Other families'
+    blocks are left to the plain path, with one line saying so."""
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP
+
+    from qlcode.progress import console
+
+    forwards = {LlamaMLP: _mlp_forward, LlamaAttention: _attention_forward}
+    count = 0
+    for module in model.modules():
+        forward = forwards.get(type(module))
+        if forward is _mlp_forward and module.config.hidden_act not in ("silu", "swish"):
+            continue
+        if forward is not None and "_qlcode_original_forward" not in module.__dict__:
+            module._qlcode_original_forward = module.forward
+            module._qlcode_kernels = kernels
+            module.forward = types.MethodType(forward, module)
+            count += 1
+    if count == 0:
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        console.print(f"quant.fused_blocks: {kind} keeps the plain path (the fused QLoRA blocks are Llama's)", soft_wrap=True)
+    return count
