@@ -57,6 +57,7 @@ class Settings:
     checkpointing: bool = True
     attention: str = "sdpa"
     method: str = "sft"
+    vllm_share: float = 0.0  # of the GPU's memory, held by vLLM colocated for GRPO's generation (train.grpo.vllm)
 
     @property
     def sequences(self) -> int:
@@ -277,6 +278,7 @@ def settings(recipe, device: str = "cuda") -> Settings:
         checkpointing=recipe.train.gradient_checkpointing,
         attention=recipe.model.attn_implementation,
         method=recipe.train.method,
+        vllm_share=recipe.train.grpo.vllm_gpu_memory_utilization if recipe.train.method == "grpo" and recipe.train.grpo.vllm else 0.0,
     )
 
 
