@@ -291,7 +291,7 @@ def eval_(
     else:
         if not (model or adapter):
             raise QlcodeError("give --model BASE and/or --adapter DIR, or --solutions reference")
-        from qlcode.execution.engines import open_engine
+        from qlcode.execution.engines.pick import open_engine
         from qlcode.execution.generate import in_order, sample
 
         quiet_libraries()
@@ -346,7 +346,7 @@ def pairs(
     if temperature <= 0 and samples > 1:
         raise QlcodeError(f"--temperature {temperature:g} is greedy: every sample would be the same; give a temperature > 0 or --samples 1")
     chosen = load_problems(problems, data)[:limit]
-    from qlcode.execution.engines import open_engine
+    from qlcode.execution.engines.pick import open_engine
 
     quiet_libraries()
     generator, instruct = open_engine(engine, model, adapter, quantization(bits), batch_size)
