@@ -217,3 +217,13 @@ def test_vllm_greedy_answers_match_transformers_on_the_micro_model():
     theirs = dict(served.generate(reqs, greedy))
     same = sum(ours[i] == theirs[i] for i in range(len(reqs)))
     assert same >= 12, [(ours[i], theirs[i]) for i in range(len(reqs)) if ours[i] != theirs[i]]
+
+
+def test_the_generation_benchmark_runs_and_tables_every_way():
+    res = subprocess.run([sys.executable, "benchmarks/generation.py", "--limit", "2", "--max-new-tokens", "8", "--rounds", "1",
+                          "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in res.stdout.splitlines() if line.startswith("| pass@")]
+    assert [(r[0], r[2]) for r in rows] == [(mode, way) for mode in ("pass@1", "pass@10") for way in
+                                           ("one generate per problem (before)", "engine, 1 row", "engine, 32 rows")]
+    assert all(float(r[3]) > 0 for r in rows) and rows[0][4] == rows[3][4] == "1.00x"
