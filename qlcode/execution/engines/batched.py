@@ -111,11 +111,10 @@ class Rows:
         """Add rows (request, prompt, its cache, its logits) padded on the left to one width; the
         columns that no row uses any more are dropped."""
         device = self.model.device
-        old = [] if self.cache is None else [[(k, v) for k, v, *_ in self.cache]]
-        caches = old + [kv for _, _, kv, _ in joining]
-        masks = ([self.mask] if self.mask is not None else []) + [torch.ones(1, len(p), dtype=torch.long, device=device)
-                                                                   for _, p, _, _ in joining]
-        ids = ([self.ids] if self.ids is not None else []) + [torch.tensor([p], device=device) for _, p, _, _ in joining]
+        had = self.cache is not None
+        caches = ([[(k, v) for k, v, *_ in self.cache]] if had else []) + [kv for _, _, kv, _ in joining]
+        masks = ([self.mask] if had else []) + [torch.ones(1, len(p), dtype=torch.long, device=device) for _, p, _, _ in joining]
+        ids = ([self.ids] if had else []) + [torch.tensor([p], device=device) for _, p, _, _ in joining]
         width = max(m.shape[1] for m in masks)
         mask = torch.cat([_left_pad(m, width, 1) for m in masks])
         unused = int(mask.any(0).long().argmax())  # leading columns that are padding in every row
@@ -127,10 +126,12 @@ class Rows:
             self.cache.update(keys, values, layer)
         id_width = max(x.shape[1] for x in ids)
         self.ids = torch.cat([_left_pad(x, id_width, 1) for x in ids])
-        new = lambda make: [make(j) for j in joining]  # noqa: E731
-        self.last = torch.cat(([self.last] if self.last is not None else []) + new(lambda j: torch.tensor([len(j[1]) - 1], device=device)))
-        self.steps = torch.cat(([self.steps] if self.steps is not None else []) + new(lambda j: torch.zeros(1, dtype=torch.long, device=device)))
-        self.logits = torch.cat(([self.logits] if self.logits is not None else []) + new(lambda j: j[3]))
+        last = torch.tensor([len(p) - 1 for _, p, _, _ in joining], device=device)
+        steps = torch.zeros(len(joining), dtype=torch.long, device=device)
+        logits = torch.cat([x for _, _, _, x in joining])
+        if had:
+            last, steps, logits = torch.cat([self.last, last]), torch.cat([self.steps, steps]), torch.cat([self.logits, logits])
+        self.last, self.steps, self.logits = last, steps, logits
         self.requests += [i for i, *_ in joining]
 
     def keep(self, kept: torch.Tensor) -> None:
