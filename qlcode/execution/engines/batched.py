@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
-from transformers import DynamicCache, StopStringCriteria
+from transformers import Cache, DynamicCache, StopStringCriteria
+from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from qlcode.execution.engines import Request, Sampling
@@ -81,6 +82,34 @@ def choose(logits: torch.Tensor, uniforms: torch.Tensor, s: Sampling) -> torch.T
     return picked.clamp_max(cdf.shape[-1] - 1)
 
 
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values are views of buffers with room to spare: a new token is
+    written in place. DynamicLayer concatenates, copying the whole cache at every step, which for
+    a batch of long prompts costs twice the attention itself."""
+
+    ROOM = 64  # tokens of spare room a new buffer gets; a full buffer doubles
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.key_buffer, self.value_buffer = key_states[:, :, :0], value_states[:, :, :0]
+        length, n = self.get_seq_length(), key_states.shape[-2]
+        if length + n > self.key_buffer.shape[-2]:
+            room = max(2 * self.key_buffer.shape[-2], length + n + self.ROOM)
+            self.key_buffer, self.value_buffer = (torch.cat([b[:, :, :length], b.new_empty(*b.shape[:2], room - length, b.shape[3])], dim=2)
+                                                  for b in (self.key_buffer, self.value_buffer))
+        self.key_buffer[:, :, length:length + n] = key_states
+        self.value_buffer[:, :, length:length + n] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :length + n], self.value_buffer[:, :, :length + n]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            length = self.get_seq_length()
+            self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+            self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+
+
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     """`t` with zeros before its entries along `dim`, up to `width`."""
     return torch.nn.functional.pad(t, [0, 0] * (t.dim() - 1 - dim) + [width - t.shape[dim], 0])
@@ -101,7 +130,7 @@ class Rows:
     def __init__(self, model) -> None:
         self.model = model
         self.requests: list[int] = []
-        self.cache: DynamicCache | None = None
+        self.cache: Cache | None = None
         self.mask = self.ids = self.last = self.steps = self.logits = None
 
     def __len__(self) -> int:
@@ -112,14 +141,14 @@ class Rows:
         columns that no row uses any more are dropped."""
         device = self.model.device
         had = self.cache is not None
-        caches = ([[(k, v) for k, v, *_ in self.cache]] if had else []) + [kv for _, _, kv, _ in joining]
+        caches = ([[(layer.keys, layer.values) for layer in self.cache.layers]] if had else []) + [kv for _, _, kv, _ in joining]
         masks = ([self.mask] if had else []) + [torch.ones(1, len(p), dtype=torch.long, device=device) for _, p, _, _ in joining]
         ids = ([self.ids] if had else []) + [torch.tensor([p], device=device) for _, p, _, _ in joining]
         width = max(m.shape[1] for m in masks)
         mask = torch.cat([_left_pad(m, width, 1) for m in masks])
         unused = int(mask.any(0).long().argmax())  # leading columns that are padding in every row
         self.mask = mask[:, unused:]
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = Cache(layer_class_to_replicate=GrowingLayer)
         for layer in range(len(caches[0])):
             keys = torch.cat([_left_pad(c[layer][0], width, 2) for c in caches])[:, :, unused:]
             values = torch.cat([_left_pad(c[layer][1], width, 2) for c in caches])[:, :, unused:]
@@ -160,7 +189,8 @@ def decode(model, requests: list[Request], s: Sampling, eos: torch.Tensor, stopp
     written: dict[int, list[int]] = {}
     rows = Rows(model)
     while waiting or len(rows):
-        if waiting and len(rows) < capacity:
+        # rows join in groups (a quarter of the batch, or all that wait): each join copies the cache once
+        if waiting and capacity - len(rows) >= min(len(waiting), max(1, capacity // 4)):
             joining = []
             for _ in range(min(capacity - len(rows), len(waiting))):
                 i = waiting.popleft()
