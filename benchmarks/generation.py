@@ -4,7 +4,7 @@
     python benchmarks/generation.py --gpu                  # GPU: CodeLlama-7B architecture, random weights
 
 CPU: the micro model (full precision) on the first --limit HumanEval problems, sampled as `qlcode
-eval` samples them: pass@1 with 1 sample at temperature 0.2, pass@10 with 10 at 0.8. Three ways,
+eval` samples them: pass@1 with 1 greedy sample, pass@10 with 10 at temperature 0.8. Three ways,
 run alternately in each of --rounds rounds (the machine is shared: a slow spell hits all three):
 "one generate per problem" is qlcode before the engine (transformers' generate, the problem's n
 samples as num_return_sequences), "engine, 1 row" the batched engine one request at a time, and
@@ -36,7 +36,10 @@ from qlcode.execution.engines.batched import TransformersEngine
 from qlcode.execution.generate import prompt_ids, seed
 from qlcode.inference import sampling_args
 
-MODES = {"pass@1": (1, 0.2), "pass@10": (10, 0.8)}  # samples per problem, temperature: qlcode eval's usage
+# samples per problem, temperature: pass@1 greedy (in-training pass@1; every way writes the same
+# tokens, so the same work), pass@10 sampled as qlcode eval's usage (the ways' seeds differ, and so
+# do their samples' lengths: tokens/s compares them better than samples/s)
+MODES = {"pass@1": (1, 0.0), "pass@10": (10, 0.8)}
 
 
 def one_generate_per_problem(model, tokenizer, problems, n: int, temperature: float, max_new_tokens: int,
@@ -97,19 +100,24 @@ def cpu(args) -> None:
     rows = []
     for mode, (n, temperature) in MODES.items():
         seconds: dict[str, list[float]] = {w: [] for w in ways}
+        tokens: dict[str, list[int]] = {w: [] for w in ways}
         first: dict[str, list[list[str]]] = {}
         for r in range(args.rounds):
             for way, fn in ways.items():
                 s, out = timed(lambda: fn(n, temperature))
                 seconds[way].append(s)
+                tokens[way].append(sum(len(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for o in out for t in o))
                 first.setdefault(way, out)
-                print(f"{mode} round {r + 1}: {way}: {len(problems) * n / s:.1f} samples/s", flush=True)
+                print(f"{mode} round {r + 1}: {way}: {len(problems) * n / s:.1f} samples/s, {tokens[way][-1] / s:.0f} tokens/s",
+                      flush=True)
         base = list(ways)[0]
         for way in ways:
             ratios = [b / s for b, s in zip(seconds[base], seconds[way])]  # paired by round
+            rates = [t / s for t, s in zip(tokens[way], seconds[way])]
             score = f"{100 * pass_at(problems, first[way], n):.1f}%" if args.execute and way in (base, list(ways)[-1]) else "-"
-            rows.append([mode, f"{n} at T={temperature}", way, f"{len(problems) * n / statistics.median(seconds[way]):.1f}",
-                         f"{statistics.median(ratios):.2f}x", score])
+            rows.append([mode, f"{n} at T={temperature}" if temperature else "1 greedy", way,
+                         f"{len(problems) * n / statistics.median(seconds[way]):.2f}", f"{statistics.median(ratios):.2f}x",
+                         f"{statistics.median(rates):.0f}", score])
     import os
     import platform
 
@@ -120,7 +128,7 @@ def cpu(args) -> None:
           f"{args.threads} torch threads, {args.rounds} alternating rounds (medians)\n{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, load average {load:.1f} at the end; torch {torch.__version__}, transformers "
           f"{transformers.__version__}; {time.strftime('%Y-%m-%d')}\n")
-    harness.print_table(["mode", "samples", "way", "samples/s", "speed-up (paired by round)", "pass@k (round 1)"], rows)
+    harness.print_table(["mode", "samples", "way", "samples/s", "speed-up (paired by round)", "generated tokens/s", "pass@k (round 1)"], rows)
 
 
 def codellama_7b() -> str:
