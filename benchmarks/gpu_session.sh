@@ -93,3 +93,9 @@ step 150 longest_24gb.md python3 benchmarks/train_step.py --batch 1 --seq-len "$
 step 150 train_24gb.txt python3 benchmarks/train_capped.py --memory-cap 24
 step 180 decode.md python3 benchmarks/decode.py --new-tokens 32 --iters 1
 step 140 plan_memory.md python3 benchmarks/plan_memory.py
+
+# Generation (issue 24, benchmarks/generation.py): samples/s on the 7B architecture for transformers
+# one generate per problem, the batched engine, and vLLM; then GRPO steps/min without and with
+# vLLM colocated. vLLM (hundreds of MB, its own torch build) is not among the carried wheels: where
+# the image lacks it, the script says so and measures the transformers rows only.
+step 300 generation.md python3 benchmarks/generation.py --gpu --gpu-problems 16 --new-tokens 64 --grpo-steps 3

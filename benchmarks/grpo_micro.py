@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 from qlcode.builtin import DATASETS  # noqa: E402
 from qlcode.execution.benchmarks import python_basics  # noqa: E402
 from qlcode.execution.evaluate import execute, summarize  # noqa: E402
-from qlcode.execution.generate import sample  # noqa: E402
+from qlcode.execution.engines.batched import TransformersEngine  # noqa: E402
+from qlcode.execution.generate import in_order, sample  # noqa: E402
 from qlcode.inference import load_model  # noqa: E402
 from qlcode.models import Quantization  # noqa: E402
 
@@ -48,8 +49,9 @@ def main() -> None:
     bits = None if args.bits == "none" else int(args.bits)
     loaded = load_model(None if args.adapter else "builtin:micro-codellama", args.adapter, Quantization(bits=bits))
     problems = python_basics(None if args.split == "all" else args.split)
-    results = execute(problems, lambda p: sample(loaded.model, loaded.tokenizer, p, loaded.instruct, args.n, args.temperature,
-                                                 args.max_new_tokens), workers=2)
+    engine = TransformersEngine(loaded.model, loaded.tokenizer)
+    results = execute(problems, in_order(sample(engine, problems, loaded.instruct, args.n, args.temperature, args.max_new_tokens)),
+                      workers=2)
     seconds = time.time() - start
 
     groups = defaultdict(list)

@@ -34,6 +34,8 @@ err = Console(stderr=True)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.max_steps=20 lora.r=16.", show_default=False)]
 Bits = Annotated[str, typer.Option("--bits", help="Quantization of a base given alone: 4, 8 or none (an adapter loads on its base as it was trained).")]
+EngineName = Annotated[str, typer.Option("--engine", help="transformers (any machine), or vllm (CUDA; pip install \"qlcode[vllm]\"): the base served by vLLM with the adapter as a LoRA.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Samples decoding at once (default: from free GPU memory; 32 on a CPU).", show_default=False)]
 
 
 def print_pairs(title: str, rows: list[tuple[str, str]]) -> None:
@@ -280,6 +282,8 @@ def eval_(
     workers: Annotated[int, typer.Option(help="Sandboxes running at once.")] = 2,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where results go (default evals/BENCH-LABEL).")] = None,
     bits: Bits = "4",
+    engine: EngineName = "transformers",
+    batch_size: BatchSize = None,
     gguf: Annotated[Path | None, typer.Option("--gguf", help="Run an exported GGUF file through llama.cpp instead (pip install 'qlcode[llama-cpp]').")] = None,
 ) -> None:
     """Generate solutions, run them with the benchmark's tests in the sandbox, report pass@k (Chen et al. 2021)."""
@@ -297,33 +301,33 @@ def eval_(
     if gguf is not None and (model or adapter or solutions):
         raise QlcodeError("--gguf evaluates the file alone: leave out --model, --adapter and --solutions")
     if solutions == "reference":
-        runs = [("reference", lambda p: [p.reference], nullcontext)]
+        runs = [("reference", lambda: lambda p: [p.reference], nullcontext)]
     elif gguf is not None:
         from qlcode.execution.engines.llama_cpp import LlamaCppEngine
         from qlcode.inference import is_instruct
 
-        engine, instruct = LlamaCppEngine(gguf), is_instruct(str(gguf))
-        runs = [("gguf", lambda p: engine.sample(p, instruct, n, temperature, max_new_tokens), nullcontext)]
+        llama, instruct = LlamaCppEngine(gguf), is_instruct(str(gguf))
+        runs = [("gguf", lambda: lambda p: llama.sample(p, instruct, n, temperature, max_new_tokens), nullcontext)]
         model = str(gguf)
     else:
         if not (model or adapter):
             raise QlcodeError("give --model BASE and/or --adapter DIR, or --solutions reference")
-        from qlcode.execution.generate import sample
-        from qlcode.inference import load_model
+        from qlcode.execution.engines.pick import open_engine
+        from qlcode.execution.generate import in_order, sample
 
         quiet_libraries()
-        loaded = load_model(model, adapter, quantization(bits))
-        gen = lambda p: sample(loaded.model, loaded.tokenizer, p, loaded.instruct, n, temperature, max_new_tokens)  # noqa: E731
+        generator, instruct = open_engine(engine, model, adapter, quantization(bits), batch_size)
+        gen = lambda: in_order(sample(generator, problems, instruct, n, temperature, max_new_tokens))  # noqa: E731
         runs = [("adapter" if adapter else "base", gen, nullcontext)]
         if compare and adapter:
-            runs.insert(0, ("base", gen, loaded.model.disable_adapter))
+            runs.insert(0, ("base", gen, generator.base_only))
     table = Table(title=f"{bench}: pass@k ({len(problems)} problems, n={n if solutions is None else 1})")
     for col in ("model", "problems", *[f"pass@{x}" for x in ks]):
         table.add_column(col)
     failing = []
     for label, completions, context in runs:
         with context():
-            results = execute(problems, completions, workers=workers)
+            results = execute(problems, completions(), workers=workers)
         summary = {"bench": bench, "model": model, "adapter": adapter if label == "adapter" else None, "label": label,
                    "n": n, "temperature": temperature, "problems": len(results), **summarize(results, ks if label != "reference" else [1])}
         write((out_dir or Path("evals") / f"{bench}-{label}") / (label if len(runs) > 1 else ""), results, summary)
@@ -350,6 +354,8 @@ def pairs(
     data: Annotated[str | None, typer.Option("--data", help="MBPP as a local jsonl (default: the Hub).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
     bits: Bits = "4",
+    engine: EngineName = "transformers",
+    batch_size: BatchSize = None,
 ) -> None:
     """Sample answers, run their unit tests in the sandbox, and write DPO pairs, KTO rows and/or SFT rows from one pass."""
     from qlcode.execution.pairs import load_problems, make_pairs
@@ -361,11 +367,11 @@ def pairs(
     if temperature <= 0 and samples > 1:
         raise QlcodeError(f"--temperature {temperature:g} is greedy: every sample would be the same; give a temperature > 0 or --samples 1")
     chosen = load_problems(problems, data)[:limit]
-    from qlcode.inference import load_model
+    from qlcode.execution.engines.pick import open_engine
 
     quiet_libraries()
-    loaded = load_model(model, adapter, quantization(bits))
-    report = make_pairs(loaded.model, loaded.tokenizer, chosen, loaded.instruct, samples, temperature, out_file, max_new_tokens,
+    generator, instruct = open_engine(engine, model, adapter, quantization(bits), batch_size)
+    report = make_pairs(generator, chosen, instruct, samples, temperature, out_file, max_new_tokens,
                         kto_out=kto_out, sft_out=sft_out)
     if out_file:
         out.print(f"{report.pairs} pairs from {report.problems} problems written to {out_file}")

@@ -19,7 +19,8 @@ from conftest import REPO
 
 # the sample lands inside a string and the test checks its length's parity: some pass, some fail
 PARITY = [{"task_id": f"p{i}", "prompt": f"# problem {i}\ns = r'''", "test": "'''\nassert len(s) % 2 == 0"} for i in range(4)]
-ALWAYS = {"task_id": "always", "prompt": "s = r'''", "test": "'''"}
+# the answer is the rest of a comment's line (a prompt ending at `return` is answered in one line): it always passes
+ALWAYS = {"task_id": "always", "prompt": "x = 1  # return", "test": "assert x == 1"}
 NEVER = {"task_id": "never", "prompt": "x = 1\n", "tests": ["assert x == 1", "assert False"]}
 
 
@@ -80,13 +81,14 @@ def test_one_pass_writes_dpo_pairs_kto_and_sft_rows_that_agree_with_the_sandbox(
 
 
 def test_identical_samples_are_kept_once(tmp_path):
+    from qlcode.execution.engines.batched import TransformersEngine
     from qlcode.inference import load_model
     from qlcode.models import Quantization
 
     loaded = load_model("builtin:micro-codellama", None, Quantization(bits=None))
     problems = [Problem("always", "s = r'''", "", "'''", True), Problem("never", "x = 1\n", "", "assert False", True)]
     # near-greedy: the 3 samples of a problem are the same text
-    report = make_pairs(loaded.model, loaded.tokenizer, problems, False, 3, 1e-4, None, max_new_tokens=6,
+    report = make_pairs(TransformersEngine(loaded.model, loaded.tokenizer), problems, False, 3, 1e-4, None, max_new_tokens=6,
                         kto_out=tmp_path / "kto.jsonl", sft_out=tmp_path / "sft.jsonl")
     kto, sft = read_jsonl(tmp_path / "kto.jsonl"), read_jsonl(tmp_path / "sft.jsonl")
     assert [(r["task_id"], r["label"]) for r in kto] == [("always", True), ("never", False)]
@@ -100,9 +102,9 @@ def test_samples_of_only_whitespace_are_left_out_of_every_output(tmp_path, monke
     from qlcode.data.formats import FORMATS
 
     # a prompt ending at `return` stops at the line's end: an empty line is a possible sample
-    monkeypatch.setattr(pairs_module, "sample_raw", lambda *a, **k: [" x\n", "\n", "   \n", " y\n"])
+    monkeypatch.setattr(pairs_module, "sample_raw", lambda engine, problems, *a, **k: ((p, [" x\n", "\n", "   \n", " y\n"]) for p in problems))
     problem = Problem("echo", "def echo(x):\n    return", "", "assert echo(1) == 1", True)
-    report = make_pairs(None, None, [problem], False, 4, 1.0, tmp_path / "pairs.jsonl", kto_out=tmp_path / "kto.jsonl")
+    report = make_pairs(None, [problem], False, 4, 1.0, tmp_path / "pairs.jsonl", kto_out=tmp_path / "kto.jsonl")
     kto, pairs = read_jsonl(tmp_path / "kto.jsonl"), read_jsonl(tmp_path / "pairs.jsonl")
     assert [(r["completion"], r["label"]) for r in kto] == [(" x\n", True), (" y\n", False)]
     assert [(r["chosen"], r["rejected"]) for r in pairs] == [(" x\n", " y\n")]

@@ -14,7 +14,8 @@ from transformers import TrainerCallback
 
 from qlcode.execution.benchmarks import load
 from qlcode.execution.evaluate import execute, summarize
-from qlcode.execution.generate import sample
+from qlcode.execution.engines.batched import TransformersEngine
+from qlcode.execution.generate import in_order, sample
 from qlcode.files import write_text_atomic
 from qlcode.ranks import is_main_process
 from qlcode.runs import RunDir
@@ -34,8 +35,9 @@ class PassAt1(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            results = execute(self.problems, lambda p: sample(model, self.tokenizer, p, self.instruct, 1, 0.0, self.max_new_tokens),
-                              show_progress=False)
+            engine = TransformersEngine(model, self.tokenizer)
+            completions = in_order(sample(engine, self.problems, self.instruct, 1, 0.0, self.max_new_tokens))
+            results = execute(self.problems, completions, show_progress=False)
         finally:
             model.train(was_training)
         return summarize(results, [1])["pass@1"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from qlcode.errors import QlcodeError
 from qlcode.execution.benchmarks import Problem, mbpp
+from qlcode.execution.engines import Engine
 from qlcode.execution.generate import finish, prompt_text, sample_raw
 from qlcode.execution.sandbox import Limits, Result, run_many
 from qlcode.files import write_text_atomic
@@ -92,14 +93,13 @@ def load_problems(source: str, data: str | None = None) -> list[Problem]:
     return problems
 
 
-def sample_and_run(model, tokenizer, problems: list[Problem], instruct: bool, samples: int, temperature: float,
+def sample_and_run(engine: Engine, problems: list[Problem], instruct: bool, samples: int, temperature: float,
                    max_new_tokens: int = 384, limits: Limits = Limits(), workers: int = 2) -> Iterator[Sampled]:
     """Sample each problem and run every sample with its tests in the sandbox, with a progress bar."""
     progress, passed = progress_bar("sample + run", "{task.fields[passed]} passed"), 0
     with progress:
         task = progress.add_task("sample + run", total=len(problems), passed=0)
-        for problem in problems:
-            raw = sample_raw(model, tokenizer, problem, instruct, samples, temperature, max_new_tokens)
+        for problem, raw in sample_raw(engine, problems, instruct, samples, temperature, max_new_tokens):
             finished = [finish(problem, t, instruct) for t in raw]
             results = run_many([problem.program(f) for f in finished], limits, workers)
             passed += sum(r.outcome == "passed" for r in results)
@@ -116,12 +116,12 @@ def normalized(problem: Problem, completion: str) -> str:
         return " ".join(code.split())
 
 
-def make_pairs(model, tokenizer, problems: list[Problem], instruct: bool, samples: int, temperature: float,
+def make_pairs(engine: Engine, problems: list[Problem], instruct: bool, samples: int, temperature: float,
                out: Path | None, max_new_tokens: int = 384, limits: Limits = Limits(), workers: int = 2,
                kto_out: Path | None = None, sft_out: Path | None = None) -> PairsReport:
     """Write DPO pairs to `out`, KTO rows to `kto_out` and SFT rows to `sft_out` (each optional)."""
     pairs, kto, sft, report = [], [], [], PairsReport(len(problems))
-    for s in sample_and_run(model, tokenizer, problems, instruct, samples, temperature, max_new_tokens, limits, workers):
+    for s in sample_and_run(engine, problems, instruct, samples, temperature, max_new_tokens, limits, workers):
         prompt = prompt_text(s.problem, instruct)
         passed = [r.outcome == "passed" for r in s.results]
         # an answer of nothing but whitespace trains nothing (the row formats refuse it): it is left out

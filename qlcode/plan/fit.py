@@ -49,8 +49,14 @@ class Change:
         return " ".join(self.overrides)
 
 
+def usable(s: Settings, capacity: int) -> int:
+    """The GPU memory training may use: all of it, less the share colocated vLLM generation holds
+    (train.grpo.vllm_gpu_memory_utilization: vLLM's weights copy and KV cache live there)."""
+    return int(capacity * (1 - s.vllm_share))
+
+
 def fits(p: Plan, capacity: int) -> bool:
-    return p.total <= capacity
+    return p.total <= usable(p.settings, capacity)
 
 
 def _candidates(s: Settings) -> list[tuple[tuple[str, ...], Settings]]:
@@ -132,10 +138,11 @@ def longest(shapes: Shapes, s: Settings, capacity: int, step: int = 256, limit: 
 def preflight(shapes: Shapes, s: Settings, capacity: int) -> Plan:
     """Stop a run that clearly cannot fit, with the changes that make it fit; else its plan."""
     p = plan(shapes, s)
-    if p.total <= capacity * CLEAR_MISFIT:
+    if p.total <= usable(s, capacity) * CLEAR_MISFIT:
         return p
     fixes = suggestions(shapes, s, capacity)
-    lines = [f"this run needs about {p.total / GiB:.1f} GiB of GPU memory and the GPU has {capacity / GiB:.1f} GiB "
+    left = f" ({usable(s, capacity) / GiB:.1f} GiB besides vLLM's {s.vllm_share:.0%})" if s.vllm_share else ""
+    lines = [f"this run needs about {p.total / GiB:.1f} GiB of GPU memory and the GPU has {capacity / GiB:.1f} GiB{left} "
              f"(qlcode plan shows each part)."]
     if fixes:
         lines.append("changes that make it fit (planned total):")

@@ -60,6 +60,7 @@ class Settings:
     fused: bool = False  # Llama's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
     offload: bool = False  # train.offload_activations
     packing: bool = False  # data.packing: one padding-free row per micro batch
+    vllm_share: float = 0.0  # of the GPU's memory, held by vLLM colocated for GRPO's generation (train.grpo.vllm)
 
     @property
     def sequences(self) -> int:
@@ -299,6 +300,7 @@ def settings(recipe, device: str = "cuda") -> Settings:
         fused=fused_blocks(recipe, device),
         offload=recipe.train.offload_activations,
         packing=recipe.data.packing,
+        vllm_share=recipe.train.grpo.vllm_gpu_memory_utilization if recipe.train.method == "grpo" and recipe.train.grpo.vllm else 0.0,
     )
 
 

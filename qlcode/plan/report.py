@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from qlcode.plan.fit import Change
+from qlcode.plan.fit import Change, usable
 from qlcode.plan.memory import GiB, Plan
 
 
@@ -34,9 +34,11 @@ def longest_line(tokens: int, p: Plan, gpu: str, capacity: int) -> str:
 
 
 def verdict(p: Plan, capacity: int, gpu: str) -> str:
-    if p.total <= capacity:
-        return f"[green]fits[/] on {gpu} ({gib(capacity)} GiB): {gib(capacity - p.total)} GiB to spare"
-    return f"[red]does not fit[/] on {gpu} ({gib(capacity)} GiB): {gib(p.total - capacity)} GiB over"
+    left = usable(p.settings, capacity)
+    size = f"{gib(capacity)} GiB" + (f", {gib(left)} besides vLLM's {p.settings.vllm_share:.0%} for generation" if left < capacity else "")
+    if p.total <= left:
+        return f"[green]fits[/] on {gpu} ({size}): {gib(left - p.total)} GiB to spare"
+    return f"[red]does not fit[/] on {gpu} ({size}): {gib(p.total - left)} GiB over"
 
 
 def changes_table(changes: list[Change]) -> Table:
