@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qlcode import __version__
@@ -51,7 +52,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except QlcodeError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -463,8 +464,6 @@ def recipes_validate(
     no_data: Annotated[bool, typer.Option("--no-data", help="Check the recipe alone, not the first rows of its data.")] = False,
 ) -> None:
     """Check recipes without training: every key, and the first 100 rows of each dataset against its format."""
-    from rich.markup import escape
-
     from qlcode.recipe import load_recipe
 
     if not no_data:
