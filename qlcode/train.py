@@ -20,7 +20,7 @@ from peft import PeftModel
 from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from qlcode.callbacks import MetricsLog, ProgressBar, Throughput
+from qlcode.callbacks import DivergenceGuard, MetricsLog, ProgressBar, RecipeLearningRate, Throughput
 from qlcode.data import build
 from qlcode.distributed.adapter import gathered_adapter
 from qlcode.distributed.args import trainer_args
@@ -85,6 +85,7 @@ def common_args(recipe: Recipe) -> dict:
         save_steps=t.save_steps,
         save_total_limit=t.keep_checkpoints,
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (DivergenceGuard stops the run), not hidden by an average
         report_to=[] if t.report_to == "none" else [t.report_to],
         seed=t.seed,
         data_seed=t.seed,
@@ -126,7 +127,8 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[throughput, MetricsLog(run, throughput), ProgressBar(throughput), *extra_callbacks],
+        callbacks=[throughput, MetricsLog(run, throughput), ProgressBar(throughput), DivergenceGuard(run), RecipeLearningRate(),
+                   *extra_callbacks],
         **method.trainer_kwargs(recipe),
     )
     trainer.remove_callback(PrinterCallback)
