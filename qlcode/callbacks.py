@@ -15,10 +15,9 @@ import torch
 from rich.progress import Progress
 from transformers import TrainerCallback
 
-from qlcode.errors import QlcodeError
 from qlcode.ranks import is_main_process
 from qlcode.progress import console, peak_memory_gb, progress_bar
-from qlcode.runs import RunDir, checkpoint_step, metrics_row
+from qlcode.runs import RunDir, RunStopped, checkpoint_step, metrics_row
 
 
 class Throughput(TrainerCallback):
@@ -103,7 +102,7 @@ class ProgressBar(TrainerCallback):
             self.progress = None
 
 
-class Diverged(QlcodeError):
+class Diverged(RunStopped):
     """The loss or the weights stopped being finite numbers: nothing after this trains."""
 
 
@@ -166,11 +165,10 @@ class DivergenceGuard(TrainerCallback):
         if args.fp16:
             causes.append("fp16 overflows (set model.dtype: bf16 on a GPU that has it, or fp32)")
         causes.append("rows that give no loss (check the data)")
-        kept = (f"the last good checkpoint is {good}; continue from it with --resume and a lower train.learning_rate"
-                if good is not None else "no good checkpoint was written: run again with --resume (from step 0) and a lower train.learning_rate")
         aside = f" (moved {', '.join(moved)}, written after the last finite loss, to {self.run.path / 'diverged'})" if moved else ""
-        raise Diverged(f"training diverged: {what}; likely cause: {' or '.join(causes)}; {kept}{aside}; "
-                       "the run is not finished")
+        kept = (f"the last good checkpoint is {good}: continue from it with --resume and a lower train.learning_rate"
+                if good is not None else "no good checkpoint was written: run again with --resume (from step 0) and a lower train.learning_rate")
+        raise Diverged(f"training diverged: {what}; likely cause: {' or '.join(causes)}; the run is not finished{aside}; {kept}")
 
     def _set_aside_suspect_checkpoints(self) -> list[str]:
         moved = []

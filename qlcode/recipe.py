@@ -543,7 +543,11 @@ def _check_consistency(recipe: Recipe, where) -> None:
                 problems.append((src, f"repository data is a directory of projects or builtin:stdlib-packages; {ds.source!r} is not a directory"))
             continue
         if not ds.source.startswith("builtin:") and not ds.source.endswith(LOCAL_DATA_SUFFIXES):
-            if not HUB_ID.match(ds.source):
+            if Path(ds.source).exists():
+                problems.append((src, f"{ds.source!r} is a local {'directory' if Path(ds.source).is_dir() else 'file'}, not a "
+                                      "Hub dataset id: qlcode reads local .jsonl, .json, .parquet and .csv files "
+                                      "(and a directory of projects as format: repository)"))
+            elif not HUB_ID.match(ds.source):
                 problems.append((src, f"{ds.source!r} is neither a Hub dataset id, a .jsonl/.json/.parquet/.csv file, nor builtin:NAME"))
     base = recipe.model.base
     if base.startswith("builtin:") and base.removeprefix("builtin:") not in builtin.MODELS:

@@ -40,6 +40,10 @@ LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/a
           "reward", "reward_std", "frac_reward_zero_std", "pass_rate", "timeouts", "kl")
 
 
+class RunStopped(QlcodeError):
+    """A run that stopped unfinished, its checkpoints intact: --resume continues it (the CLI prints the command)."""
+
+
 def metrics_row(step: int, logs: dict) -> dict | None:
     """The metrics.jsonl row of a trainer log event, or None when it holds no measurement."""
     row = {k: v for k, v in logs.items() if k in LOGGED}

@@ -40,10 +40,9 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_resumes(tmp_pa
     # shown to give a finite loss: step 3 makes them inf/NaN, caught before checkpoint-3 is written
     assert str(e.value) == (
         "training diverged: the adapter's weights are no longer finite numbers at step 3; likely cause: the learning "
-        "rate is too high (train.learning_rate 1e+30) or rows that give no loss (check the data); the last good "
-        f"checkpoint is {run.checkpoints / 'checkpoint-1'}; continue from it with --resume and a lower "
-        f"train.learning_rate (moved checkpoint-2, written after the last finite loss, to {run.path / 'diverged'}); "
-        "the run is not finished")
+        "rate is too high (train.learning_rate 1e+30) or rows that give no loss (check the data); the run is not "
+        f"finished (moved checkpoint-2, written after the last finite loss, to {run.path / 'diverged'}); the last good "
+        f"checkpoint is {run.checkpoints / 'checkpoint-1'}: continue from it with --resume and a lower train.learning_rate")
     assert not run.finished and not run.summary_path.exists()
     assert sorted(p.name for p in run.checkpoints.glob("checkpoint-*")) == ["checkpoint-1"]
     assert (run.path / "diverged" / "checkpoint-2").is_dir()

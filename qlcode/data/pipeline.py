@@ -92,7 +92,7 @@ def build(data: DataSection, tokenizer=None) -> tuple[Dataset, Dataset | None]:
     if data.decontaminate:
         train, dropped = drop_overlapping(train, index(data.decontaminate))
         console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "
-                      f"{', '.join(data.decontaminate)}" + (f" (e.g. {dropped[0][1]})" if dropped else ""))
+                      f"{', '.join(data.decontaminate)}" + (f" (e.g. {dropped[0][1]})" if dropped else ""), markup=False, highlight=False)
     console.print(f"data: {len(train)} training rows, {len(held) if held else 0} validation rows")
     if data.fim is not None:
         if tokenizer is None:
