@@ -69,13 +69,36 @@ class MetricsLog(TrainerCallback):
 
 
 class ProgressBar(TrainerCallback):
-    """One bar over optimizer steps with loss, tokens/s, elapsed time and ETA."""
+    """One bar over optimizer steps with loss, tokens/s, elapsed time and ETA; one over evaluation batches
+    (evaluation before training on a large validation set takes minutes)."""
 
     def __init__(self, throughput: Throughput) -> None:
         self.throughput = throughput
         self.progress: Progress | None = None
         self.task = None
         self.fields = {"loss": "-", "tps": "-", "reward": ""}
+        self.eval: tuple[Progress, object] | None = None
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kw):
+        if self.eval is None:
+            total = len(eval_dataloader) if eval_dataloader is not None else None
+            blank = {"loss": "", "tps": "-", "reward": ""}
+            if self.progress is not None:  # one live display at a time: a second task on the training bar's display
+                self.eval = (self.progress, self.progress.add_task("eval", total=total, **blank))
+            else:
+                bar = progress_bar("eval", "{task.fields[loss]}", "{task.fields[tps]} tok/s", "{task.fields[reward]}")
+                bar.start()
+                self.eval = (bar, bar.add_task("eval", total=total, **blank))
+        self.eval[0].advance(self.eval[1])
+
+    def on_evaluate(self, args, state, control, **kw):
+        if self.eval is not None:
+            bar, task = self.eval
+            if bar is self.progress:
+                bar.remove_task(task)
+            else:
+                bar.stop()
+            self.eval = None
 
     def on_train_begin(self, args, state, control, **kw):
         self.progress = progress_bar("train", "loss {task.fields[loss]}", "{task.fields[tps]} tok/s", "{task.fields[reward]}")
@@ -203,3 +226,46 @@ class RecipeLearningRate(TrainerCallback):
             group["initial_lr"] = args.learning_rate
             group["lr"] = args.learning_rate * factor(lr_scheduler.last_epoch)
         lr_scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+class RewardSpread(TrainerCallback):
+    """Warns once, after the first AFTER steps, when most of GRPO's groups got one reward for every completion.
+
+    GRPO learns from the differences between the rewards of a prompt's completions; a group whose
+    completions all pass (or all fail) adds nothing, and when every group is so the loss is 0 at
+    every step. It reads the share TRL logs (frac_reward_zero_std) and adds no work to a step.
+    """
+
+    AFTER = 10  # steps
+    SHARE = 0.5  # warn at this share of groups without reward spread, or more
+
+    def __init__(self, generations: int) -> None:
+        self.generations = generations
+        self.shares: list[float] = []
+        self.rewards: list[float] = []
+        self.first: int | None = None
+        self.done = False
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if self.done or "frac_reward_zero_std" not in logs:
+            return
+        self.first = state.global_step if self.first is None else self.first
+        self.shares.append(logs["frac_reward_zero_std"])
+        self.rewards.append(logs.get("reward", float("nan")))
+        if state.global_step - self.first + 1 < min(self.AFTER, state.max_steps - self.first + 1):
+            return
+        self.done = True
+        share, reward = sum(self.shares) / len(self.shares), sum(self.rewards) / len(self.rewards)
+        if share < self.SHARE:
+            return
+        if reward <= 0.05:
+            hint = ("no completion passes its tests: check that the tests pass on a known solution, or start from an "
+                    "adapter that solves some (lora.adapter) or from easier problems")
+        elif reward >= 0.95:
+            hint = "every completion passes: give it harder problems"
+        else:
+            hint = "raise train.grpo.temperature or train.grpo.num_generations for more varied completions"
+        console.print(f"warning: GRPO, steps {self.first}-{state.global_step}: in {share:.0%} of the groups of "
+                      f"{self.generations} completions every completion got the same reward (mean reward {reward:.2f}); "
+                      f"such a group teaches nothing: {hint}", markup=False, highlight=False)

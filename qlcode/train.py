@@ -24,7 +24,7 @@ from rich.markup import escape
 from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from qlcode.callbacks import DivergenceGuard, MetricsLog, ProgressBar, RecipeLearningRate, Throughput
+from qlcode.callbacks import DivergenceGuard, MetricsLog, ProgressBar, RecipeLearningRate, RewardSpread, Throughput
 from qlcode.data import build
 from qlcode.distributed.adapter import gathered_adapter
 from qlcode.distributed.args import trainer_args
@@ -136,6 +136,8 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
         **method.trainer_kwargs(recipe),
     )
     trainer.remove_callback(PrinterCallback)
+    if recipe.train.method == "grpo":
+        trainer.add_callback(RewardSpread(recipe.train.grpo.num_generations))
     restore_trainable(trainer.model, trainable)
     if recipe.train.pass_at_1 is not None:
         from qlcode.execution.in_training import PassAt1

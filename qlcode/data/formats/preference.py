@@ -54,8 +54,14 @@ class Preference(DataFormat):
     short = "chosen/rejected"
     summary = "prompt (text or a conversation), chosen, rejected (text or an assistant message)"
 
+    useless = "chosen answer is the same as its rejected one"
+
     def kind(self, template: str) -> str:
         return PREFERENCE
+
+    def teaches(self, row: dict) -> bool:
+        """A pair of equal answers has no preference: DPO's loss stays at ln 2 on it."""
+        return row["chosen"].strip() != row["rejected"].strip()
 
     def check(self, row: dict, where: str, column: dict[str, str], template: str) -> dict:
         return {"prompt": prompt_value(row["prompt"], where, column, template),
