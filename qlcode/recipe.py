@@ -489,11 +489,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         overridden[key] = item
     if isinstance(tree.setdefault("output", {}), dict) and tree["output"].get("name") is None:
         tree["output"]["name"] = path.stem
+        overridden[("output", "name")] = f"output.name unset: the file's name, {path.stem!r}"
 
     def where(p: tuple) -> str:
         for k, item in overridden.items():
             if p[: len(k)] == k or k[: len(p)] == p:
-                return f"command line ({item})"
+                return f"{path} ({item})" if item.startswith("output.name unset") else f"command line ({item})"
         line = located.line(p)
         return f"{path}:{line}" if line else str(path)
 
