@@ -6,6 +6,7 @@
       metrics.jsonl        one JSON object per log event; step 0 holds the eval loss before training
       checkpoints/         checkpoint-N/ every train.save_steps (the trainer writes trainer_state.json last)
       best/                the best adapter by in-training pass@1, with best.json
+      diverged/            checkpoints written after the last finite loss of a run that diverged
       adapter_config.json  the final PEFT adapter, tokenizer and README.md model card, moved in
       adapter_model.safetensors   from a temporary directory when training ends, weights last
       summary.json         steps, time, tokens/s, peak memory, eval loss before and after
