@@ -175,13 +175,13 @@ class DivergenceGuard(TrainerCallback):
             return  # fp16's scaler skipped an overflowing step, or gradients were clipped to nothing once
         what = " and ".join(f"the {'gradient norm' if k == 'grad_norm' else k} is {v}" for k, v in bad.items())
         steps = f"step {window[1]}" if window[0] == window[1] else f"steps {window[0]}-{window[1]} (logged every {args.logging_steps})"
-        self._stop(args, state, f"{what} in {steps}" + ("" if finite else ", and the adapter's weights are no longer finite"))
+        self._stop(args, f"{what} in {steps}" + ("" if finite else ", and the adapter's weights are no longer finite"))
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if control.should_save and not weights_finite(model):
-            self._stop(args, state, f"the adapter's weights are no longer finite numbers at step {state.global_step}")
+            self._stop(args, f"the adapter's weights are no longer finite numbers at step {state.global_step}")
 
-    def _stop(self, args, state, what: str) -> None:
+    def _stop(self, args, what: str) -> None:
         moved = self._set_aside_suspect_checkpoints() if is_main_process() else []
         good = self.run.latest_checkpoint()
         causes = [f"the learning rate is too high (train.learning_rate {args.learning_rate:g})"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import importlib.util
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator

@@ -131,13 +131,13 @@ def test_a_data_path_that_is_not_a_file_says_what_it_is(tmp_path):
     loop = tmp_path / "loop.jsonl"
     os.symlink(tmp_path / "loop2.jsonl", loop)
     os.symlink(loop, tmp_path / "loop2.jsonl")
-    expected = {folder: "a directory, not a data file (a directory of projects is format: repository)",
-                fifo: "not a regular file (a FIFO, socket or device): copy the rows into a file",
-                loop: "a symbolic link to nothing (its target is missing, or the link leads back to itself)"}
+    expected = {folder: "is a directory, not a data file (a directory of projects is format: repository)",
+                fifo: "is not a regular file (a FIFO, socket or device): copy the rows into a file",
+                loop: "is a symbolic link to nothing (its target is missing, or the link leads back to itself)"}
     for path, why in expected.items():
         with pytest.raises(DataError) as e:
             build(_data(path))
-        assert str(e.value) == f"data.datasets[0].source: {str(path)!r}: {why}"
+        assert str(e.value) == f"data.datasets[0].source: {str(path)!r} {why}"
 
 
 def test_a_local_file_of_another_kind_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):

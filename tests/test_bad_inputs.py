@@ -308,3 +308,16 @@ def test_an_offline_hub_push_says_the_adapter_is_saved_and_how_to_push_it(tmp_pa
     assert str(e.value) == ("HF_HUB_OFFLINE is set, so the Hub is not asked: nothing was uploaded; unset HF_HUB_OFFLINE to push; "
                             f"the adapter is saved in {run}: push it later with  qlcode push {run} --repo alice/x")
     assert RunDir(run).finished
+
+
+def test_a_recipe_that_reuses_a_mapping_by_alias_is_located_at_its_anchor(tmp_path):
+    path = tmp_path / "aliases.yaml"
+    path.write_text("model:\n  base: builtin:micro-codellama\n"
+                    "data:\n  datasets:\n    - &ds\n      source: builtin:stdlib-python-instruct\n      format: alpaca\n"
+                    "      max_rowz: 10\n    - *ds\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    # both datasets are the one anchored mapping (walked once): the second use points at the mapping it repeats
+    assert str(e.value).splitlines() == [
+        f"{path}:8: data.datasets[0].max_rowz: unknown key (did you mean data.datasets[0].max_rows?)",
+        f"{path}:5: data.datasets[1].max_rowz: unknown key (did you mean data.datasets[1].max_rows?)"]

@@ -161,12 +161,12 @@ def _read_parquet(path: Path, limit: int | None) -> Dataset:
 def not_a_file(path: Path) -> str:
     """Why a data path that is not a regular file cannot be read, in a user's words."""
     if path.is_dir():
-        return "a directory, not a data file (a directory of projects is format: repository)"
+        return f"{str(path)!r} is a directory, not a data file (a directory of projects is format: repository)"
     if path.is_symlink() and not path.exists():
-        return "a symbolic link to nothing (its target is missing, or the link leads back to itself)"
+        return f"{str(path)!r} is a symbolic link to nothing (its target is missing, or the link leads back to itself)"
     if path.exists():
-        return "not a regular file (a FIFO, socket or device): copy the rows into a file"
-    return "no such file (paths are relative to the current directory)"
+        return f"{str(path)!r} is not a regular file (a FIFO, socket or device): copy the rows into a file"
+    return f"no such file {str(path)!r} (paths are relative to the current directory)"
 
 
 def read_local(path: Path, limit: int | None = None) -> Dataset:
@@ -245,7 +245,7 @@ def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = Non
             raise DataError(f"{key}: a local file holds one split (train), not {split!r}; use data.validation: 0.05 to hold rows out")
         path = Path(source)
         if not path.is_file():  # checked here, not in the recipe: such a file may be made by a step before training
-            raise DataError(f"{key}.source: {source!r}: {not_a_file(path)}")
+            raise DataError(f"{key}.source: {not_a_file(path)}")
         return read_local(path, limit)
     return _hub(spec, split, key, limit)
 
