@@ -143,11 +143,12 @@ class DivergenceGuard(TrainerCallback):
     is written or when a log looks wrong, so it adds no device sync to an ordinary step. A checkpoint
     is never written with weights that are not finite; checkpoints written after the last finite
     logged loss (weights not yet shown to give a finite loss) are moved to <run>/diverged/, so that
-    --resume starts from the last good one. Under fp16 the gradient scaler skips a step whose
-    gradients overflow and the weights stay finite, so a few bad logs in a row are tolerated there.
+    --resume starts from the last good one. A non-finite gradient norm with finite weights is a step
+    that changed nothing (fp16's gradient scaler skips it while it finds its scale; clipping zeroes
+    it otherwise), and so is a non-finite loss under fp16: they stop the run only when they last.
     """
 
-    PATIENCE = 3  # logs in a row with a non-finite loss or gradient norm while the weights stay finite
+    PATIENCE = 10  # logs in a row that changed nothing; the scaler halves its scale at each overflow from 2**16
 
     def __init__(self, run: RunDir) -> None:
         self.run = run
@@ -172,7 +173,7 @@ class DivergenceGuard(TrainerCallback):
         self.streak += 1
         finite = weights_finite(model)
         if finite and self.streak < self.PATIENCE and (args.fp16 or "loss" not in bad):
-            return  # fp16's scaler skipped an overflowing step, or gradients were clipped to nothing once
+            return  # a step that changed nothing
         what = " and ".join(f"the {'gradient norm' if k == 'grad_norm' else k} is {v}" for k, v in bad.items())
         steps = f"step {window[1]}" if window[0] == window[1] else f"steps {window[0]}-{window[1]} (logged every {args.logging_steps})"
         self._stop(args, f"{what} in {steps}" + ("" if finite else ", and the adapter's weights are no longer finite"))

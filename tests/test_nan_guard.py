@@ -82,14 +82,19 @@ def test_a_nan_loss_stops_at_its_log_naming_the_steps(tmp_path):
         _log(guard, args, model, 10, loss=float("nan"), grad_norm=0.9)
 
 
-def test_fp16_overflow_that_the_scaler_skips_is_tolerated_but_not_forever(tmp_path):
+def test_steps_that_changed_nothing_are_tolerated_but_not_forever(tmp_path):
     guard, args, model = _guard(tmp_path, 1.0, fp16=True)
-    _log(guard, args, model, 5, loss=float("inf"), grad_norm=float("inf"))  # the scaler skipped the step: weights finite
-    _log(guard, args, model, 10, loss=1.2, grad_norm=0.5)
-    _log(guard, args, model, 15, loss=float("inf"), grad_norm=float("inf"))
-    _log(guard, args, model, 20, loss=float("inf"), grad_norm=float("inf"))
-    with pytest.raises(Diverged, match=r"the loss is inf and the gradient norm is inf in steps 21-25 .* or fp16 overflows"):
-        _log(guard, args, model, 25, loss=float("inf"), grad_norm=float("inf"))
+    for step in range(5, 50, 5):  # fp16's scaler skips overflowing steps while it finds its scale: weights stay finite
+        _log(guard, args, model, step, loss=1.5, grad_norm=float("inf"))
+    _log(guard, args, model, 50, loss=1.2, grad_norm=0.5)
+    for step in range(55, 100, 5):
+        _log(guard, args, model, step, loss=float("inf"), grad_norm=float("inf"))
+    with pytest.raises(Diverged, match=r"the loss is inf and the gradient norm is inf in steps 96-100 .* or fp16 overflows"):
+        _log(guard, args, model, 100, loss=float("inf"), grad_norm=float("inf"))
+    guard, args, model = _guard(tmp_path, 1.0, fp16=False)
+    _log(guard, args, model, 5, loss=1.5, grad_norm=float("inf"))  # clipped to nothing: the weights did not move
+    with pytest.raises(Diverged, match=r"^training diverged: the loss is nan in steps 6-10"):  # without fp16, at once
+        _log(guard, args, model, 10, loss=float("nan"), grad_norm=0.5)
 
 
 def test_non_finite_weights_stop_the_run_at_once_even_under_fp16(tmp_path):
