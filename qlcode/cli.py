@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +21,7 @@ from rich.table import Table
 
 from qlcode import __version__
 from qlcode.errors import QlcodeError
-from qlcode.ranks import is_main_process
+from qlcode.ranks import is_main_process, world_size
 
 app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, driven by YAML recipes.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -78,6 +80,20 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*(gradient_checkpointing|use_cache=True|torch_dtype|kernels).*")
 
 
+def at_least(option: str, value: float, least: float, meaning: str) -> None:
+    """A number option below its least sensible value is an error naming it, never sliced or clamped silently."""
+    if value < least:
+        raise QlcodeError(f"{option} {value:g}: {meaning} is at least {least:g}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (schedulers, docker stop, kill): the run stops as at Ctrl-C, between two writes."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def quantization(bits: str):
     """--bits as the models' Quantization."""
     from qlcode.models import Quantization
@@ -117,10 +133,11 @@ def train(
     from qlcode.distributed.launch import Launch, launch, relaunch_command
     from qlcode.distributed.resume import check_resume
     from qlcode.plan import preflight
-    from qlcode.ranks import world_size
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
+    again = shlex.join(["qlcode", "train", str(recipe), *(overrides or []), "--resume"]
+                       + (["--no-preflight"] if no_preflight else []))  # the command that continues this very run
     # the plan counts one GPU's whole model: it speaks for DDP (and one process), not for sharded strategies
     preflight(loaded, skip=no_preflight or loaded.distributed.strategy != "ddp" or not is_main_process())
     spec = Launch(gpus, nnodes, node_rank, master_addr, master_port)
@@ -128,24 +145,30 @@ def train(
     note = check_resume(loaded, spec.world_size if spec.needed else world_size()) if resume else None
     if spec.needed:  # this process starts the others and waits; they run this command without these options
         if node_rank == 0:
-            err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}: {spec.gpus} processes"
+            err.print(f"[bold]qlcode train[/] {escape(str(recipe))} -> {escape(str(loaded.output.run_dir))}: {spec.gpus} processes"
                       + (f" on each of {nnodes} machines" if nnodes > 1 else ""))
         launch(spec, relaunch_command(sys.argv[1:]))
         return
     if note and is_main_process():
-        err.print(f"[yellow]note:[/] {note}")
+        err.print(f"[yellow]note:[/] {escape(note)}")
     import torch
 
+    from qlcode.runs import RunStopped
     from qlcode.train import train as run  # heavy imports after the recipe is known to be valid
 
     quiet_libraries()
     if is_main_process():
-        err.print(f"[bold]qlcode train[/] {recipe} -> {loaded.output.run_dir}")
+        err.print(f"[bold]qlcode train[/] {escape(str(recipe))} -> {escape(str(loaded.output.run_dir))}")
+    if world_size() == 1:  # under a launcher, the launcher stops its processes and says so
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         result = run(loaded, resume=resume)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: continue from the last checkpoint with  qlcode train {recipe} --resume")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        err.print(f"{how}: continue from the last checkpoint with  {again}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+    except RunStopped as e:
+        raise QlcodeError(f"{e}:  {again}") from None
     except torch.cuda.OutOfMemoryError:
         raise QlcodeError("the GPU ran out of memory: lower train.micro_batch_size or data.max_length, "
                           "or set train.gradient_checkpointing: true") from None
@@ -163,6 +186,22 @@ def train(
 FILL = "<FILL>"
 
 
+def read_source(file: Path) -> str:
+    """A source file's text (- for stdin), or a one-line error: missing, not a file, not UTF-8."""
+    if str(file) == "-":
+        raw = sys.stdin.buffer.read()
+    elif not file.is_file():
+        raise QlcodeError(f"{file}: " + ("a directory, not a source file" if file.is_dir() else "no such file"))
+    else:
+        raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise QlcodeError(f"{file}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8 "
+                          "(e.g. iconv -f latin1 -t utf-8)") from None
+
+
 @app.command()
 @user_errors
 def infill(
@@ -175,9 +214,9 @@ def infill(
     bits: Bits = "4",
 ) -> None:
     """Fill in the missing middle of a file with Code Llama's <PRE> <SUF> <MID> infilling; prints the file filled in."""
-    text = sys.stdin.read() if str(file) == "-" else (file.read_text() if file.is_file() else None)
-    if text is None:
-        raise QlcodeError(f"{file}: no such file")
+    at_least("--max-new-tokens", max_new_tokens, 1, "the longest middle")
+    at_least("--temperature", temperature, 0, "the sampling temperature (0 = greedy)")
+    text = read_source(file)
     if text.count(FILL) != 1:
         raise QlcodeError(f"{file}: put exactly one {FILL} where the missing code goes (found {text.count(FILL)})")
     prefix, suffix = text.split(FILL)
@@ -262,7 +301,7 @@ def push(
     from qlcode.export.push import push as run
 
     report = run(path, repo, private=private, revision=revision)
-    out.print(f"pushed {len(report.files)} files to {report.repo_id}@{report.revision}: {report.commit_url}")
+    out.print(f"pushed {len(report.files)} files to {report.repo_id}@{report.revision}: {report.commit_url}", markup=False)
 
 
 @app.command("eval")
@@ -292,7 +331,17 @@ def eval_(
     from qlcode.execution.benchmarks import load
     from qlcode.execution.evaluate import execute, summarize, write
 
-    ks = [int(x) for x in k.split(",")]
+    try:
+        ks = [int(x) for x in k.split(",")]
+    except ValueError:
+        raise QlcodeError(f"--k {k}: give whole numbers separated by commas, e.g. 1,10") from None
+    at_least("--n", n, 1, "the number of samples per problem")
+    at_least("--k", min(ks), 1, "each k of pass@k")
+    at_least("--temperature", temperature, 0, "the sampling temperature (0 = greedy)")
+    at_least("--max-new-tokens", max_new_tokens, 1, "the longest completion")
+    at_least("--workers", workers, 1, "the number of sandboxes")
+    if limit is not None:
+        at_least("--limit", limit, 1, "the number of problems")
     if max(ks) > n:
         raise QlcodeError(f"--k {k}: pass@k needs k <= --n ({n} samples per problem)")
     problems = load(bench, data, limit)
@@ -336,7 +385,7 @@ def eval_(
             failing = [(r.task_id, r.outcomes[0], r.error_types[0]) for r in results if r.passed == 0]
     out.print(table)
     for task_id, outcome, error in failing:
-        out.print(f"failing its own tests: {task_id} ({outcome}: {error})")
+        out.print(f"failing its own tests: {task_id} ({outcome}: {error})", markup=False, highlight=False)
 
 
 @app.command()
@@ -362,6 +411,11 @@ def pairs(
 
     if not (out_file or kto_out or sft_out):
         raise QlcodeError("give at least one output: --out (DPO pairs), --kto-out (KTO rows) or --sft-out (SFT rows)")
+    at_least("--samples", samples, 1, "the number of samples per problem")
+    at_least("--temperature", temperature, 0, "the sampling temperature (0 = greedy)")
+    at_least("--max-new-tokens", max_new_tokens, 1, "the longest answer")
+    if limit is not None:
+        at_least("--limit", limit, 1, "the number of problems")
     if out_file and samples < 2:
         raise QlcodeError("--samples: a pair needs at least 2 samples per problem")
     if temperature <= 0 and samples > 1:
@@ -374,20 +428,20 @@ def pairs(
     report = make_pairs(generator, chosen, instruct, samples, temperature, out_file, max_new_tokens,
                         kto_out=kto_out, sft_out=sft_out)
     if out_file:
-        out.print(f"{report.pairs} pairs from {report.problems} problems written to {out_file}")
+        out.print(f"{report.pairs} pairs from {report.problems} problems written to {out_file}", markup=False)
     if kto_out:
         out.print(f"{report.kto_desirable + report.kto_undesirable} KTO rows ({report.kto_desirable} passing, "
-                  f"{report.kto_undesirable} failing) written to {kto_out}")
+                  f"{report.kto_undesirable} failing) written to {kto_out}", markup=False)
     if sft_out:
-        out.print(f"{report.sft} SFT rows (passing samples) written to {sft_out}")
+        out.print(f"{report.sft} SFT rows (passing samples) written to {sft_out}", markup=False)
     if (kto_out or sft_out) and report.duplicates:
         out.print(f"{report.duplicates} duplicate samples (same normalized code) left out of the KTO/SFT rows")
     if report.blank:
         out.print(f"{report.blank} samples of nothing but whitespace left out")
     if report.no_passing:
-        out.print(f"{len(report.no_passing)} problems had no passing sample: {', '.join(report.no_passing[:20])}")
+        out.print(f"{len(report.no_passing)} problems had no passing sample: {', '.join(report.no_passing[:20])}", markup=False)
     if report.no_failing:
-        out.print(f"{len(report.no_failing)} problems had no failing sample: {', '.join(report.no_failing[:20])}")
+        out.print(f"{len(report.no_failing)} problems had no failing sample: {', '.join(report.no_failing[:20])}", markup=False)
 
 
 @data_app.command("check")
@@ -415,8 +469,8 @@ def data_check(
             part = ds.filter(lambda d: d == i, input_columns="_dataset")
             found = overlapping(part["_text"], grams)
             source_rows = part["_row"]
-            table.add_row(f"[{i}] {spec.source}", split, str(len(part)), str(len(found)),
-                          ", ".join(f"{source_rows[r]}: {t}" for r, t in found[:5]) or "-")
+            table.add_row(escape(f"[{i}] {spec.source}"), split, str(len(part)), str(len(found)),
+                          escape(", ".join(f"{source_rows[r]}: {t}" for r, t in found[:5])) or "-")
     out.print(table)
     out.print("drop them when training with  data.decontaminate: [" + ", ".join(against.split(",")) + "]", markup=False)
 
@@ -449,16 +503,21 @@ def play(
 
 
 @adapters_app.command("list")
+@user_errors
 def adapters_list(root: Annotated[Path, typer.Option(help="Where runs land.")] = Path("adapters")) -> None:
     """The runs under adapters/: base, method, steps, eval loss before and after, date."""
     from qlcode.runs import list_runs
 
-    table = Table(title=f"runs in {root}")
+    if not root.is_dir():
+        raise QlcodeError(f"--root {root}: " + ("a file, not a directory of runs" if root.exists() else "no such directory")
+                          + " (runs land in adapters/ under the directory you train in)")
+
+    table = Table(title=f"runs in {escape(str(root))}")
     for col in ("name", "base", "method", "status", "steps", "eval loss before", "eval loss after", "date"):
         table.add_column(col)
     fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     for r in list_runs(root):
-        table.add_row(r.name, r.base, r.method, r.status, str(r.steps or "-"), fmt(r.eval_loss_before), fmt(r.eval_loss_after), r.date)
+        table.add_row(escape(r.name), escape(r.base), r.method, r.status, str(r.steps or "-"), fmt(r.eval_loss_before), fmt(r.eval_loss_after), r.date)
     out.print(table)
 
 
@@ -478,8 +537,10 @@ def plan(
 
     loaded = load_recipe(recipe, overrides or [])
     capacity = gpu_bytes(gpu)
+    if capacity <= 0:
+        raise QlcodeError(f"--gpu {gpu}: a GPU has some memory; give a size such as 24GB or a name such as A100-80GB")
     planned = plan_recipe(loaded)
-    out.print(plan_table(planned, f"{recipe}: {loaded.model.base}, memory on one CUDA GPU"))
+    out.print(plan_table(planned, escape(f"{recipe}: {loaded.model.base}, memory on one CUDA GPU")))
     out.print(verdict(planned, capacity, gpu))
     if longest:
         out.print(longest_line(longest_fit(planned.shapes, planned.settings, capacity), planned, gpu, capacity))
@@ -498,8 +559,6 @@ def recipes_validate(
     no_data: Annotated[bool, typer.Option("--no-data", help="Check the recipe alone, not the first rows of its data.")] = False,
 ) -> None:
     """Check recipes without training: every key, and the first 100 rows of each dataset against its format."""
-    from rich.markup import escape
-
     from qlcode.recipe import load_recipe
 
     if not no_data:
@@ -513,7 +572,7 @@ def recipes_validate(
             if not no_data:
                 for note in check_sample(loaded.data):
                     out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-            out.print(f"[green]ok[/] {path}", soft_wrap=True)
+            out.print(f"[green]ok[/] {escape(str(path))}", soft_wrap=True)
         except QlcodeError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             failed.append(path)

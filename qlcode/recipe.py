@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from qlcode import builtin
 from qlcode.distributed.section import DistributedSection, distributed_problems
 from qlcode.errors import RecipeError
 from qlcode.methods import METHODS, format_problem
@@ -25,6 +26,7 @@ from qlcode.tracking import tracker_problem
 Format = Literal["alpaca", "prompt-completion", "messages", "sharegpt", "openai", "text", "preference", "repository", "kto", "problems"]
 MIN_LENGTH = 16  # tokens: <s>[INST] x [/INST] y </s> is 12 with Llama's tokenizer, 14 with the micro model's
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+MAX_NAME_BYTES = 200  # a run name is a directory name: filesystems allow 255 bytes, checkpoints and temporaries need a margin
 
 
 class RopeScaling(Section):
@@ -260,6 +262,8 @@ class OutputSection(Section):
     def _safe_name(cls, v: str | None) -> str | None:
         if v is not None and (not re.fullmatch(r"[\w.-]+", v) or v in (".", "..")):
             raise ValueError(f"a run name may hold letters, digits, '.', '_' and '-' only, and is not . or .. (got {v!r})")
+        if v is not None and len(v.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"a run name is a directory name: at most {MAX_NAME_BYTES} bytes, got {len(v.encode())}")
         return v
 
     @property
@@ -315,17 +319,42 @@ SECTIONS: dict[str, type[Section]] = {
 # Loading
 
 
+MAX_VALUES = 100_000  # values a recipe may hold once YAML aliases are expanded; a real recipe has hundreds
+
+
+def expanded_size(node: yaml.Node, sizes: dict[int, int] | None = None, open_: frozenset = frozenset()) -> int:
+    """How many values the document holds with every alias expanded (a node reached twice counts twice),
+    computed once per node; a node that holds itself (an alias to its own anchor) is endless."""
+    sizes = {} if sizes is None else sizes
+    if id(node) in open_:
+        return MAX_VALUES + 1
+    if id(node) not in sizes:
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        inner = open_ | {id(node)}
+        sizes[id(node)] = min(MAX_VALUES + 1, 1 + sum(expanded_size(c, sizes, inner) for c in children))
+    return sizes[id(node)]
+
+
 class _Located:
-    """Where each key of a YAML document sits, so errors can name a line."""
+    """Where each key of a YAML document sits, so errors can name a line.
+
+    Each node is walked once: a node reached again through an alias keeps the lines of its anchor,
+    so an alias bomb (aliases nested in aliases) costs its size in the file, not its expansion.
+    """
 
     def __init__(self, source: str, node: yaml.Node | None):
         self.source = source
         self.lines: dict[tuple, int] = {}
+        self.seen: set[int] = set()
         if node is not None:
             self._walk(node, ())
 
     def _walk(self, node: yaml.Node, path: tuple) -> None:
         self.lines[path] = node.start_mark.line + 1
+        if id(node) in self.seen:
+            return
+        self.seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if path + (key.value,) in self.lines:
@@ -396,7 +425,8 @@ def _unknown_key_hint(path: tuple) -> str:
 
 def _clean_loc(loc: tuple) -> tuple:
     # pydantic adds union member tags such as "list[str]" or "literal['all-linear']" to locations.
-    return tuple(p for p in loc if isinstance(p, int) or not re.search(r"[\[\]()'-]", p) or p.isidentifier())
+    # A user's key may hold brackets too ("[/b]"): only a lowercase name followed by [...] is a tag.
+    return tuple(p for p in loc if isinstance(p, int) or not re.fullmatch(r"[a-z][\w-]*\[.*\]", p))
 
 
 def _messages(err: ValidationError, where) -> list[str]:
@@ -459,6 +489,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the recipe as UTF-8") from None
     try:
         node = yaml.compose(text)
+        if node is not None and expanded_size(node) > MAX_VALUES:
+            raise RecipeError(f"{path}: its YAML aliases (*name) expand to more than {MAX_VALUES:,} values, or to "
+                              "themselves; write the recipe out without nesting aliases")
         tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -476,11 +509,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         overridden[key] = item
     if isinstance(tree.setdefault("output", {}), dict) and tree["output"].get("name") is None:
         tree["output"]["name"] = path.stem
+        overridden[("output", "name")] = f"output.name unset: the file's name, {path.stem!r}"
 
     def where(p: tuple) -> str:
         for k, item in overridden.items():
             if p[: len(k)] == k or k[: len(p)] == p:
-                return f"command line ({item})"
+                return f"{path} ({item})" if item.startswith("output.name unset") else f"command line ({item})"
         line = located.line(p)
         return f"{path}:{line}" if line else str(path)
 
@@ -530,9 +564,16 @@ def _check_consistency(recipe: Recipe, where) -> None:
                 problems.append((src, f"repository data is a directory of projects or builtin:stdlib-packages; {ds.source!r} is not a directory"))
             continue
         if not ds.source.startswith("builtin:") and not ds.source.endswith(LOCAL_DATA_SUFFIXES):
-            if not HUB_ID.match(ds.source):
+            if Path(ds.source).exists():
+                problems.append((src, f"{ds.source!r} is a local {'directory' if Path(ds.source).is_dir() else 'file'}, not a "
+                                      "Hub dataset id: qlcode reads local .jsonl, .json, .parquet and .csv files "
+                                      "(and a directory of projects as format: repository)"))
+            elif not HUB_ID.match(ds.source):
                 problems.append((src, f"{ds.source!r} is neither a Hub dataset id, a .jsonl/.json/.parquet/.csv file, nor builtin:NAME"))
     base = recipe.model.base
+    if base.startswith("builtin:") and base.removeprefix("builtin:") not in builtin.MODELS:
+        problems.append((("model", "base"), f"unknown builtin model {base!r}; builtin models: "
+                                            + ", ".join(f"builtin:{n}" for n in builtin.MODELS)))
     if not base.startswith("builtin:") and (base.startswith((".", "/", "~")) or not HUB_ID.match(base)):
         if not Path(base).expanduser().is_dir():
             problems.append((("model", "base"), f"no such model directory {base!r}"))
@@ -543,6 +584,8 @@ def _check_consistency(recipe: Recipe, where) -> None:
     if recipe.quant.kernels == "triton" and recipe.quant.bits != 4:
         problems.append((("quant", "kernels"), f"qlcode's Triton kernels run 4-bit weights; with quant.bits {recipe.quant.bits} "
                                                "use quant.kernels: auto or bitsandbytes"))
+    if recipe.output.dir is not None and Path(recipe.output.dir).exists() and not Path(recipe.output.dir).is_dir():
+        problems.append((("output", "dir"), f"{recipe.output.dir} is a file; name a directory (or unset output.dir for adapters/<name>)"))
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append((("hub", "push"), "pushing needs hub.repo_id (user/name)"))
     if (problem := tracker_problem(recipe.train.report_to)) is not None:

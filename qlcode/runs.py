@@ -7,6 +7,7 @@
       checkpoints/         checkpoint-N/ every train.save_steps (the trainer writes trainer_state.json last)
       best/                the best adapter by in-training pass@1, with best.json
       lora_init/           a PiSSA/OLoRA adapter as initialised (lora.init), for the conversion at the final save
+      diverged/            checkpoints written after the last finite loss of a run that diverged
       adapter_config.json  the final PEFT adapter, tokenizer and README.md model card, moved in
       adapter_model.safetensors   from a temporary directory when training ends, weights last
       summary.json         steps, time, tokens/s, peak memory, eval loss before and after
@@ -39,6 +40,10 @@ WORLD = "world.json"  # how many processes train the run: --resume compares
 # keys of a trainer log event that metrics.jsonl keeps
 LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/accuracies", "rewards/margins", "pass@1",
           "reward", "reward_std", "frac_reward_zero_std", "pass_rate", "timeouts", "kl")
+
+
+class RunStopped(QlcodeError):
+    """A run that stopped unfinished, its checkpoints intact: --resume continues it (the CLI prints the command)."""
 
 
 def metrics_row(step: int, logs: dict) -> dict | None:

@@ -18,9 +18,10 @@ def _takes_bool(annotation: Any) -> bool:
 
 
 class Section(BaseModel):
-    """A recipe section: unknown keys are errors, so a typo never silently falls back to a default."""
+    """A recipe section: unknown keys are errors, so a typo never silently falls back to a default;
+    infinite and NaN numbers are errors (an infinite learning rate, warmup or epoch count trains nothing)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

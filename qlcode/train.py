@@ -7,7 +7,9 @@ writes the run directory (qlcode.runs), and the others wait for it at the end.
 
 from __future__ import annotations
 
+import errno
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -16,10 +18,11 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from rich.markup import escape
 from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from qlcode.callbacks import MetricsLog, ProgressBar, Throughput
+from qlcode.callbacks import DivergenceGuard, MetricsLog, ProgressBar, RecipeLearningRate, RewardSpread, Throughput
 from qlcode.data import build
 from qlcode.distributed.adapter import gathered_adapter
 from qlcode.distributed.args import trainer_args
@@ -33,7 +36,7 @@ from qlcode.placement import placement
 from qlcode.ranks import is_main_process, world_size
 from qlcode.progress import console, peak_memory_gb
 from qlcode.recipe import Recipe
-from qlcode.runs import RunDir, checkpoint_step, is_final
+from qlcode.runs import RunDir, RunStopped, checkpoint_step, is_final
 from qlcode.tracking import tracked, tracker_problem
 
 
@@ -86,6 +89,7 @@ def common_args(recipe: Recipe) -> dict:
         save_steps=t.save_steps,
         save_total_limit=t.keep_checkpoints,
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (DivergenceGuard stops the run), not hidden by an average
         report_to=[] if t.report_to == "none" else [t.report_to],
         seed=t.seed,
         data_seed=t.seed,
@@ -121,7 +125,7 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
     tokenizer = load_tokenizer(recipe.model.base, recipe.model.revision, recipe.data.template)
     train_ds, eval_ds = build(recipe.data, tokenizer)  # prints what decontamination dropped and the row counts
     place = placement(recipe.model.dtype, recipe.quant.compute_dtype)
-    console.print(f"model: {recipe.model.base}, quantization {recipe.quant.bits or 'none'}, on {place.device}"
+    console.print(f"model: {escape(recipe.model.base)}, quantization {recipe.quant.bits or 'none'}, on {place.device}"
                   + (f", {world_size()} processes: effective batch {recipe.train.micro_batch_size} x "
                      f"{recipe.train.gradient_accumulation_steps} x {world_size()}" if world_size() > 1 else ""))
     model = trainable_model(recipe)
@@ -138,10 +142,13 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[throughput, MetricsLog(run, throughput), ProgressBar(throughput), *extra_callbacks],
+        callbacks=[throughput, MetricsLog(run, throughput), ProgressBar(throughput), DivergenceGuard(run), RecipeLearningRate(),
+                   *extra_callbacks],
         **method.trainer_kwargs(recipe),
     )
     trainer.remove_callback(PrinterCallback)
+    if recipe.train.method == "grpo":
+        trainer.add_callback(RewardSpread(recipe.train.grpo.num_generations))
     restore_trainable(trainer.model, trainable)
     if recipe.train.pass_at_1 is not None:
         from qlcode.execution.in_training import PassAt1
@@ -187,6 +194,53 @@ def subnormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(was_on)
 
 
+WRITE_LIMITS = {errno.ENOSPC: "the disk is full (ENOSPC)", errno.EDQUOT: "the disk quota is used up (EDQUOT)",
+                errno.EFBIG: "a file outgrew the file-size limit (EFBIG, ulimit -f)"}
+
+
+def write_limit(e: BaseException) -> str | None:
+    """What stopped a save when it is the disk or a size limit: OSError's errno, or the text that
+    safetensors ("... (os error 28)") and torch.save ("file write failed") give in its place."""
+    if isinstance(e, OSError) and e.errno in WRITE_LIMITS:
+        return WRITE_LIMITS[e.errno]
+    text = str(e)
+    for code, what in WRITE_LIMITS.items():
+        if f"(os error {code})" in text or f"[Errno {code}]" in text:
+            return what
+    if "file write failed" in text:  # torch.save names no cause
+        return "a write failed (a full disk or a file-size limit)"
+    return None
+
+
+def save_size(run: RunDir, model: torch.nn.Module, optimizer: str) -> int:
+    """Bytes a checkpoint of this run takes: the last one's, else the adapter and its optimizer state."""
+    done = run.latest_checkpoint()
+    if done is not None:
+        return sum(f.stat().st_size for f in done.rglob("*") if f.is_file())
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return n * (4 + (2 if "8bit" in optimizer else 8))  # fp32 weights; Adam's two moments in fp32 or 8 bits
+
+
+@contextmanager
+def full_disk_is_resumable(run: RunDir, trainer, optimizer: str) -> Iterator[None]:
+    """A save that meets a full disk or a file-size limit ends the run with what happened, the space a
+    save needs and --resume; the partial files it left are removed (they would only hold the space)."""
+    try:
+        yield
+    except Exception as e:
+        what = write_limit(e)
+        if what is None:
+            raise
+        shutil.rmtree(run.path / ".adapter.tmp", ignore_errors=True)
+        for partial in run.checkpoints.glob("checkpoint-*"):
+            if not (partial / "trainer_state.json").is_file():
+                shutil.rmtree(partial, ignore_errors=True)
+        need, free = save_size(run, trainer.model, optimizer), shutil.disk_usage(run.path).free
+        raise RunStopped(f"{what} while saving to {run.path}: a save needs about {need / 2**20:,.1f} MiB and "
+                         f"{free / 2**20:,.0f} MiB are free there; every complete checkpoint is kept: make room "
+                         "(or raise the limit) and continue with --resume") from None
+
+
 def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCallback] = ()) -> RunResult:
     """Run the recipe; with resume, continue from the newest complete checkpoint."""
     run = RunDir(recipe.output.run_dir)
@@ -194,7 +248,7 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
     with run.lock() if main else nullcontext(), subnormals_flushed(), tracked(recipe) if main else nullcontext() as tracker:
         checkpoint = run.prepare(resume) if main else (run.latest_checkpoint() if resume else None)
         if main and resume and checkpoint is None:
-            console.print(f"no complete checkpoint in {run.checkpoints}: starting from step 0")
+            console.print(f"no complete checkpoint in {escape(str(run.checkpoints))}: starting from step 0")
         trainer, throughput = build_trainer(recipe, extra_callbacks)  # bad data stops here, before the run is written
         if main:
             run.start(recipe, checkpoint)
@@ -203,38 +257,39 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
         if checkpoint is None:
             before = _eval_loss(trainer) if can_evaluate_before_training(trainer) else None  # logged to metrics.jsonl as step 0
             wrap_again_after_evaluation(trainer)
-        if checkpoint is not None and is_final(checkpoint):
-            # killed during the final save: the weights are the checkpoint's, no step is left to train
-            trainer._load_from_checkpoint(str(checkpoint))
-            trainer.state.global_step = checkpoint_step(checkpoint)
-            train_loss = None
-        else:
-            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-            if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
-                raise QlcodeError(f"training stopped at step {trainer.state.global_step}; continue with --resume")
-            train_loss = output.training_loss if math.isfinite(output.training_loss) else None
-        after = _eval_loss(trainer)
-        rates = [r["tokens_per_s"] for r in run.metrics() if r.get("tokens_per_s")]
-        result = RunResult(
-            run_dir=str(run),
-            steps=trainer.state.global_step,
-            seconds=time.perf_counter() - start,
-            # a run resumed at its last step trained nothing now: its rate is the one it logged
-            tokens_per_s=throughput.mean_tokens_per_s or (sum(rates) / len(rates) if rates else None),
-            peak_memory_gb=peak_memory_gb(),
-            eval_loss_before=before,
-            eval_loss_after=after,
-            train_loss=train_loss,
-        )
-        adapter = gathered_adapter(trainer.model)  # every rank: FSDP and ZeRO-3 gather the adapter's shards
-        if main:
-            run.save_adapter(trainer.model, trainer.processing_class, recipe.model.base, adapter_card(recipe, asdict(result)), adapter,
-                             initial=run.initial_adapter if mutates_base(trainer.model) else None)
-            run.write_summary(asdict(result))
-            if tracker is not None:
-                tracker.log_adapter(run.path)
-            if recipe.hub.push:
-                _push(recipe)
+        with full_disk_is_resumable(run, trainer, recipe.train.optimizer):
+            if checkpoint is not None and is_final(checkpoint):
+                # killed during the final save: the weights are the checkpoint's, no step is left to train
+                trainer._load_from_checkpoint(str(checkpoint))
+                trainer.state.global_step = checkpoint_step(checkpoint)
+                train_loss = None
+            else:
+                output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+                if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
+                    raise RunStopped(f"training stopped at step {trainer.state.global_step}; continue with --resume")
+                train_loss = output.training_loss if math.isfinite(output.training_loss) else None
+            after = _eval_loss(trainer)
+            rates = [r["tokens_per_s"] for r in run.metrics() if r.get("tokens_per_s")]
+            result = RunResult(
+                run_dir=str(run),
+                steps=trainer.state.global_step,
+                seconds=time.perf_counter() - start,
+                # a run resumed at its last step trained nothing now: its rate is the one it logged
+                tokens_per_s=throughput.mean_tokens_per_s or (sum(rates) / len(rates) if rates else None),
+                peak_memory_gb=peak_memory_gb(),
+                eval_loss_before=before,
+                eval_loss_after=after,
+                train_loss=train_loss,
+            )
+            adapter = gathered_adapter(trainer.model)  # every rank: FSDP and ZeRO-3 gather the adapter's shards
+            if main:
+                run.save_adapter(trainer.model, trainer.processing_class, recipe.model.base, adapter_card(recipe, asdict(result)), adapter,
+                                 initial=run.initial_adapter if mutates_base(trainer.model) else None)
+                run.write_summary(asdict(result))
+                if tracker is not None:
+                    tracker.log_adapter(run.path)
+        if main and recipe.hub.push:
+            _push(recipe)
         trainer.accelerator.wait_for_everyone()  # the other ranks end when the adapter is complete
     return result
 
@@ -246,5 +301,5 @@ def _push(recipe: Recipe) -> None:
     try:
         report = push(run_dir, repo, private=recipe.hub.private)
     except QlcodeError as e:
-        raise QlcodeError(f"{e}\nthe adapter is saved in {run_dir}; push it later with  qlcode push {run_dir} --repo {repo}") from None
+        raise QlcodeError(f"{e}; the adapter is saved in {run_dir}: push it later with  qlcode push {run_dir} --repo {repo}") from None
     console.print(f"pushed {len(report.files)} files to {report.commit_url}")

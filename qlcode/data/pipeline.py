@@ -35,12 +35,35 @@ def prepared(data: DataSection, i: int, split: str, limit: int | None = None) ->
         raise DataError(f"{key}: {problem}")
     ds, rows = fmt.load(spec, split, key, data.seed, limit)
     ds = fmt.canonical(ds, spec.columns, key, spec.source, data.template, rows)
+    if fmt.useless is not None:
+        ds = _teaching(ds, fmt, key, split, spec.source)
 
     def rendered_row(row: dict) -> dict:
         return {**fmt.render(row, data.template), "_dataset": i, "_row": row["_row"],
                 "_code": fmt.code(row), "_text": fmt.contamination_text(row)}
 
     return ds.map(rendered_row, remove_columns=ds.column_names, desc=f"Rendering {spec.source}")
+
+
+def _teaching(ds: Dataset, fmt, key: str, split: str, source: str) -> Dataset:
+    """The rows that can teach; the others dropped with a count, or an error when none is left."""
+    from qlcode.progress import console
+
+    useless = [r["_row"] for r in ds if not fmt.teaches(r)]
+    if len(useless) == len(ds):
+        raise DataError(f"{key}: in every one of the {len(ds)} {fmt.name} rows of {source} ({split}), the {fmt.useless}: "
+                        "there is nothing to learn")
+    if useless:
+        console.print(f"warning: {key}: dropped {len(useless)} of {len(ds)} {fmt.name} rows ({split}) whose {fmt.useless}, "
+                      f"which teach nothing (e.g. {source} row {useless[0]})", markup=False, highlight=False)
+        ds = ds.filter(fmt.teaches)
+    return ds
+
+
+def _overlap(train: Dataset, held: Dataset) -> int:
+    """Validation rows that are training rows too (same text)."""
+    seen = set(train["_text"])
+    return sum(t in seen for t in held["_text"])
 
 
 def _shape(ds: Dataset) -> str:
@@ -95,8 +118,13 @@ def build(data: DataSection, tokenizer=None) -> tuple[Dataset, Dataset | None]:
     if data.decontaminate:
         train, dropped = drop_overlapping(train, index(data.decontaminate))
         console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "
-                      f"{', '.join(data.decontaminate)}" + (f" (e.g. {dropped[0][1]})" if dropped else ""))
+                      f"{', '.join(data.decontaminate)}" + (f" (e.g. {dropped[0][1]})" if dropped else ""), markup=False, highlight=False)
     console.print(f"data: {len(train)} training rows, {len(held) if held else 0} validation rows")
+    if held is not None and (same := _overlap(train, held)):
+        console.print(f"warning: {same} of {len(held)} validation rows are training rows too (data.validation: "
+                      f"{data.validation}): the eval loss measures what was memorised, not what generalises; "
+                      "hold rows out with data.validation: 0.05, or name a split that training does not read",
+                      markup=False, highlight=False)
     if data.fim is not None:
         if tokenizer is None:
             raise ValueError("data.fim tokenizes the training rows: build(data, tokenizer) needs the tokenizer")

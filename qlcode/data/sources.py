@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from qlcode.recipe import DatasetSpec
 
 MBPP_TRAIN = "builtin:mbpp-train"
+TOO_DEEP = "values nested too deep to read (lists or objects inside each other hundreds of levels down); a row holds text fields"
 
 
 def _kind(value) -> str | None:
@@ -58,7 +59,11 @@ def _table(rows: list[dict], where: list[tuple[str, str]], path: Path) -> Datase
     """
     first: dict[str, tuple[str, str]] = {}
     for row, (at, short) in zip(rows, where):
-        for column, kind in (typed for name, value in row.items() for typed in _typed(value, name)):
+        try:
+            typed = [t for name, value in row.items() for t in _typed(value, name)]
+        except RecursionError:
+            raise DataError(f"{at}: {TOO_DEEP}") from None
+        for column, kind in typed:
             seen = first.setdefault(column, (kind, short))
             if seen[0] != kind:
                 hint = " (quote numbers as text)" if "a number" in (kind, seen[0]) else ""
@@ -93,6 +98,8 @@ def _read_jsonl(path: Path, split: str | None = None, limit: int | None = None) 
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line of a .jsonl file is one JSON object") from None
+            except RecursionError:
+                raise DataError(f"{path}:{n}: {TOO_DEEP}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{n}: each line of a .jsonl file must be a JSON object, got {type(row).__name__}")
             if split is None or row.get("split") == split:
@@ -109,6 +116,8 @@ def _read_json(path: Path, limit: int | None) -> Dataset:
     text = _text(path.read_bytes(), path)
     try:
         rows = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: {TOO_DEEP}") from None
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # one object per line in a .json file: read it as JSON Lines
             return _read_jsonl(path, limit=limit)
@@ -147,6 +156,17 @@ def _read_parquet(path: Path, limit: int | None) -> Dataset:
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: not a Parquet file ({e})") from None
     return Dataset(table.slice(0, limit) if limit is not None else table)
+
+
+def not_a_file(path: Path) -> str:
+    """Why a data path that is not a regular file cannot be read, in a user's words."""
+    if path.is_dir():
+        return f"{str(path)!r} is a directory, not a data file (a directory of projects is format: repository)"
+    if path.is_symlink() and not path.exists():
+        return f"{str(path)!r} is a symbolic link to nothing (its target is missing, or the link leads back to itself)"
+    if path.exists():
+        return f"{str(path)!r} is not a regular file (a FIFO, socket or device): copy the rows into a file"
+    return f"no such file {str(path)!r} (paths are relative to the current directory)"
 
 
 def read_local(path: Path, limit: int | None = None) -> Dataset:
@@ -226,7 +246,7 @@ def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = Non
         path = Path(source)
         if not path.is_file():  # checked here, not in the recipe: such a file may be made by a step before training
             made = f"; make it first with: {spec.made_by}" if spec.made_by else ""
-            raise DataError(f"{key}.source: no such file {source!r} (paths are relative to the current directory){made}")
+            raise DataError(f"{key}.source: {not_a_file(path)}{made}")
         return read_local(path, limit)
     return _hub(spec, split, key, limit)
 

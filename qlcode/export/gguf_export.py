@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 from qlcode.data.fim import fim_ids
 from qlcode.errors import QlcodeError
+from qlcode.export import writing_into
 from qlcode.export.merge import safetensors_shards
 from qlcode.files import read_json
 
@@ -142,7 +143,8 @@ def export_gguf(model_dir: str | Path, out: str | Path, kind: str = "f16") -> Gg
         raise QlcodeError(f"--out: the folder {out.parent} does not exist; create it or choose another path")
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        return _write(model_dir, out, tmp, kind, cfg, shards)
+        with writing_into(out.parent):
+            return _write(model_dir, out, tmp, kind, cfg, shards)
     finally:
         tmp.unlink(missing_ok=True)  # nothing half-written is left, whatever failed
 

@@ -24,10 +24,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from qlcode.errors import QlcodeError
+from qlcode.export import writing_into
 from qlcode.files import read_json, write_text_atomic
 from qlcode.model_card import license_of
 from qlcode.models import Quantization, base_path, load_base, load_tokenizer
 from qlcode.placement import DTYPES
+from qlcode.recipe import HUB_ID
 from qlcode.runs import RunDir
 
 # max |logit difference| allowed between the merged model and base + adapter, per dtype
@@ -60,6 +62,9 @@ def local_base(spec: str, revision: str | None) -> Path:
     path = Path(base_path(spec))
     if path.is_dir():
         return path
+    if spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
+        raise QlcodeError(f"the adapter's base {spec!r} is no longer a model directory; put the base model back there, or "
+                          "set model.base in the run's recipe.yaml to where it is now")
     from huggingface_hub import snapshot_download
 
     try:
@@ -181,7 +186,8 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
     deltas, replaced, scale = lora_deltas(adapter)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with writing_into(out.parent):
+        tmp.mkdir(parents=True)
     try:
         used: set[str] = set()
         weight_map, total = {}, 0

@@ -47,7 +47,7 @@ def _token(token: str | None) -> str:
 def push(path: str | Path, repo_id: str, private: bool = True, revision: str | None = None, token: str | None = None,
          endpoint: str | None = None, attempts: int = 4, backoff: float = 2.0) -> PushReport:
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     path = Path(path)
     if not (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
@@ -68,6 +68,9 @@ def push(path: str | Path, repo_id: str, private: bool = True, revision: str | N
             api.create_branch(repo_id, branch=revision, exist_ok=True)
     except HfHubHTTPError as e:
         raise http_error(e, "creating") from None
+    except OfflineModeIsEnabled:
+        raise QlcodeError("HF_HUB_OFFLINE is set, so the Hub is not asked: nothing was uploaded; "
+                          "unset HF_HUB_OFFLINE to push") from None
     except TransportError as e:
         raise QlcodeError(f"cannot reach the Hub ({e}); nothing was uploaded") from None
 

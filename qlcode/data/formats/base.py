@@ -92,6 +92,12 @@ class DataFormat:
         """What decontamination compares with the benchmarks: by default every string of the row."""
         return row_text({f: row.get(f) for f in self.fields})
 
+    def teaches(self, row: dict) -> bool:
+        """Whether a canonical row can teach anything; rows that cannot are dropped with a count (see `useless`)."""
+        return True
+
+    useless: ClassVar[str | None] = None  # what a row that cannot teach holds, in messages; None = every row can
+
     def template_problem(self, template: str) -> str | None:
         """Why this format cannot render under the template, or None."""
         return None

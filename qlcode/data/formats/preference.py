@@ -68,8 +68,14 @@ class Preference(DataFormat):
     summary = ("prompt (text or a conversation), chosen, rejected (text or an assistant message), optional rejected_prompt "
                "(the rejected answer's own conversation: a row where it differs is left out)")
 
+    useless = "chosen answer is the same as its rejected one"
+
     def kind(self, template: str) -> str:
         return PREFERENCE
+
+    def teaches(self, row: dict) -> bool:
+        """A pair of equal answers has no preference: DPO's loss stays at ln 2 on it."""
+        return row["chosen"].strip() != row["rejected"].strip()
 
     def check(self, row: dict, where: str, column: dict[str, str], template: str) -> dict:
         prompt = prompt_value(row["prompt"], where, column, template)

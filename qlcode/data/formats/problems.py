@@ -10,6 +10,7 @@ Decontamination compares the prompt; there is nothing to infill.
 
 from __future__ import annotations
 
+import ast
 from typing import TYPE_CHECKING
 
 from qlcode.data.formats.base import PROMPT_ONLY, DataFormat, text_field, user
@@ -18,6 +19,17 @@ from qlcode.errors import DataError
 if TYPE_CHECKING:
     from datasets import Dataset
 
+
+
+def parses(code: str, where: str, what: str) -> str:
+    """Test code that Python can read: a test that cannot run would score every answer as wrong."""
+    try:
+        ast.parse(code)
+    except SyntaxError as e:
+        raise DataError(f"{where}: {what} is not valid Python ({e.msg}, line {e.lineno} of the test); fix the test") from None
+    except ValueError as e:  # null bytes
+        raise DataError(f"{where}: {what} is not valid Python ({e}); fix the test") from None
+    return code
 
 
 class Problems(DataFormat):
@@ -54,9 +66,11 @@ class Problems(DataFormat):
             tests = row["tests"]
             if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
                 raise DataError(f"{where}: tests ({column['tests']!r}) must be a non-empty list of assert statements, got {tests!r}")
+            for i, t in enumerate(tests):
+                parses(t, where, f"tests[{i}] ({column['tests']!r})")
             test = "\n".join(tests)
         else:
-            test = text_field(row, "test", where, column)
+            test = parses(text_field(row, "test", where, column), where, f"test ({column['test']!r})")
             if entry:
                 test = f"{test}\ncheck({entry})"
         if not isinstance(entry, str):
