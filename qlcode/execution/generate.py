@@ -13,7 +13,8 @@ import zlib
 import torch
 
 from qlcode.execution.benchmarks import Problem
-from qlcode.execution.completions import INSTRUCT_ASK, extract_code, stops, truncate
+from qlcode.execution import completions
+from qlcode.execution.completions import INSTRUCT_ASK, stops
 from qlcode.inference import sampling_args
 
 
@@ -25,11 +26,8 @@ def prompt_ids(problem: Problem, tokenizer, instruct: bool) -> torch.Tensor:
 
 
 def finish(problem: Problem, text: str, instruct: bool) -> str:
-    """A raw model answer as a completion for Problem.program."""
-    if instruct:
-        code = extract_code(text)
-        return "\n" + code if problem.continues_prompt else code  # a full function after the prompt's stub
-    return truncate(text, problem.prompt)
+    """A raw model answer as a completion for Problem.solution (completions.finish: the one rule)."""
+    return completions.finish(problem.prompt, text, instruct, problem.continues_prompt)
 
 
 def sample(model, tokenizer, problem: Problem, instruct: bool, n: int, temperature: float,

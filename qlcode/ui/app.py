@@ -15,7 +15,8 @@ from pathlib import Path
 import gradio as gr
 
 from qlcode.errors import QlcodeError
-from qlcode.execution.sandbox import Limits, run
+from qlcode.execution.judge import program_names, run_tests
+from qlcode.execution.sandbox import Limits
 from qlcode.ui.leaderboard import standings
 from qlcode.ui.pool import MAX_NEW_TOKENS, Pane, Pool, Settings
 from qlcode.ui.prompts import MODES, Prompt, pane_prompt, user_turn
@@ -63,7 +64,7 @@ def _label(i: int, session: Session, blind: bool) -> str:
 
 
 def _test_line(prompt: Prompt, answer: str, asserts: str) -> str:
-    r = run(prompt.program(answer) + "\n" + asserts + "\n", TEST_LIMITS)
+    r = run_tests(prompt.program(answer), asserts, TEST_LIMITS, program_names(prompt.text or prompt.prefix + prompt.suffix))
     return "tests: passed" if r.outcome == "passed" else f"tests: {r.outcome}" + (f" ({r.error_type})" if r.error_type else "")
 
 
