@@ -34,6 +34,7 @@ MAX_DEPTH = 100  # nesting of a decoded value (the child's encoder stops at the 
 MAX_INT_HEX = 100_000  # digits of a decoded int
 MAX_SIZE = 10**7  # elements a trusted operation may build (a repetition, a power's bits)
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+FLOAT_HEX = re.compile(r"-?(?:0x[01]\.[0-9a-f]{1,13}p[+-][0-9]{1,4}|inf)|nan")  # float.hex's forms only
 
 
 class Undecomposable(Exception):
@@ -74,11 +75,8 @@ def decode(node: object, depth: int = 0) -> object:
         return payload
     if tag == "int" and isinstance(payload, str) and re.fullmatch(r"-?[0-9a-f]{1,%d}" % MAX_INT_HEX, payload):
         return int(payload, 16)
-    if tag == "float" and isinstance(payload, str) and len(payload) <= 32:
-        try:
-            return float.fromhex(payload)
-        except ValueError:
-            raise Malformed("float") from None
+    if tag == "float" and isinstance(payload, str) and FLOAT_HEX.fullmatch(payload):
+        return float.fromhex(payload)
     if tag == "str" and isinstance(payload, str):
         return payload
     if tag == "bytes" and isinstance(payload, str) and re.fullmatch(r"(?:[0-9a-f]{2})*", payload):
@@ -526,8 +524,9 @@ def run_tests(solution: str, test: str, limits: Limits = Limits(), names: frozen
         return judge(p, run(solution, limits, steps=list(p.steps)))
     try:
         setup, cases = split_tests(test)
-    except SyntaxError:  # the test itself does not parse: run it whole, the error is reported
-        setup, cases = "", [test]
+    except SyntaxError:  # not a script of its own (it may close a string the prompt opened): one program, one case
+        r = run(f"{solution}\n\n{test}\n", limits)
+        return replace(r, cases=[r.outcome == "passed"])
     return run(f"{solution}\n\n{setup}\n", limits, cases=cases)
 
 
