@@ -278,7 +278,7 @@ def eval_(
     from qlcode.execution.evaluate import execute, read_samples, summarize, write
 
     ks = [int(x) for x in k.split(",")]
-    if max(ks) > n:
+    if max(ks) > n and samples is None:
         raise QlcodeError(f"--k {k}: pass@k needs k <= --n ({n} samples per problem)")
     problems = load(bench, data, limit)
     if solutions not in (None, "reference"):
