@@ -175,6 +175,14 @@ def test_the_test_is_judged_outside_and_the_expected_values_never_enter_the_sand
     assert _reward("def add(a, b):\n    return a + b if not isinstance(a, tuple) else a + b\n") == (1.0, "passed")
 
 
+def test_an_expected_value_bound_to_a_name_stays_out_of_sight():
+    test = "expected = [1, 2]\nMETA = {'x': 1}\nassert f() == expected\nassert f()[0] == META['x']"
+    assert [src for _, src in plan(test, frozenset({"f"})).steps] == ["f()", "f()"]
+    peek = "def f():\n    import sys\n    return sys.modules['__main__'].__dict__.get('expected')\n"
+    assert run_tests(peek, test, LIMITS, frozenset({"f"})).cases == [False, False]
+    assert run_tests("def f():\n    return [1, 2]\n", test, LIMITS, frozenset({"f"})).outcome == "passed"
+
+
 @pytest.mark.parametrize("name", sorted(TAMPERING))
 def test_tampering_earns_no_more_than_the_values_it_returns(name):
     honest, _ = _reward(RETURN_ZERO)  # add() == 0 holds for `add(-1, 1) == 0` and `not add(0, 0)`: 2 of 8

@@ -258,6 +258,7 @@ class _Planner:
         self.judged_names: set[str] = set()  # trusted names a check reads
         self.n_leaves = 0
         self.cases = 0
+        self.literal_steps: list[tuple[str, int]] = []  # (name, step) of `name = literal`: not sent unless needed
 
     def statement(self, stmt: ast.stmt, loop: dict[str, object]) -> None:
         if isinstance(stmt, (ast.Assert, ast.For)) and _has_assert(stmt) and not loop:
@@ -280,9 +281,16 @@ class _Planner:
         if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
             try:
                 self.trusted[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+                self.literal_steps.append((stmt.targets[0].id, len(self.steps)))
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 pass
         self.steps.append(("exec", ast.unparse(stmt)))
+
+    def sent_steps(self) -> tuple[tuple[str, str], ...]:
+        """The steps, less the literal assignments nothing in the child reads: an expected value
+        bound to a name (`expected = [1, 2]`) stays out of the program's sight."""
+        unread = {i for name, i in self.literal_steps if name not in self.in_leaves}
+        return tuple(step for i, step in enumerate(self.steps) if i not in unread)
 
     def loop(self, stmt: ast.For, loop: dict[str, object]) -> None:
         if stmt.orelse or not all(isinstance(s, (ast.Assert, ast.Pass)) for s in stmt.body):
@@ -446,7 +454,7 @@ def plan(test: str, names: frozenset[str] = frozenset()) -> Plan | None:
             raise Undecomposable("a name both passed to the program and compared")
     except (Undecomposable, ValueError, TypeError, KeyError, IndexError, ArithmeticError, MemoryError, RecursionError):
         return None
-    return Plan(tuple(planner.steps), tuple(planner.checks), planner.cases)
+    return Plan(planner.sent_steps(), tuple(planner.checks), planner.cases)
 
 
 # ---- running and judging ----
