@@ -169,7 +169,7 @@ def _reward(solution: str) -> tuple[float, str]:
 def test_the_test_is_judged_outside_and_the_expected_values_never_enter_the_sandbox():
     p = plan(TEST, NAMES)
     sent = json.dumps(p.steps)
-    assert [kind for kind, _ in p.steps] == ["exec"] + ["eval"] * 8
+    assert [kind for kind, _ in p.steps] == ["exec"] + ["eval"] * 7 + ["iter"]  # set(add(...)) iterates its value
     assert [src for kind, src in p.steps if kind == "eval"][:3] == ["add(1, 2)", "add(-1, 1)", "add(0.1, 0.2)"]
     assert "0.3" not in sent and "2e-3" not in sent and "0.002" not in sent and "3, 4, 5" not in sent
     assert _reward("def add(a, b):\n    return a + b if not isinstance(a, tuple) else a + b\n") == (1.0, "passed")
@@ -280,6 +280,22 @@ def test_outside_verdicts_reproduce_pythons_equality(returned, expected):
     python = eval(returned, {"Point": Point, "OrderedDict": OrderedDict, "Counter": Counter}) == eval(expected)  # noqa: S307  our own literals
     r = run_tests(solution, f"assert f() == {expected}", LIMITS, frozenset({"f"}))
     assert r.judged == "outside" and (r.outcome == "passed") == python, (returned, expected, r.outcome, r.error_type)
+
+
+@pytest.mark.parametrize("returned, test, passes", [
+    ("(x for x in [3, 1])", "assert sorted(f()) == [1, 3]", True),
+    ("map(str, [1, 2])", "assert list(f()) == ['1', '2']", True),
+    ("{'a': 1}.keys()", "assert set(f()) == {'a'}", True),
+    ("iter([1, 2])", "assert len(list(f())) == 2", True),
+    ("(x for x in [3, 1])", "assert f() == [3, 1]", False),  # a generator is not a list, as in Python
+    ("__import__('numpy').int64(3)", "assert f() == 3", True),
+    ("__import__('numpy').float64(0.5)", "assert f() == 0.5", True),
+    ("__import__('numpy').bool_(True)", "assert f()", True),
+    ("__import__('numpy').array([1, 2])", "assert f() == [1, 2]", False),  # an array's == is an array: unsupported
+])
+def test_values_python_would_iterate_or_compare_are_judged_as_python_would(returned, test, passes):
+    r = run_tests(f"def f():\n    return {returned}\n", test, LIMITS, frozenset({"f"}))
+    assert r.judged == "outside" and (r.outcome == "passed") == passes, (r.outcome, r.error_type)
 
 
 def test_exceptions_are_failures_with_their_name_and_other_cases_still_count():

@@ -141,6 +141,7 @@ FUNCTIONS: dict[str, Callable] = {
     "math.isclose": _isclose, "math.fabs": math.fabs, "math.sqrt": math.sqrt, "math.floor": math.floor,
     "math.ceil": math.ceil,
 }
+ITERATING = {"len", "set", "frozenset", "sorted", "list", "tuple", "dict", "sum", "min", "max", "all", "any", "reversed"}
 KEYWORDS = {"round": {"ndigits"}, "sorted": {"reverse"}, "math.isclose": {"rel_tol", "abs_tol"}}
 CONSTANTS = {"math.pi": math.pi, "math.e": math.e, "math.inf": math.inf, "math.nan": math.nan,
              "int": int, "float": float, "str": str, "bool": bool, "list": list, "tuple": tuple, "dict": dict,
@@ -219,7 +220,7 @@ class Check:
 
 @dataclass(frozen=True)
 class Plan:
-    steps: tuple[tuple[str, str], ...]  # for the child, in the test's order: ("exec", stmt) | ("eval", expr)
+    steps: tuple[tuple[str, str], ...]  # for the child, in the test's order: ("exec", stmt) | ("eval"|"iter", expr)
     checks: tuple[Check, ...]
     cases: int  # statements that assert (Result.cases has one bool each)
 
@@ -324,20 +325,22 @@ class _Planner:
         source = ast.unparse(ast.Assert(test=_substitute(stmt.test, loop)))
         self.checks.append(Check(source, test, tuple(leaves), self.cases - 1))
 
-    def leaf(self, node: ast.expr, loop: dict[str, object], leaves: list[int] | None) -> ast.expr:
-        """Send node to the child: its value comes back as data."""
+    def leaf(self, node: ast.expr, loop: dict[str, object], leaves: list[int] | None, iterated: bool = False) -> ast.expr:
+        """Send node to the child: its value comes back as data (what it yields, when `iterated`)."""
         if leaves is None:
             raise Undecomposable("a call where a literal is needed")
         for n in ast.walk(node):
             if isinstance(n, ast.Name) and n.id in self.trusted and n.id not in loop:
                 self.in_leaves.add(n.id)
-        self.steps.append(("eval", ast.unparse(_substitute(node, loop))))
+        self.steps.append(("iter" if iterated else "eval", ast.unparse(_substitute(node, loop))))
         leaves.append(self.n_leaves)
         self.n_leaves += 1
         return ast.Name(id=f"leaf#{self.n_leaves - 1}", ctx=ast.Load())
 
-    def expression(self, node: ast.expr, loop: dict[str, object], leaves: list[int] | None) -> ast.expr:
-        """node with each call into the program (and each name the program may bind) made a leaf."""
+    def expression(self, node: ast.expr, loop: dict[str, object], leaves: list[int] | None,
+                   iterated: bool = False) -> ast.expr:
+        """node with each call into the program (and each name the program may bind) made a leaf;
+        `iterated`: node is the argument of a function that iterates it (set, sorted, len...)."""
         rec = functools.partial(self.expression, loop=loop, leaves=leaves)
         if isinstance(node, ast.Constant):
             return node
@@ -349,21 +352,22 @@ class _Planner:
                 return ast.Constant(self.trusted[node.id])
             if node.id in CONSTANTS and node.id not in self.bound:
                 return _constant_ref(node.id)
-            return self.leaf(node, loop, leaves)
+            return self.leaf(node, loop, leaves, iterated)
         if isinstance(node, ast.Attribute):
             name = _dotted(node)
             if name in CONSTANTS and name.split(".")[0] not in self.bound - {"math"}:
                 return _constant_ref(name)
-            return self.leaf(node, loop, leaves)
+            return self.leaf(node, loop, leaves, iterated)
         if isinstance(node, ast.Call):
             name = _dotted(node.func)
             if name in FUNCTIONS and name.split(".")[0] not in self.bound - {"math"}:
                 if any(isinstance(a, ast.Starred) for a in node.args) or any(
                         k.arg not in KEYWORDS.get(name, ()) for k in node.keywords):
                     raise Undecomposable(f"{name} with arguments not judged")
-                return ast.Call(func=node.func, args=[rec(a) for a in node.args],
+                args = [rec(a, iterated=name in ITERATING and len(node.args) == 1) for a in node.args]
+                return ast.Call(func=node.func, args=args,
                                 keywords=[ast.keyword(arg=k.arg, value=rec(k.value)) for k in node.keywords])
-            return self.leaf(node, loop, leaves)
+            return self.leaf(node, loop, leaves, iterated)
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
             if any(isinstance(e, ast.Starred) for e in node.elts):
                 raise Undecomposable("a starred display")
@@ -465,7 +469,7 @@ def _outcome_of(error: str) -> str:
 
 def judge(p: Plan, result: Result) -> Result:
     """The verdict on a run of plan p, decided here from the values the child sent."""
-    n_eval = sum(kind == "eval" for kind, _ in p.steps)
+    n_eval = sum(kind != "exec" for kind, _ in p.steps)
     if result.values is None or len(result.values) > n_eval:
         malformed = result.values is not None
         return replace(result, outcome="error" if malformed else result.outcome,

@@ -16,7 +16,7 @@ error, whatever the exit code. Exception names in the record are checked to be i
 
 A request with `steps` (judge.py's plan of a test) is judged outside: the child runs the program,
 then each step in order, executing ("exec") or evaluating ("eval") it, and the record carries each
-evaluated value as plain tagged data (`encode`), or the name of the exception it raised. The
+evaluated value as plain tagged data (`Encoder`), or the name of the exception it raised. The
 verdict is decided by the caller from those values alone: whatever the program does in its
 process, it can at most change the values it returns.
 """
@@ -53,6 +53,7 @@ ERROR_NAME_LIMIT = 64
 VALUE_BYTES = RECORD_LIMIT * 3 // 4  # all the values of one run together, at most as JSON (the record is bounded)
 NODE_BYTES = 16  # a node's tag and punctuation
 VALUE_DEPTH = 100  # nesting of one value
+PLAIN = (type(None), int, float, str, bytes, list, tuple, set, frozenset, dict)  # what Encoder sends
 TRACEBACK_LIMIT = 30  # frames of a traceback printed (the innermost): a deep recursion has a million
 FRAMES_PER_MB = 250  # recursion depth allowed per MB of the memory limit (memory runs out near 6000)
 
@@ -389,7 +390,7 @@ def harness(program: str, cases: list[str] | None, channel: int, nonce: str,
                 if error is not None:  # as in the test script, nothing after it runs
                     break
             else:
-                values.append(encoder.evaluate(source, main.__dict__))
+                values.append(encoder.evaluate(source, main.__dict__, kind == "iter"))
     flush()
     if getpid() == me:  # a process the program forked does not report
         name = None if error is None else exception_name(error)
@@ -411,9 +412,13 @@ class Encoder:
     def __init__(self) -> None:
         self.bytes = 0
 
-    def evaluate(self, source: str, namespace: dict) -> list:
+    def evaluate(self, source: str, namespace: dict, iterated: bool = False) -> list:
+        """The value of source, encoded; `iterated`: the test iterates it (set(f(x))), so a generator or
+        a view is sent as the list of what it yields, as the test would have seen it."""
         try:
             value = eval(compile(source, "test", "eval"), namespace)  # noqa: S307  in the sandboxed child
+            if iterated and not issubclass(type(value), PLAIN):
+                value = list(value)
         except BaseException as e:  # noqa: BLE001  the call's exception is its value
             return ["raise", exception_name(e)]
         try:
@@ -445,6 +450,8 @@ class Encoder:
                 return [tag, [self.encode(v, depth + 1) for v in base.__iter__(value)]]
         if issubclass(t, dict):
             return ["dict", [[self.encode(k, depth + 1), self.encode(v, depth + 1)] for k, v in dict.items(value)]]
+        if t.__module__ == "numpy" and t.__name__ != "ndarray" and hasattr(value, "item"):  # numpy's scalars
+            return self.encode(value.item(), depth + 1)
         return ["unsupported", t.__name__ if isinstance(t.__name__, str) else "?"]
 
     def sized(self, text: str, bytes_per_char: int) -> str:
