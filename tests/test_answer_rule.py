@@ -87,3 +87,10 @@ def test_hidden_tests_are_logged_not_rewarded():
     logged.clear()
     reward([prompt], [by_heart], [visible], log_metric=logged.__setitem__, hidden_test=[""])
     assert "reward/hidden_pass" not in logged  # no hidden tests in the batch: nothing to compare
+
+
+def test_the_hidden_gap_reaches_metrics_jsonl():
+    from qlcode.runs import metrics_row
+
+    logs = {"reward/visible_pass": 1.0, "reward/hidden_pass": 0.5, "judged_outside": 1.0, "pass_rate": 1.0}
+    assert metrics_row(3, logs) == {"step": 3, **logs}
