@@ -420,6 +420,7 @@ class Encoder:
             if iterated and not issubclass(type(value), PLAIN):
                 value = list(value)
         except BaseException as e:  # noqa: BLE001  the call's exception is its value
+            _print_exception(e)
             return ["raise", exception_name(e)]
         try:
             return self.encode(value, 0)
@@ -467,12 +468,17 @@ def _execute(source: str, filename: str, namespace: dict) -> BaseException | Non
     try:
         exec(compile(source, filename, "exec"), namespace)
     except BaseException as e:  # noqa: BLE001  everything the program raises is its outcome
-        try:
-            traceback.print_exception(type(e), e, _innermost(e.__traceback__, TRACEBACK_LIMIT))
-        except BaseException:  # noqa: BLE001  a hostile __str__ must not stop the record
-            pass
+        _print_exception(e)
         return e
     return None
+
+
+def _print_exception(e: BaseException) -> None:
+    """To stderr, like Python does."""
+    try:
+        traceback.print_exception(type(e), e, _innermost(e.__traceback__, TRACEBACK_LIMIT))
+    except BaseException:  # noqa: BLE001  a hostile __str__ must not stop the record
+        pass
 
 
 def _innermost(tb, n: int):
