@@ -302,6 +302,8 @@ def test_exceptions_are_failures_with_their_name_and_other_cases_still_count():
     solution = "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
     r = run_tests(solution, "assert f(1) == 1\nassert f(-1) == -1\nassert f(2) == 2", LIMITS, frozenset({"f"}))
     assert (r.outcome, r.error_type, r.cases, r.judged) == ("error", "ValueError", [True, False, True], "outside")
+    assert "ValueError: negative" in r.stderr  # the call's traceback, as a failing assert printed it
+    assert r.stderr.endswith("judged outside: assert f(-1) == -1 -> ValueError, values [\"Raised(name='ValueError')\"]")
 
 
 def test_a_program_that_defines_a_builtins_name_is_called_not_the_builtin():

@@ -145,7 +145,7 @@ ITERATING = {"len", "set", "frozenset", "sorted", "list", "tuple", "dict", "sum"
 KEYWORDS = {"round": {"ndigits"}, "sorted": {"reverse"}, "math.isclose": {"rel_tol", "abs_tol"}}
 CONSTANTS = {"math.pi": math.pi, "math.e": math.e, "math.inf": math.inf, "math.nan": math.nan,
              "int": int, "float": float, "str": str, "bool": bool, "list": list, "tuple": tuple, "dict": dict,
-             "set": set, "bytes": bytes, "type(None)": type(None)}
+             "set": set, "bytes": bytes}
 BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: _repeat, ast.Div: operator.truediv,
           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: _power}
 UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_, ast.Invert: operator.invert}
@@ -477,7 +477,7 @@ def judge(p: Plan, result: Result) -> Result:
                        cases=[False] * p.cases, judged="outside", values=None)
     values = [decode_leaf(v) for v in result.values]
     program_error = result.error_type if result.outcome != "passed" else None
-    cases, first = [True] * p.cases, None
+    cases, first, shown = [True] * p.cases, None, ""
     for check in p.checks:
         failure = None
         got = [values[i] if i < len(values) else None for i in check.leaves]
@@ -493,14 +493,21 @@ def judge(p: Plan, result: Result) -> Result:
             except Exception as e:  # noqa: BLE001  as in Python, an assert that raises fails
                 failure = type(e).__name__
         cases[check.case] = cases[check.case] and failure is None
-        first = first or failure
+        if failure and not first:
+            first, shown = failure, f"judged outside: {check.source} -> {failure}, values {[_short(v) for v in got]}"
     if program_error:
         outcome, error = result.outcome, result.error_type
     elif first is None:
         outcome, error = "passed", None
     else:
         outcome, error = ("failed" if first == "UnsupportedValue" else _outcome_of(first)), first
-    return replace(result, outcome=outcome, error_type=error, cases=cases, judged="outside")
+    return replace(result, outcome=outcome, error_type=error, cases=cases, judged="outside",
+                   stderr="\n".join(text for text in (result.stderr.rstrip("\n"), shown) if text))
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def split_tests(test: str) -> tuple[str, list[str]]:
