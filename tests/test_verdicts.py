@@ -153,6 +153,10 @@ def add(a, b):
     "KeyboardInterrupt from the call": "def add(a, b):\n    raise KeyboardInterrupt\n",
     "killing itself with a signal": "import os, signal\ndef add(a, b):\n    os.kill(os.getpid(), signal.SIGTERM)\n",
     "an alarm during the checks": "import signal\nsignal.alarm(1)\ndef add(a, b):\n    return 0\n",
+    "a forged record nested too deep for json": RETURN_ZERO + '''
+import os
+os.write(3, b'{"nonce": 1, "values": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\\n")
+''',
     "an atexit hook that writes": RETURN_ZERO + '''
 import atexit, os
 atexit.register(lambda: os.write(3, b'{"error": null, "values": [["bool", true]]}\\n'))

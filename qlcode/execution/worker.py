@@ -267,7 +267,7 @@ def _record(fd: int, nonce: str) -> dict | None:
     for line in data.splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a line nested too deep for json is no record
             continue
         if isinstance(record, dict) and record.get("nonce") == nonce:
             return record
