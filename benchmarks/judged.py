@@ -1,14 +1,15 @@
 """Verdicts judged outside the sandbox against the old way, on the same programs.
 
-    python benchmarks/judged.py [--samples 8] [--humaneval-limit 20]
+    python benchmarks/judged.py [--samples 8] [--split test] [--humaneval-limit 5] [--skip-references]
 
 For each set of programs, every program is judged twice: the old way (solution and tests as one
 script in the sandbox, the verdict from the harness's record: Problem.program + sandbox.run; and
 for the reward, each assert a case run inside) and the new (Problem.run: judged outside where the
 test decomposes, judge.py). Sets: the reference solutions of HumanEval (164), MBPP (500, the
 shipped copy) and python-basics (168, with the hidden tests too); and the micro model's samples,
-seeded per problem as `qlcode eval` draws them: python-basics (all 168 problems, T=1.0, 16 tokens,
-as benchmarks/grpo_micro.py) and the first HumanEval problems (T=0.8, 64 tokens). Prints, per set,
+seeded per problem as `qlcode eval` draws them: python-basics (its held-out split by default,
+T=1.0, 16 tokens, as benchmarks/grpo_micro.py) and the first HumanEval problems (2 samples, T=0.8,
+48 tokens). Prints, per set,
 the share judged outside, passes each way, verdicts and rewards that differ, and each difference.
 """
 
@@ -58,35 +59,39 @@ def compare(name: str, jobs: list[tuple[Problem, str]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=8, help="micro-model samples per python-basics problem")
-    ap.add_argument("--humaneval-limit", type=int, default=20, help="HumanEval problems the micro model samples")
+    ap.add_argument("--split", choices=["train", "test", "all"], default="test", help="python-basics split the micro model samples")
+    ap.add_argument("--humaneval-limit", type=int, default=5, help="HumanEval problems the micro model samples")
+    ap.add_argument("--skip-references", action="store_true")
     a = ap.parse_args()
     print(f"# {datetime.date.today()} | {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} | Python {platform.python_version()}")
     print("| programs | n | judged outside | passed, old way | passed, judged | verdicts differ | rewards differ | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    he, mb, basics = humaneval(), mbpp(str(MBPP)), python_basics(None)
-    compare("HumanEval references", [(p, p.reference) for p in he])
-    compare("MBPP references", [(p, p.reference) for p in mb])
-    compare("python-basics references", [(p, p.reference) for p in basics])
-    import gzip
-    import json
+    he, basics = humaneval(), python_basics(None)
+    if not a.skip_references:
+        compare("HumanEval references", [(p, p.reference) for p in he])
+        compare("MBPP references", [(p, p.reference) for p in mbpp(str(MBPP))])
+        compare("python-basics references", [(p, p.reference) for p in basics])
+        import gzip
+        import json
 
-    from qlcode.builtin import DATASETS
+        from qlcode.builtin import DATASETS
 
-    with gzip.open(DATASETS["python-basics"], "rt") as f:
-        hidden = {r["task_id"]: "\n".join(r["hidden_tests"]) for r in map(json.loads, f) if "hidden_tests" in r}
-    compare("python-basics references, hidden tests",
-            [(Problem(p.task_id, p.prompt, p.reference, hidden[p.task_id], True, entry_point=p.entry_point), p.reference)
-             for p in basics if p.task_id in hidden])
+        with gzip.open(DATASETS["python-basics"], "rt") as f:
+            hidden = {r["task_id"]: "\n".join(r["hidden_tests"]) for r in map(json.loads, f) if "hidden_tests" in r}
+        compare("python-basics references, hidden tests",
+                [(Problem(p.task_id, p.prompt, p.reference, hidden[p.task_id], True, entry_point=p.entry_point), p.reference)
+                 for p in basics if p.task_id in hidden])
 
     from qlcode.execution.generate import sample
     from qlcode.inference import load_model
     from qlcode.models import Quantization
 
     loaded = load_model("builtin:micro-codellama", None, Quantization(bits=None))
-    compare(f"micro model on python-basics, {a.samples} samples each",
-            [(p, c) for p in basics for c in sample(loaded.model, loaded.tokenizer, p, False, a.samples, 1.0, 16)])
-    compare(f"micro model on HumanEval[:{a.humaneval_limit}], 4 samples each",
-            [(p, c) for p in he[:a.humaneval_limit] for c in sample(loaded.model, loaded.tokenizer, p, False, 4, 0.8, 64)])
+    chosen = python_basics(None if a.split == "all" else a.split)
+    compare(f"micro model on python-basics ({a.split}), {a.samples} samples each",
+            [(p, c) for p in chosen for c in sample(loaded.model, loaded.tokenizer, p, False, a.samples, 1.0, 16)])
+    compare(f"micro model on HumanEval[:{a.humaneval_limit}], 2 samples each",
+            [(p, c) for p in he[:a.humaneval_limit] for c in sample(loaded.model, loaded.tokenizer, p, False, 2, 0.8, 48)])
 
 
 if __name__ == "__main__":
