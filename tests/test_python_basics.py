@@ -42,3 +42,17 @@ def test_splits_are_disjoint_by_task_and_the_benchmark_is_the_held_out_split():
     for r in data:
         assert r["prompt"].startswith(f"def {r['entry_point']}(") and r["prompt"].endswith("    return")
         assert all(t.startswith(f"assert {r['entry_point']}(") for t in r["tests"])
+
+
+def test_hidden_tests_pass_with_every_reference_and_differ_from_the_visible_ones():
+    from qlcode.execution.judge import run_tests_many
+
+    data = [r for r in shipped() if "hidden_tests" in r]
+    assert len(data) == 150  # the 6 tasks without arguments (18 rows) have nothing more to ask
+    assert all(set(r["hidden_tests"]).isdisjoint(r["tests"]) and len(r["hidden_tests"]) == 2 for r in data)
+    problems = {p.task_id: p for p in python_basics(None)}
+    jobs = [(problems[r["task_id"]].solution(r["reference"]), "\n".join(r["hidden_tests"]), problems[r["task_id"]].names)
+            for r in data]
+    results = run_tests_many(jobs, workers=2)
+    assert [r["task_id"] for r, res in zip(data, results) if res.outcome != "passed"] == []
+    assert {res.judged for res in results} == {"outside"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from qlcode.execution.benchmarks import Problem
-from qlcode.execution.reward import execution_reward, program_and_cases, split_tests
+from qlcode.execution.judge import split_tests
+from qlcode.execution.reward import execution_reward
 from qlcode.execution.sandbox import Limits
 
 LIMITS = Limits(timeout_s=10, cpu_s=2, memory_mb=512)  # wall: room for a loaded machine; the loop ends on CPU time
@@ -21,7 +22,7 @@ def check(candidate):
 
 check(fib)
 '''
-PROBLEM = Problem("Test/0", 'def fib(n: int) -> int:\n    """The n-th Fibonacci number."""\n', "", TEST, True)
+PROBLEM = Problem("Test/0", 'def fib(n: int) -> int:\n    """The n-th Fibonacci number."""\n', "", TEST, True, entry_point="fib")
 CORRECT = "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
 COMPLETIONS = {
     "correct": (CORRECT, 1.0),
@@ -50,15 +51,15 @@ def test_split_tests_makes_each_assert_a_case():
 
 def test_rewards_of_hand_written_completions():
     names = list(COMPLETIONS)
-    programs, cases = zip(*(program_and_cases(PROBLEM, COMPLETIONS[n][0]) for n in names))
-    rewards = execution_reward(list(programs), list(cases), LIMITS, workers=2)
+    jobs = [(PROBLEM.solution(COMPLETIONS[n][0]), PROBLEM.test, PROBLEM.names) for n in names]
+    rewards = execution_reward(jobs, LIMITS, workers=2)
     assert dict(zip(names, rewards)) == {n: COMPLETIONS[n][1] for n in names}
 
 
 @pytest.mark.parametrize("cheat", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit"])
 def test_a_case_that_exits_scores_nothing_for_itself(cheat):
-    program, cases = program_and_cases(PROBLEM, "    return -1\n")
-    assert execution_reward([program], [[cheat, *cases]], LIMITS) == [0.0]
+    solution = PROBLEM.solution("    return -1\n")
+    assert execution_reward([(solution, f"{cheat}\n{TEST}", PROBLEM.names)], LIMITS) == [0.0]
 
 
 def test_grpo_reward_scores_a_completion_of_return_up_to_its_line():

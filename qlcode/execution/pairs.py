@@ -23,9 +23,11 @@ from pathlib import Path
 
 from qlcode.errors import QlcodeError
 from qlcode.execution.benchmarks import Problem, mbpp
+from qlcode.execution.completions import program
 from qlcode.execution.engines import Engine
 from qlcode.execution.generate import finish, prompt_text, sample_raw
-from qlcode.execution.sandbox import Limits, Result, run_many
+from qlcode.execution.judge import run_tests_many
+from qlcode.execution.sandbox import Limits, Result
 from qlcode.files import write_text_atomic
 from qlcode.progress import progress_bar
 
@@ -60,7 +62,7 @@ def _problem(row: dict, where: str) -> Problem:
     try:
         tests = row["test"] if "test" in row else "\n".join(row["tests"])
         return Problem(str(row["task_id"]), row["prompt"], row.get("reference", ""), tests,
-                       bool(row.get("continues_prompt", True)))
+                       bool(row.get("continues_prompt", True)), entry_point=row.get("entry_point") or "")
     except (KeyError, TypeError) as e:
         raise QlcodeError(f"{where}: a problem is a JSON object with task_id, prompt and test (or a tests list) ({e!r})") from None
 
@@ -101,7 +103,7 @@ def sample_and_run(engine: Engine, problems: list[Problem], instruct: bool, samp
         task = progress.add_task("sample + run", total=len(problems), passed=0)
         for problem, raw in sample_raw(engine, problems, instruct, samples, temperature, max_new_tokens):
             finished = [finish(problem, t, instruct) for t in raw]
-            results = run_many([problem.program(f) for f in finished], limits, workers)
+            results = run_tests_many([(problem.solution(f), problem.test, problem.names) for f in finished], limits, workers)
             passed += sum(r.outcome == "passed" for r in results)
             progress.update(task, advance=1, passed=passed)
             yield Sampled(problem, raw, finished, results)
@@ -109,7 +111,7 @@ def sample_and_run(engine: Engine, problems: list[Problem], instruct: bool, samp
 
 def normalized(problem: Problem, completion: str) -> str:
     """The code a completion stands for, spacing and comments removed (its text when it does not parse)."""
-    code = problem.prompt + completion if problem.continues_prompt else completion
+    code = program(problem.prompt, completion, problem.continues_prompt)
     try:
         return ast.unparse(ast.parse(code))
     except (SyntaxError, ValueError):

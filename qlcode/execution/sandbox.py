@@ -5,7 +5,8 @@ fork a fresh confined child per program (jail.py says what confines it). Outcome
 harness's end-of-run record arrived and nothing raised), failed (an assertion), error (with the
 exception's type, or the signal, or EarlyExit when the program ended before its tests did),
 timeout, oom. With `cases`, each case (a statement, usually an assert) runs after the program,
-caught on its own, and Result.cases says which passed.
+caught on its own, and Result.cases says which passed (a list of any other length is refused).
+With `steps` (judge.py's plan), the child returns the evaluated values and judge.py decides.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Result:
     stderr: str
     seconds: float
     cases: list[bool] | None = None  # per case, when run with cases; None when they never reported
+    values: list | None = None  # with steps: what the child sent, undecoded (untrusted)
+    judged: str = "inside"  # where the verdict was decided: inside the sandbox (cases, record) or outside
 
 
 class _Worker:
@@ -127,7 +130,7 @@ class WorkerPool:
         except (OSError, RuntimeError, ValueError) as e:  # the worker is gone; the next run starts another
             worker.kill()
             return {"outcome": "error", "error_type": "SandboxError", "returncode": None, "stdout": "",
-                    "stderr": str(e), "seconds": 0.0, "cases": None}
+                    "stderr": str(e), "seconds": 0.0, "cases": None, "values": None}
         with self._lock:
             if len(self._idle) < self._keep:
                 self._idle.append(worker)
@@ -187,12 +190,16 @@ def close() -> None:
     _pool.close()
 
 
-def run(program: str, limits: Limits = Limits(), cases: list[str] | None = None) -> Result:
-    """Run `program` (Python source: a solution, then its tests) in the sandbox; then each of `cases`."""
+def run(program: str, limits: Limits = Limits(), cases: list[str] | None = None,
+        steps: list[tuple[str, str]] | None = None) -> Result:
+    """Run `program` (Python source: a solution, then its tests) in the sandbox; then each of `cases`,
+    or each of `steps` (("exec", statement) or ("eval", expression): see judge.py)."""
     start = time.perf_counter()
-    request = {"program": program, "cases": cases, "limits": asdict(limits)}
+    request = {"program": program, "cases": cases, "steps": steps, "limits": asdict(limits)}
     reply = _pool.run(request, limits)
     reply["seconds"] = reply["seconds"] or time.perf_counter() - start
+    if reply["cases"] is not None and (cases is None or len(reply["cases"]) != len(cases)):
+        reply.update(outcome="error", error_type="MalformedRecord", cases=None)  # a record the harness did not write
     return Result(**reply)
 
 

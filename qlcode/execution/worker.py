@@ -13,6 +13,12 @@ The program is trusted with nothing, including its exit: the harness in the chil
 (then each test case, each caught on its own) and only afterwards writes a record carrying a nonce
 to a pipe. No record, no pass: exiting early (sys.exit, os._exit, atexit, a signal, a crash) is an
 error, whatever the exit code. Exception names in the record are checked to be identifiers here.
+
+A request with `steps` (judge.py's plan of a test) is judged outside: the child runs the program,
+then each step in order, executing ("exec") or evaluating ("eval") it, and the record carries each
+evaluated value as plain tagged data (`Encoder`), or the name of the exception it raised. The
+verdict is decided by the caller from those values alone: whatever the program does in its
+process, it can at most change the values it returns.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ PREIMPORT = ("typing", "math", "re", "collections", "itertools", "functools", "h
              "hashlib", "random", "statistics", "json", "fractions", "decimal", "datetime", "copy", "operator",
              "doctest")
 ERROR_NAME_LIMIT = 64
+VALUE_BYTES = RECORD_LIMIT * 3 // 4  # all the values of one run together, at most as JSON (the record is bounded)
+NODE_BYTES = 16  # a node's tag and punctuation
+VALUE_DEPTH = 100  # nesting of one value
+PLAIN = (type(None), int, float, str, bytes, list, tuple, set, frozenset, dict)  # what Encoder sends
 TRACEBACK_LIMIT = 30  # frames of a traceback printed (the innermost): a deep recursion has a million
 FRAMES_PER_MB = 250  # recursion depth allowed per MB of the memory limit (memory runs out near 6000)
 
@@ -200,8 +210,9 @@ def run_one(setup: Setup, request: dict) -> dict:
         outcome, error_type = "oom", None
     if record and "sandbox_error" in record:
         stderr += f"\nsandbox: {str(record['sandbox_error'])[:500]}"
+    values = record.get("values") if record and isinstance(record.get("values"), list) else None
     return {"outcome": outcome, "error_type": error_type, "returncode": returncode, "stdout": stdout,
-            "stderr": stderr, "seconds": seconds, "cases": cases}
+            "stderr": stderr, "seconds": seconds, "cases": cases, "values": values}
 
 
 def _wait(pid: int, timeout: float) -> bool:
@@ -251,7 +262,7 @@ def _record(fd: int, nonce: str) -> dict | None:
     for line in data.splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a line nested too deep for json is no record
             continue
         if isinstance(record, dict) and record.get("nonce") == nonce:
             return record
@@ -333,7 +344,7 @@ def child(setup: Setup, request: dict, workdir: str, nproc: int | None, fds: tup
         os.write(channel, (json.dumps({"nonce": nonce, "sandbox_error": f"{type(e).__name__}: {e}"}) + "\n").encode())
         raise
     cap_recursion(limits["memory_mb"] * FRAMES_PER_MB)
-    harness(request["program"], request.get("cases"), 3, nonce)
+    harness(request["program"], request.get("cases"), 3, nonce, request.get("steps"))
 
 
 def cap_recursion(depth: int) -> None:
@@ -349,8 +360,9 @@ def cap_recursion(depth: int) -> None:
     sys.setrecursionlimit = setrecursionlimit
 
 
-def harness(program: str, cases: list[str] | None, channel: int, nonce: str) -> None:
-    """Run the program, then each case in its namespace; write the record; exit before any atexit hook."""
+def harness(program: str, cases: list[str] | None, channel: int, nonce: str,
+            steps: list[list[str]] | None = None) -> None:
+    """Run the program, then each case or step in its namespace; write the record; exit before any atexit hook."""
     write, exit_, dumps, getpid, flush = os.write, os._exit, json.dumps, os.getpid, _flush  # before it can patch them
     me = getpid()
     main = types.ModuleType("__main__")
@@ -359,7 +371,7 @@ def harness(program: str, cases: list[str] | None, channel: int, nonce: str) -> 
     sys.argv = ["program.py"]
     linecache.cache["program.py"] = (len(program), None, program.splitlines(True), "program.py")
     error = _execute(program, "program.py", main.__dict__)
-    results = None
+    results = values = None
     if cases is not None:
         results = []
         first_failure = None
@@ -369,11 +381,86 @@ def harness(program: str, cases: list[str] | None, channel: int, nonce: str) -> 
             if first_failure is None:
                 first_failure = failure
         error = first_failure
+    if steps is not None:
+        values = []
+        encoder = Encoder()
+        for kind, source in steps if error is None else ():
+            if kind == "exec":
+                error = _execute(source, "test", main.__dict__)
+                if error is not None:  # as in the test script, nothing after it runs
+                    break
+            else:
+                values.append(encoder.evaluate(source, main.__dict__, kind == "iter"))
     flush()
     if getpid() == me:  # a process the program forked does not report
         name = None if error is None else exception_name(error)
-        write(channel, (dumps({"nonce": nonce, "error": name, "cases": results}) + "\n").encode())
+        write(channel, (dumps({"nonce": nonce, "error": name, "cases": results, "values": values}) + "\n").encode())
     exit_(0)
+
+
+class TooBig(Exception):
+    """The values outgrew what one record may carry."""
+
+
+class Encoder:
+    """Values as plain tagged data for the caller's strict decoder: ["none"], ["bool", b], ["int", hex],
+    ["float", float.hex], ["str", s], ["bytes", hex], ["list"|"tuple"|"set", [items]], ["dict", [[k, v]...]];
+    for a whole value, ["raise", exception name] or ["unsupported", type name]. Built-in types and their
+    subclasses are read through the built-in type's own methods (an override cannot change what is
+    read); anything else is unsupported. Whatever the program patches, this can only send values."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def evaluate(self, source: str, namespace: dict, iterated: bool = False) -> list:
+        """The value of source, encoded; `iterated`: the test iterates it (set(f(x))), so a generator or
+        a view is sent as the list of what it yields, as the test would have seen it."""
+        try:
+            value = eval(compile(source, "test", "eval"), namespace)  # noqa: S307  in the sandboxed child
+            if iterated and not issubclass(type(value), PLAIN):
+                value = list(value)
+        except BaseException as e:  # noqa: BLE001  the call's exception is its value
+            _print_exception(e)
+            return ["raise", exception_name(e)]
+        try:
+            return self.encode(value, 0)
+        except TooBig:
+            return ["unsupported", "too large"]
+        except BaseException as e:  # noqa: BLE001  a hostile object (or a patched type) cannot be sent
+            return ["unsupported", exception_name(e)]
+
+    def encode(self, value: object, depth: int) -> list:
+        self.bytes += NODE_BYTES
+        if self.bytes > VALUE_BYTES or depth > VALUE_DEPTH:
+            raise TooBig
+        t = type(value)
+        if value is None:
+            return ["none"]
+        if issubclass(t, bool):
+            return ["bool", bool(int.__index__(value))]
+        if issubclass(t, int):
+            return ["int", self.sized(format(int.__index__(value), "x"), 1)]
+        if issubclass(t, float):
+            return ["float", float.hex(float.__float__(value))]
+        if issubclass(t, str):
+            return ["str", self.sized(str.__str__(value), 6)]
+        if issubclass(t, bytes):
+            return ["bytes", self.sized(bytes.hex(value), 1)]
+        for base, tag in ((list, "list"), (tuple, "tuple"), (set, "set"), (frozenset, "set")):
+            if issubclass(t, base):
+                return [tag, [self.encode(v, depth + 1) for v in base.__iter__(value)]]
+        if issubclass(t, dict):
+            return ["dict", [[self.encode(k, depth + 1), self.encode(v, depth + 1)] for k, v in dict.items(value)]]
+        if t.__module__ == "numpy" and t.__name__ != "ndarray" and hasattr(value, "item"):  # numpy's scalars
+            return self.encode(value.item(), depth + 1)
+        return ["unsupported", t.__name__ if isinstance(t.__name__, str) else "?"]
+
+    def sized(self, text: str, bytes_per_char: int) -> str:
+        """text, counted at its longest as JSON (a character escaped as \\uXXXX takes 6 bytes)."""
+        self.bytes += len(text) * bytes_per_char
+        if self.bytes > VALUE_BYTES:
+            raise TooBig
+        return text
 
 
 def _execute(source: str, filename: str, namespace: dict) -> BaseException | None:
@@ -381,12 +468,17 @@ def _execute(source: str, filename: str, namespace: dict) -> BaseException | Non
     try:
         exec(compile(source, filename, "exec"), namespace)
     except BaseException as e:  # noqa: BLE001  everything the program raises is its outcome
-        try:
-            traceback.print_exception(type(e), e, _innermost(e.__traceback__, TRACEBACK_LIMIT))
-        except BaseException:  # noqa: BLE001  a hostile __str__ must not stop the record
-            pass
+        _print_exception(e)
         return e
     return None
+
+
+def _print_exception(e: BaseException) -> None:
+    """To stderr, like Python does."""
+    try:
+        traceback.print_exception(type(e), e, _innermost(e.__traceback__, TRACEBACK_LIMIT))
+    except BaseException:  # noqa: BLE001  a hostile __str__ must not stop the record
+        pass
 
 
 def _innermost(tb, n: int):

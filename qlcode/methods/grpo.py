@@ -2,15 +2,17 @@
 
 For each problem the trainer samples a group of completions; each runs against the problem's
 tests in the sandbox, in parallel, and earns the share of its assert cases that pass (0 for a
-timeout, a crash, code that does not parse, or an exit before the tests: the sandbox decides from
-a record the program cannot forge). An optional small format reward pays Instruct answers for a
-fenced code block. Per step, metrics.jsonl and the progress bar get the mean reward, the share of
-groups whose rewards differ (only those teach anything), the pass rate and the timeouts.
+timeout, a crash, code that does not parse, or an exit before the tests), judged outside the
+sandbox on the values the program returns where the tests decompose (judge.py). An optional small format reward
+pays Instruct answers for a fenced code block. Per step, metrics.jsonl and the progress bar get the
+mean reward, the share of groups whose rewards differ (only those teach anything), the pass rate
+and the timeouts. Problems with `hidden_tests` are also run against those (never rewarded):
+`reward/visible_pass` and `reward/hidden_pass` are the shares of completions passing all of each,
+so a widening gap shows a policy learning the visible tests rather than the task.
 """
 
 from __future__ import annotations
 
-import ast
 from typing import Literal
 
 from pydantic import Field
@@ -34,18 +36,22 @@ class GrpoSection(Section):
                                                                              "(its weights and KV cache); qlcode plan leaves training the rest.")
 
 
-def _program(prompt: str, completion: str, instruct: bool) -> str:
-    """The code a completion stands for: an Instruct answer's fenced block, or the completion cut
-    where the model writes on, after the prompt when the prompt is code (a signature to continue)."""
-    from qlcode.execution.completions import extract_code, truncate
+def _code_prompt(prompt) -> str:
+    """The problem's text as the answer rule sees it: a conversation's last turn, without the ask
+    qlcode puts before the code (problems.render)."""
+    from qlcode.execution.completions import INSTRUCT_ASK
 
-    if instruct:
-        return extract_code(completion)
-    try:
-        ast.parse(prompt)
-    except SyntaxError:
-        return truncate(completion, prompt)
-    return prompt + truncate(completion, prompt)
+    if isinstance(prompt, str):
+        return prompt
+    turn = prompt[-1]["content"] if prompt else ""
+    return turn.removeprefix(INSTRUCT_ASK) if isinstance(turn, str) else ""
+
+
+def _program(prompt, completion: str, instruct: bool) -> str:
+    """The code a completion stands for: completions.to_program, the rule evaluation uses too."""
+    from qlcode.execution.completions import to_program
+
+    return to_program(_code_prompt(prompt), completion, instruct)
 
 
 class ExecutionReward:
@@ -56,22 +62,32 @@ class ExecutionReward:
     def __init__(self, instruct: bool, timeout_s: float) -> None:
         self.instruct, self.timeout_s = instruct, timeout_s
 
-    def __call__(self, prompts, completions, test, log_metric=None, **kw) -> list[float]:
-        from qlcode.execution.reward import case_reward, split_tests
-        from qlcode.execution.sandbox import Limits, run_many
+    def __call__(self, prompts, completions, test, log_metric=None, entry_point=None, hidden_test=None,
+                 **kw) -> list[float]:
+        from qlcode.execution.judge import program_names, run_tests_many
+        from qlcode.execution.reward import case_reward
+        from qlcode.execution.sandbox import Limits
 
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        plain = [p if isinstance(p, str) else "" for p in prompts]
-        programs, cases = [], []
-        for prompt, text, tests in zip(plain, texts, test):
-            setup, each = split_tests(tests)
-            programs.append(f"{_program(prompt, text, self.instruct)}\n\n{setup}\n")
-            cases.append(each)
-        results = run_many(programs, Limits(timeout_s=self.timeout_s, cpu_s=max(1, int(self.timeout_s))), cases=cases)
+        entries = entry_point or [""] * len(texts)
+        hidden = hidden_test or [""] * len(texts)
+        names = [program_names(_code_prompt(p)) | ({e} if e else set()) for p, e in zip(prompts, entries)]
+        programs = [_program(p, t, self.instruct) for p, t in zip(prompts, texts)]
+        jobs = list(zip(programs, test, names))
+        hidden_jobs = [(code, h, n) for code, h, n in zip(programs, hidden, names) if h]
+        limits = Limits(timeout_s=self.timeout_s, cpu_s=max(1, int(self.timeout_s)))
+        results = run_tests_many(jobs + hidden_jobs, limits)
+        results, hidden_results = results[:len(jobs)], results[len(jobs):]
         rewards = [case_reward(r) for r in results]
         if log_metric is not None:
-            log_metric("pass_rate", sum(r.outcome == "passed" for r in results) / len(results))
+            passed = [r.outcome == "passed" for r in results]
+            log_metric("pass_rate", sum(passed) / len(results))
             log_metric("timeouts", sum(r.outcome == "timeout" for r in results) / len(results))
+            log_metric("judged_outside", sum(r.judged == "outside" for r in results) / len(results))
+            if hidden_results:
+                visible = [ok for ok, h in zip(passed, hidden) if h]
+                log_metric("reward/visible_pass", sum(visible) / len(visible))
+                log_metric("reward/hidden_pass", sum(r.outcome == "passed" for r in hidden_results) / len(hidden_results))
         return rewards
 
 

@@ -20,7 +20,8 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from qlcode.errors import QlcodeError
-from qlcode.execution.sandbox import Limits, run
+from qlcode.execution.judge import program_names, run_tests
+from qlcode.execution.sandbox import Limits
 from qlcode.progress import console
 from qlcode.ui.access import exposure
 from qlcode.ui.leaderboard import Leaderboard, Standing
@@ -83,7 +84,7 @@ def _label(i: int, session: Session, blind: bool, models: tuple[str, str]) -> st
 
 
 def _test_line(prompt: Prompt, answer: str, asserts: str) -> str:
-    r = run(prompt.program(answer) + "\n" + asserts + "\n", TEST_LIMITS)
+    r = run_tests(prompt.program(answer), asserts, TEST_LIMITS, program_names(prompt.text or prompt.prefix + prompt.suffix))
     return "tests: passed" if r.outcome == "passed" else f"tests: {r.outcome}" + (f" ({r.error_type})" if r.error_type else "")
 
 

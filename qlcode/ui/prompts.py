@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qlcode.data.fim import fim_ids, infill_prompt
-from qlcode.execution.completions import extract_code
+from qlcode.execution.completions import to_program
 
 MAX_PROMPT_CHARS = 8000
 MODES = ("chat", "complete", "infill")
@@ -34,12 +34,13 @@ class Prompt:
         return tokenizer(self.text)["input_ids"]
 
     def program(self, answer: str) -> str:
-        """The code an answer amounts to: a chat answer's code block, the prompt plus its completion,
-        or the prefix, the middle and the suffix."""
+        """The code an answer amounts to, by the rule evaluation uses (completions.to_program): a chat
+        answer's code block, the prompt plus its completion cut where the model writes on; or the
+        prefix, the middle and the suffix."""
         if self.mode == "chat":
-            return extract_code(answer)
+            return to_program("", answer, instruct=True)
         if self.mode == "complete":
-            return self.text + answer
+            return to_program(self.text, answer, instruct=False, continues_prompt=True)
         return self.prefix + answer + self.suffix
 
     def shown(self) -> str:

@@ -89,6 +89,32 @@ DESCRIBED: list[Task] = [
 ]
 HELD_OUT_EVERY = 5  # every fifth task (all three namings) is the held-out split
 
+# More arguments per task (by its first naming), for the rows' hidden_tests: never shown, never
+# rewarded; GRPO logs the pass rate on them beside the visible tests', so a policy that learns the
+# visible asserts by heart (a lookup of their arguments) shows as a gap between the two.
+HIDDEN: dict[str, list[tuple]] = {
+    "identity": [(0,), ((1, 2),)], "keep_first": [(0, 1), ([], "x")], "keep_second": [(0, 1), ([], "x")],
+    "always_true": [], "always_false": [], "empty_list": [], "empty_dict": [], "zero": [], "empty_string": [],
+    "to_bool": [([],), ("x",)],
+    "add": [(7, 8), (-5, -6)], "subtract": [(0, 9), (-3, -8)], "multiply": [(4, 5), (-3, -3)], "increment": [(99,), (-100,)],
+    "decrement": [(-1,), (50,)], "double": [(21,), (-50,)], "square": [(9,), (-11,)], "negate": [(8,), (-9,)],
+    "absolute": [(-17,), (5,)], "is_even": [(10,), (7,)], "is_positive": [(100,), (-1,)], "larger": [(7, 9), (0, -1)],
+    "smaller": [(7, 9), (0, -1)], "length": [([0, 0, 0, 0],), ("hello",)], "first": [([9, 8],), ("q",)],
+    "last": [([9, 8],), ("q",)], "total": [([10, 20],), ([-5],)], "largest": [([0, 9, 4],), ([-7, -3],)],
+    "smallest": [([0, 9, 4],), ([-7, -3],)], "sort_items": [([9, -1, 4],), (["b", "a"],)],
+    "reverse": [([4, 5],), ("xy",)], "to_list": [((7,),), ("xyz",)], "to_tuple": [([9],), ("xy",)],
+    "unique": [([3, 3, 3],), ("xyz",)], "upper": [("mixed Case",), ("x1",)], "lower": [("MiXeD",), ("X1",)],
+    "strip": [("   ",), (" x y ",)], "words": [("two  words",), (" lead and trail ",)],
+    "join_commas": [(["p", "q", "r"],), ([""],)], "to_string": [(-4,), (True,)], "to_int": [("0",), (-2.5,)],
+    "is_none": [(False,), ([],)], "contains": [("z", "xyz"), (0, [])], "count": [("aaa", "a"), ([3, 3, 1], 3)],
+    "starts_with": [("python", "py"), ("abc", "abcd")], "ends_with": [("python", "on"), ("abc", "zabc")],
+    "repeat": [("ha", 3), ("", 5)], "lookup": [({"k": [1]}, "k"), ({"a": 1}, "A")],
+    "sorted_keys": [({"z": 1, "m": 2, "a": 3},), ({"only": 1},)], "is_empty": [({},), ("x",)],
+    "replace": [("banana", "a", "o"), ("xx", "x", "")], "concat": [([1, 2], [3]), ("ab", "")],
+    "floor_div": [(20, 6), (-9, 4)], "remainder": [(20, 6), (-9, 4)], "power": [(10, 3), (-2, 3)],
+    "equal": [([1], [1]), ("a", "b")],
+}
+
 
 def literal(value: object) -> str:
     """repr, but a set's elements in sorted order: a set of strings prints in an order that changes
@@ -108,11 +134,12 @@ def rows() -> list[dict]:
             body = expr.format(*names)
             reference = eval(f"lambda {params}: {body}")  # noqa: S307  our own fixed expressions, never a model's
             tests = [f"assert {name}({', '.join(map(repr, args))}) == {literal(reference(*args))}" for args in cases]
+            hidden = [f"assert {name}({', '.join(map(repr, args))}) == {literal(reference(*args))}" for args in HIDDEN[namings[0][0]]]
             explicit = level == "described" and i == 2
             ask = f"Return {body}." if explicit else doc.format(*names)
             prompt = f'def {name}({params}):\n    """{ask}"""\n    return'
             out.append({"task_id": f"basics/{name}", "prompt": prompt, "reference": f" {body}\n", "tests": tests,
-                        "entry_point": name, "split": split, "task": namings[0][0],
+                        **({"hidden_tests": hidden} if hidden else {}), "entry_point": name, "split": split, "task": namings[0][0],
                         "level": "explicit" if explicit else level})
     ids = [r["task_id"] for r in out]
     assert len(set(ids)) == len(ids), "task ids must be unique"

@@ -1,10 +1,12 @@
 """problems: a coding problem and its tests, for training on rewards from running them (GRPO).
 
 Fields: prompt; tests (a list of assert statements, MBPP's test_list) or test (test code; with
-entry_point, HumanEval's check(candidate) function, called on it); optional entry_point and
-task_id. Rendered to TRL's prompt-only row kind: `prompt` (under codellama-instruct a user turn
+entry_point, HumanEval's check(candidate) function, called on it); optional entry_point, task_id
+and hidden_tests (asserts like tests, never rewarded: GRPO logs the pass rate on them beside the
+visible tests', a check for a policy learning the visible tests rather than the task). Rendered to TRL's prompt-only row kind: `prompt` (under codellama-instruct a user turn
 asking as qlcode's evaluation does, else the text) plus `test`, code that raises when a solution
-is wrong (run after it), `entry_point` and `task_id`, kept for the reward function.
+is wrong (run after it), `hidden_test` ("" when none), `entry_point` and `task_id`, kept for the
+reward function.
 Decontamination compares the prompt; there is nothing to infill.
 """
 
@@ -35,9 +37,9 @@ def parses(code: str, where: str, what: str) -> str:
 class Problems(DataFormat):
     name = "problems"
     required = ("prompt",)
-    optional = ("tests", "test", "entry_point", "task_id")
+    optional = ("tests", "test", "entry_point", "task_id", "hidden_tests")
     short = "prompt and tests"
-    summary = "prompt, tests (a list of asserts) or test (test code), entry_point and task_id (optional)"
+    summary = "prompt, tests (a list of asserts) or test (test code), entry_point, task_id and hidden_tests (optional)"
 
     def kind(self, template: str) -> str:
         return PROMPT_ONLY
@@ -73,10 +75,13 @@ class Problems(DataFormat):
             test = parses(text_field(row, "test", where, column), where, f"test ({column['test']!r})")
             if entry:
                 test = f"{test}\ncheck({entry})"
+        hidden = row.get("hidden_tests")
+        if hidden is not None and (not isinstance(hidden, list) or not all(isinstance(t, str) and t.strip() for t in hidden)):
+            raise DataError(f"{where}: hidden_tests ({column['hidden_tests']!r}) must be a list of assert statements, got {hidden!r}")
         if not isinstance(entry, str):
             raise DataError(f"{where}: entry_point ({column['entry_point']!r}) must be a function name, got {entry!r}")
         task_id = row.get("task_id")
-        return {"prompt": row["prompt"], "test": test, "entry_point": entry,
+        return {"prompt": row["prompt"], "test": test, "hidden_test": "\n".join(hidden or []), "entry_point": entry,
                 "task_id": "" if task_id is None else str(task_id)}
 
     def render(self, row: dict, template: str) -> dict:
@@ -85,7 +90,8 @@ class Problems(DataFormat):
             from qlcode.execution.completions import INSTRUCT_ASK
 
             prompt = user(INSTRUCT_ASK + prompt)
-        return {"prompt": prompt, "test": row["test"], "entry_point": row["entry_point"], "task_id": row["task_id"]}
+        return {"prompt": prompt, "test": row["test"], "hidden_test": row.get("hidden_test", ""), "entry_point": row["entry_point"],
+                "task_id": row["task_id"]}
 
     def contamination_text(self, row: dict) -> str:
         return row["prompt"]
