@@ -1,7 +1,8 @@
 """Sample completions for benchmark problems: prompts per model kind, stop sequences, clean-up.
 
-Base and Python models continue the problem's code; Instruct models (a base named *Instruct*, or
-an adapter trained in the codellama-instruct template) get the Code Llama Instruct `[INST]` prompt and answer with a fenced code block, whose code is extracted. Completions are cut
+Base and Python models continue the problem's code; Instruct models (an Instruct base, as its family
+recognises it, or an adapter trained in the instruct template) get their family's chat prompt and
+answer with a fenced code block, whose code is extracted. Completions are cut
 at the next top-level statement, where the function they write ends, or at the end of the line
 when the prompt ends at `return` (the answer is the returned expression).
 """

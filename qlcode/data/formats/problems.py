@@ -2,7 +2,7 @@
 
 Fields: prompt; tests (a list of assert statements, MBPP's test_list) or test (test code; with
 entry_point, HumanEval's check(candidate) function, called on it); optional entry_point and
-task_id. Rendered to TRL's prompt-only row kind: `prompt` (under codellama-instruct a user turn
+task_id. Rendered to TRL's prompt-only row kind: `prompt` (under instruct a user turn
 asking as qlcode's evaluation does, else the text) plus `test`, code that raises when a solution
 is wrong (run after it), `entry_point` and `task_id`, kept for the reward function.
 Decontamination compares the prompt; there is nothing to infill.
@@ -67,7 +67,7 @@ class Problems(DataFormat):
 
     def render(self, row: dict, template: str) -> dict:
         prompt = row["prompt"]
-        if template == "codellama-instruct":
+        if template == "instruct":
             from qlcode.execution.completions import INSTRUCT_ASK
 
             prompt = user(INSTRUCT_ASK + prompt)
