@@ -20,7 +20,7 @@ from qlcode import __version__
 from qlcode.errors import QlcodeError
 from qlcode.ranks import is_main_process
 
-app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, driven by YAML recipes.",
+app = typer.Typer(help="Fine-tune code models (Code Llama, Qwen2.5-Coder, DeepSeek-Coder, StarCoder2) with QLoRA and LoRA, driven by YAML recipes.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 recipes_app = typer.Typer(help="Check and inspect recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
@@ -171,7 +171,7 @@ def infill(
     spm: Annotated[bool, typer.Option("--spm", help="Suffix-prefix-middle prompt order instead of prefix-suffix-middle.")] = False,
     bits: Bits = "4",
 ) -> None:
-    """Fill in the missing middle of a file with Code Llama's <PRE> <SUF> <MID> infilling; prints the file filled in."""
+    """Fill in the missing middle of a file with the model family's infilling tokens (Code Llama: <PRE> <SUF> <MID>); prints the file filled in."""
     text = sys.stdin.read() if str(file) == "-" else (file.read_text() if file.is_file() else None)
     if text is None:
         raise QlcodeError(f"{file}: no such file")
