@@ -284,3 +284,25 @@ def test_recipes_and_runs_written_with_codellama_instruct_still_load(tmp_path, f
     recipe = make_recipe(tmp_path, family_bases["codellama"], data, data={"template": "codellama-instruct"})
     assert recipe.data.template == "instruct"
     assert load_recipe(tmp_path / "recipe.yaml").data.template == "instruct"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chat_prompts_end_where_the_familys_answers_begin(name, family_bases):
+    from qlcode.execution.benchmarks import Problem
+    from qlcode.execution.completions import INSTRUCT_ASK
+    from qlcode.execution.generate import prompt_ids
+    from qlcode.ui.prompts import pane_prompt
+
+    tok = load_tokenizer(str(family_bases[name]), template="instruct")
+    messages = [{"role": "user", "content": "Add two numbers."}, {"role": "assistant", "content": "a + b"}]
+    trained = tok.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True)
+    first_answer_token = trained["assistant_masks"].index(1)
+    chat = pane_prompt("chat", {"text": "Add two numbers."}, [])
+    assert chat.ids(tok) == trained["input_ids"][:first_answer_token]  # the playground
+    problem = Problem(task_id="t/0", prompt="def f():\n", reference="", test="", continues_prompt=True)
+    ids = prompt_ids(problem, tok, instruct=True)[0].tolist()  # eval, pairs, pass@1 in training
+    asked = tok.apply_chat_template([{"role": "user", "content": INSTRUCT_ASK + "def f():\n"},
+                                     {"role": "assistant", "content": "x"}], tokenize=True, return_dict=True,
+                                    return_assistant_tokens_mask=True)
+    assert ids == asked["input_ids"][: asked["assistant_masks"].index(1)]

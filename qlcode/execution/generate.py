@@ -21,7 +21,8 @@ from qlcode.inference import sampling_args
 def prompt_ids(problem: Problem, tokenizer, instruct: bool) -> torch.Tensor:
     if instruct:
         messages = [{"role": "user", "content": INSTRUCT_ASK + problem.prompt}]
-        return tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)["input_ids"]
+        return tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True,
+                                             add_generation_prompt=True)["input_ids"]  # ChatML's assistant opening
     return tokenizer(problem.prompt, return_tensors="pt")["input_ids"]
 
 

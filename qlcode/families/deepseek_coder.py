@@ -3,7 +3,9 @@
 
 Instruct format (deepseek-coder-*-instruct's tokenizer_config.json): bos, then the default system
 prompt unless the conversation has one, then `### Instruction:\\n{user}\\n` and
-`### Response:\\n{answer}\\n<|EOT|>\\n` per turn; the answer, "\\n" and <|EOT|> carry loss. The
+`### Response:\\n{answer}\\n<|EOT|>\\n` per turn; the answer, "\\n" and <|EOT|> carry loss. (Theirs asks for
+an answer with `### Response:`; ours with `### Response:\\n`, so a prompt ends where a trained answer
+begins.) The
 Instruct tokenizers' eos is <|EOT|>, the bases' <｜end▁of▁sentence｜>; both add bos
 <｜begin▁of▁sentence｜>. Pad: the vocabulary's own <pad> (id 32018).
 Infilling (the DeepSeek-Coder README's "code insertion" example and paper, section 3.1): PSM only,
@@ -25,7 +27,7 @@ CHAT_TEMPLATE = (
     "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n' }}"
     "{% else %}{{ '### Response:\\n' }}{% generation %}{{ message['content'] + '\\n<|EOT|>' }}{% endgeneration %}"
     "{{ '\\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### Response:' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
 )
 
 FAMILY = Family(
