@@ -5,18 +5,21 @@ from __future__ import annotations
 import yaml
 
 from qlcode import __version__
-from qlcode.families import Family, detect, model_type_of
+from qlcode.families import FAMILIES, Family, detect, model_type_of
 from qlcode.methods import METHODS
 from qlcode.recipe import Recipe
 
 
 def family_of_base(base: str) -> Family | None:
-    """The base's family from its tokenizer and config (None when it has none of the families' tokens or
-    cannot be read here)."""
+    """The family listing the base among its Hub ids (Code Llama-Python 7B/13B have none of the
+    infilling tokens), else the base's family from its tokenizer and config; None for any other base."""
     from transformers import AutoTokenizer
 
     from qlcode.models import base_path
 
+    listed = next((f for f in FAMILIES.values() if base.lower() in f.shipped), None)
+    if listed is not None:
+        return listed
     path = base_path(base)
     try:
         return detect(AutoTokenizer.from_pretrained(path), model_type_of(path))

@@ -275,6 +275,8 @@ def test_model_cards_carry_the_familys_licence_and_tags(family_bases):
 
     assert [license_of(str(family_bases[n])) for n in NAMES] == ["llama2", "apache-2.0", "other", "bigcode-openrail-m"]
     assert tags_of(str(family_bases["starcoder2"])) == ["starcoder2"]
+    # Hub ids the families list resolve offline (Code Llama-Python 7B has no infilling tokens to detect)
+    assert license_of("codellama/CodeLlama-7b-Python-hf") == "llama2" and license_of("Qwen/Qwen2.5-Coder-7B") == "apache-2.0"
 
 
 def test_recipes_and_runs_written_with_codellama_instruct_still_load(tmp_path, family_bases):
