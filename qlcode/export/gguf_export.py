@@ -13,7 +13,6 @@ The file is written to a temporary path, read back and verified, then renamed in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
