@@ -3,7 +3,8 @@
     pip install llama-cpp-python   # builds llama.cpp from source: tens of minutes on 2 cores
     python benchmarks/gguf_llama_cpp.py [MODEL_DIR]      # default: the builtin micro model
 
-Exports MODEL_DIR to f16 and q8_0 GGUF files, then for a code prompt checks that llama.cpp
+MODEL_DIR is a model directory of any family qlcode knows (Code Llama, Qwen2.5-Coder, DeepSeek-Coder,
+StarCoder2: a base, or `qlcode merge`'s output). Exports it to f16 and q8_0 GGUF files, then for a code prompt checks that llama.cpp
 tokenizes it to the same ids as the Hugging Face tokenizer and reports the largest logit
 difference and the top-1 agreement against transformers in fp32. Prints a Markdown table.
 """
@@ -43,7 +44,8 @@ def main() -> None:
             path = Path(tmp) / f"model-{kind}.gguf"
             export_gguf(model_dir, path, kind)
             llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=512, verbose=False)
-            same = llm.tokenize(PROMPT.encode(), add_bos=True, special=False) == ids
+            bos = bool(ids) and ids[0] == tok.bos_token_id  # Code Llama and DeepSeek-Coder: yes; Qwen, StarCoder2: no
+            same = llm.tokenize(PROMPT.encode(), add_bos=bos, special=False) == ids
             llm.eval(ids)
             got = np.array(llm.scores[: len(ids)])
             print(f"| {kind} | {same} | {np.abs(got - want).max():.4f} | {100 * (got.argmax(-1) == want.argmax(-1)).mean():.0f}% |")

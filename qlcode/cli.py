@@ -23,7 +23,7 @@ from qlcode import __version__
 from qlcode.errors import QlcodeError
 from qlcode.ranks import is_main_process, world_size
 
-app = typer.Typer(help="Fine-tune Code Llama-family models with QLoRA and LoRA, driven by YAML recipes.",
+app = typer.Typer(help="Fine-tune code models (Code Llama, Qwen2.5-Coder, DeepSeek-Coder, StarCoder2) with QLoRA and LoRA, driven by YAML recipes.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 recipes_app = typer.Typer(help="Check and inspect recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
@@ -213,7 +213,7 @@ def infill(
     spm: Annotated[bool, typer.Option("--spm", help="Suffix-prefix-middle prompt order instead of prefix-suffix-middle.")] = False,
     bits: Bits = "4",
 ) -> None:
-    """Fill in the missing middle of a file with Code Llama's <PRE> <SUF> <MID> infilling; prints the file filled in."""
+    """Fill in the missing middle of a file with the model family's infilling tokens (Code Llama: <PRE> <SUF> <MID>); prints the file filled in."""
     at_least("--max-new-tokens", max_new_tokens, 1, "the longest middle")
     at_least("--temperature", temperature, 0, "the sampling temperature (0 = greedy)")
     text = read_source(file)

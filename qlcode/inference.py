@@ -15,10 +15,9 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qlcode.errors import ModelError
-from qlcode.models import Quantization, load_base, load_recipe_base, load_tokenizer, quantization_of, use_kernels
+from qlcode.families import family_of_tokenizer, model_type_of
+from qlcode.models import Quantization, base_path, load_base, load_recipe_base, load_tokenizer, quantization_of, use_kernels
 from qlcode.runs import RunDir
-
-INSTRUCT_TEMPLATE = "codellama-instruct"
 
 
 @dataclass
@@ -27,14 +26,24 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     base: str
     quant: Quantization
-    instruct: bool  # prompt with Code Llama Instruct's [INST] format
+    instruct: bool  # prompt with the family's Instruct chat format
 
 
-def is_instruct(base: str, template: str | None = None) -> bool:
-    """Instruct prompting for an adapter trained in the [INST] template, or a base named *Instruct*."""
+def is_instruct(base: str, tokenizer: PreTrainedTokenizerBase, template: str | None = None) -> bool:
+    """Instruct prompting for an adapter trained in the instruct template, or a base its family
+    recognises as Instruct from its own tokenizer (qlcode.families.base.Family.is_instruct)."""
     if template is not None:
-        return template == INSTRUCT_TEMPLATE
-    return "instruct" in base.lower()
+        return template == "instruct"
+    return family_of_tokenizer(tokenizer, model_type_of(base_path(base))).is_instruct(tokenizer)
+
+
+def stop_at_answer_end(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Generation stops at the tokenizer's eos too (an Instruct format's, e.g. Qwen's <|im_end|>),
+    besides the base's own (<|endoftext|>)."""
+    config = model.generation_config
+    ends = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    if tokenizer.eos_token_id not in ends:
+        config.eos_token_id = [e for e in ends if e is not None] + [tokenizer.eos_token_id]
 
 
 def load_model(base: str | None = None, adapter: str | Path | None = None, quant: Quantization = Quantization()) -> LoadedModel:
@@ -48,7 +57,7 @@ def load_model(base: str | None = None, adapter: str | Path | None = None, quant
             raise ModelError("give a base model (--model) or an adapter (--adapter)")
         model = load_base(base, quant)
         tok = load_tokenizer(base)
-        return LoadedModel(use_kernels(model, quant).eval(), tok, base, quant, is_instruct(base))
+        return LoadedModel(use_kernels(model, quant).eval(), tok, base, quant, is_instruct(base, tok))
     run = RunDir(adapter)
     run.require_adapter()
     recipe = run.recipe()
@@ -57,8 +66,9 @@ def load_model(base: str | None = None, adapter: str | Path | None = None, quant
     trained = quantization_of(recipe)
     model = PeftModel.from_pretrained(load_recipe_base(recipe), str(run.path))
     tok = load_tokenizer(str(run.path))  # the adapter's own: it carries the chat template it was trained with
+    stop_at_answer_end(model, tok)
     return LoadedModel(use_kernels(model, trained).eval(), tok, recipe.model.base, trained,
-                       is_instruct(recipe.model.base, recipe.data.template))
+                       is_instruct(recipe.model.base, tok, recipe.data.template))
 
 
 def sampling_args(temperature: float, top_p: float = 0.95) -> dict:

@@ -1,4 +1,4 @@
-"""Infilling with a Code Llama-family model: generate the middle between a prefix and a suffix."""
+"""Infilling with a code model (any family in qlcode.families): generate the middle between a prefix and a suffix."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import random
 
 import torch
 
-from qlcode.data.fim import MARK, encode, fim_ids, infill_prompt
+from qlcode.data.fim import MARK, FimIds, encode, fim_ids, infill_prompt, part
 from qlcode.inference import sampling_args
 
 
 @torch.no_grad()
 def generate_middle(model, tokenizer, prefix: str, suffix: str, max_new_tokens: int = 64, spm: bool = False,
                     temperature: float = 0.0, seed: int = 0) -> str:
-    """The middle the model writes, up to <EOT> (or eos, or max_new_tokens)."""
+    """The middle the model writes, up to the family's end token (or eos, or max_new_tokens)."""
     ids = fim_ids(tokenizer)
     prompt = torch.tensor([infill_prompt(tokenizer, ids, prefix, suffix, spm)], device=model.device)
     torch.manual_seed(seed)
@@ -21,12 +21,15 @@ def generate_middle(model, tokenizer, prefix: str, suffix: str, max_new_tokens: 
                          eos_token_id=[ids.eot, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
                          **sampling_args(temperature))
     new = [t for t in out[0, prompt.shape[1]:].tolist() if t not in (ids.eot, tokenizer.eos_token_id)]
-    return decode_middle(tokenizer, new)
+    return decode_middle(tokenizer, new, ids)
 
 
-def decode_middle(tokenizer, tokens: list[int]) -> str:
+def decode_middle(tokenizer, tokens: list[int], ids: FimIds | None = None) -> str:
     """The middle's exact text: SentencePiece drops a leading "▁" when decoding a text's first token,
-    so decode after MARK's tokens and cut MARK off (the reference's decode_infilling)."""
+    so decode after MARK's tokens and cut MARK off (the reference's decode_infilling); byte-level
+    BPE families decode as they are."""
+    if ids is not None and not ids.sentencepiece:
+        return tokenizer.decode(tokens, skip_special_tokens=True)
     mark = encode(tokenizer, MARK, leading_space=False)
     text = tokenizer.decode(mark + tokens, skip_special_tokens=True)
     return text[len(MARK):] if text.startswith(MARK) else tokenizer.decode(tokens, skip_special_tokens=True)
@@ -58,13 +61,13 @@ def exact_match(model, tokenizer, cases: list[tuple[str, str, str]], max_new_tok
 
 @torch.no_grad()
 def middle_nll(model, tokenizer, cases: list[tuple[str, str, str]]) -> float:
-    """Mean loss (nats per token) of the held-out middle and <EOT> after the infilling prompt:
+    """Mean loss (nats per token) of the held-out middle and its end token after the infilling prompt:
     how well the model infills even where greedy decoding misses the exact line."""
     ids = fim_ids(tokenizer)
     total = 0.0
     for prefix, middle, suffix in cases:
         prompt = infill_prompt(tokenizer, ids, prefix, suffix)
-        target = encode(tokenizer, middle, leading_space=False) + [ids.eot]
+        target = part(tokenizer, ids, middle, leading_space=False) + [ids.eot]
         x = torch.tensor([prompt + target], device=model.device)
         logp = model(input_ids=x).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
         total += -logp[torch.arange(len(target)), torch.tensor(target)].mean().item()

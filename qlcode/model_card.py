@@ -5,15 +5,40 @@ from __future__ import annotations
 import yaml
 
 from qlcode import __version__
+from qlcode.families import FAMILIES, Family, detect, model_type_of
 from qlcode.methods import METHODS
 from qlcode.recipe import Recipe
 
 
+def family_of_base(base: str) -> Family | None:
+    """The family listing the base among its Hub ids (Code Llama-Python 7B/13B have none of the
+    infilling tokens), else the base's family from its tokenizer and config; None for any other base."""
+    from transformers import AutoTokenizer
+
+    from qlcode.models import base_path
+
+    listed = next((f for f in FAMILIES.values() if base.lower() in f.shipped), None)
+    if listed is not None:
+        return listed
+    path = base_path(base)
+    try:
+        return detect(AutoTokenizer.from_pretrained(path), model_type_of(path))
+    except (OSError, ValueError):
+        return None
+
+
 def license_of(base: str) -> str:
-    """The licence the weights inherit: Code Llama's, ours for the builtin model, else unknown."""
-    if base.startswith(("codellama/", "meta-llama/")):
-        return "llama2"
-    return "apache-2.0" if base.startswith("builtin:") else "other"
+    """The licence the weights inherit: ours for the builtin model, else the base family's, else unknown."""
+    if base.startswith("builtin:"):
+        return "apache-2.0"
+    family = family_of_base(base)
+    return family.licence if family else "other"
+
+
+def tags_of(base: str) -> list[str]:
+    """The base family's model card tags (none for a base of no known family)."""
+    family = family_of_base(base)
+    return list(family.tags) if family else []
 
 
 def adapter_card(recipe: Recipe, summary: dict) -> str:
@@ -23,7 +48,7 @@ def adapter_card(recipe: Recipe, summary: dict) -> str:
         "base_model": recipe.model.base,
         "library_name": "peft",
         "pipeline_tag": "text-generation",
-        "tags": ["qlcode", "code-llama", "lora", recipe.train.method] + (["qlora"] if recipe.quant.bits == 4 else []),
+        "tags": ["qlcode", *tags_of(recipe.model.base), "lora", recipe.train.method] + (["qlora"] if recipe.quant.bits == 4 else []),
     }
     if hub_datasets:
         meta["datasets"] = hub_datasets

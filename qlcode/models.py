@@ -18,8 +18,8 @@ from tokenizers import pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from qlcode import builtin
-from qlcode.data.templates import CODELLAMA_INSTRUCT_CHAT_TEMPLATE
 from qlcode.errors import ModelError
+from qlcode.families import family_of_tokenizer, model_type_of, template_name
 from qlcode.placement import DTYPES, Placement, placement
 
 if TYPE_CHECKING:
@@ -47,11 +47,13 @@ def base_path(spec: str) -> str:
 
 
 def load_tokenizer(base: str, revision: str | None = None, template: str = "raw") -> AutoTokenizer:
-    """The tokenizer of `base` (a model or an adapter directory) with Code Llama's quirks settled.
+    """The tokenizer of `base` (a model or an adapter directory) with its family's quirks settled.
 
-    Code Llama's tokenizers have no pad token. Padding with eos would be harmless for the loss
+    A tokenizer without a pad token pads with its family's (qlcode.families: Code Llama's <unk>,
+    which the model never needs to predict). Padding with eos would be harmless for the loss
     (TRL masks padding by position) but makes `generate` and batching ambiguous about where a
-    sequence ends, so we pad with <unk>, which the model never needs to predict. Training pads on
+    sequence ends. Under the `instruct` template the family's chat template is set (and its
+    Instruct eos, e.g. Qwen's <|im_end|>, so that generation stops where an answer ends). Training pads on
     the right; the eos that ends every answer is appended by TRL (prompt/completion rows) or by the
     chat template (conversations). transformers 5 gives SentencePiece tokenizers (Llama's) their
     leading "▁" on a text's first segment only, so "<s>[INST]" lost the "▁[" Code Llama Instruct was
@@ -61,6 +63,9 @@ def load_tokenizer(base: str, revision: str | None = None, template: str = "raw"
         tok = AutoTokenizer.from_pretrained(base_path(base), revision=revision)
     except (OSError, ValueError) as e:
         raise ModelError(f"model.base: cannot load a tokenizer from {base!r}: {e}") from None
+    family = family_of_tokenizer(tok, model_type_of(base_path(base)))
+    if tok.pad_token is None and family.pad in tok.get_vocab():
+        tok.pad_token = family.pad
     if tok.pad_token is None:
         if tok.unk_token is not None and tok.unk_token != tok.eos_token:
             tok.pad_token = tok.unk_token
@@ -70,8 +75,10 @@ def load_tokenizer(base: str, revision: str | None = None, template: str = "raw"
     spm = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
     if isinstance(spm, pre_tokenizers.Metaspace) and spm.prepend_scheme == "first":
         spm.prepend_scheme = "always"  # "<s>[INST]" -> 1, 518 ("▁["): Meta encodes each turn as a text of its own
-    if template == "codellama-instruct":
-        tok.chat_template = CODELLAMA_INSTRUCT_CHAT_TEMPLATE
+    if template_name(template) == "instruct":
+        tok.chat_template = family.chat_template
+        if family.turn_end is not None:
+            tok.eos_token = family.turn_end
     return tok
 
 

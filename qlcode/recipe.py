@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 from qlcode import builtin
 from qlcode.distributed.section import DistributedSection, distributed_problems
 from qlcode.errors import RecipeError
+from qlcode.families import template_name
 from qlcode.methods import METHODS, format_problem
 from qlcode.schema import LOCAL_DATA_SUFFIXES, DType, Section
 from qlcode.tracking import tracker_problem
@@ -136,10 +137,11 @@ class FimSection(Section):
 
 class DataSection(Section):
     datasets: list[DatasetSpec] = Field(min_length=1, description="One or more datasets, concatenated.")
-    template: Literal["codellama-instruct", "completion", "raw"] = Field(
-        "codellama-instruct",
-        description="codellama-instruct = <s>[INST] ... [/INST] answer</s>; completion = the prompt as code "
-        "followed by its completion; raw = rows used as they are.",
+    template: Literal["instruct", "completion", "raw"] = Field(
+        "instruct",
+        description="instruct = the base family's Instruct format (Code Llama: <s>[INST] ... [/INST] answer</s>; "
+        "codellama-instruct, the older name, still loads); completion = the prompt as code followed by its "
+        "completion; raw = rows used as they are.",
     )
     max_length: int = Field(2048, description="Tokens per training sequence (at least 16); longer rows are truncated.")
     packing: bool = Field(False, description="Pack several rows into each sequence (best-fit decreasing).")
@@ -158,6 +160,11 @@ class DataSection(Section):
         description="Drop training rows sharing a 13-gram with these benchmarks: humaneval, mbpp, or mbpp:PATH.",
     )
     seed: int = Field(42, description="Seed for shuffling, max_rows, the validation split and infilling.")
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _older_template_names(cls, v):
+        return template_name(v) if isinstance(v, str) else v
 
     @field_validator("decontaminate")
     @classmethod

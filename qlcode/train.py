@@ -155,7 +155,7 @@ def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -
 
         p = recipe.train.pass_at_1
         in_loop = PassAt1(p.bench, p.data, p.problems, p.every, p.max_new_tokens, tokenizer,
-                          recipe.data.template == "codellama-instruct", run)
+                          recipe.data.template == "instruct", run)
         in_loop.trainer = trainer
         trainer.add_callback(in_loop)
     return trainer, throughput

@@ -103,3 +103,76 @@ def clean_adapters():
     yield made
     for p in made:
         shutil.rmtree(p, ignore_errors=True)
+
+
+# --- one tiny model per code model family (qlcode.families), shared by the session -------------
+# Each is its family's architecture at hidden size 64 with a small byte-level BPE trained here on
+# code, carrying the family's special tokens (the real vocabularies are checked in
+# tests/test_family_tokenizers.py; a 150k-entry embedding would make every step slow).
+FAMILY_TOKENS = {  # family -> (bos, eos, its other special tokens), as its Hub tokenizers have them
+    "qwen2-coder": (None, "<|endoftext|>", ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>",
+                                            "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]),
+    "deepseek-coder": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
+                       ["<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<pad>", "<|EOT|>"]),
+    "starcoder2": ("<|endoftext|>", "<|endoftext|>", ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
+                                                      "<repo_name>", "<file_sep>"]),
+}
+
+
+def family_tokenizer(family: str):
+    """A 512-entry byte-level BPE over the stdlib rows' code with `family`'s special tokens."""
+    import gzip
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from qlcode.builtin import DATASETS
+
+    bos, eos, others = FAMILY_TOKENS[family]
+    specials = list(dict.fromkeys([t for t in (bos, eos) if t] + others))
+    with gzip.open(DATASETS["stdlib-python-instruct"], "rt") as f:
+        texts = [json.loads(line)["output"] for line in f][:2000]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=512, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos and family == "deepseek-coder":  # DeepSeek-Coder's tokenizer adds bos to every text
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos,
+                                   unk_token=eos if family == "starcoder2" else None)
+
+
+def family_config(family: str, tok):
+    """The family's architecture, tiny: Qwen2 (q/k/v bias), Llama with linear RoPE scaling
+    (DeepSeek-Coder), StarCoder2 (LayerNorm with bias, GELU MLP, sliding window)."""
+    from transformers import Qwen2Config, Starcoder2Config
+
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    if family == "qwen2-coder":
+        return Qwen2Config(**common, rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    if family == "deepseek-coder":
+        return LlamaConfig(**common, rms_norm_eps=1e-6,
+                           rope_parameters={"rope_type": "linear", "rope_theta": 1e5, "factor": 4.0})
+    # transformers' GGUF reader takes no RoPE base for starcoder2 (its default, 10000, is used here)
+    return Starcoder2Config(**common, norm_epsilon=1e-5, use_bias=True, hidden_act="gelu_pytorch_tanh", sliding_window=32,
+                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+
+
+@pytest.fixture(scope="session")
+def family_bases(tmp_path_factory, tiny_base) -> dict[str, Path]:
+    """family name -> a tiny base model directory of that family (Code Llama: tiny_base)."""
+    from transformers import AutoModelForCausalLM
+
+    out = {"codellama": tiny_base}
+    for family in FAMILY_TOKENS:
+        path = tmp_path_factory.mktemp(f"tiny-{family}")
+        tok = family_tokenizer(family)
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(family_config(family, tok)).save_pretrained(path)
+        tok.save_pretrained(path)
+        out[family] = path
+    return out

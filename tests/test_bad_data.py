@@ -38,7 +38,7 @@ CASES = [  # file, dataset keys, data keys, the message ({path} = the file)
     ("kto_label_not_bool.jsonl", {"format": "kto"}, {},
      "{path} row 0: label ('label') must be true or false, got 'yes'"),
     ("conversation_votes.jsonl", {"format": "preference"}, {"template": "completion"},
-     "{path} row 0: a conversational prompt needs data.template codellama-instruct or raw (the model's own chat template), "
+     "{path} row 0: a conversational prompt needs data.template instruct or raw (the model's own chat template), "
      "not completion"),
     ("problems_without_tests.jsonl", {"format": "problems"}, {},
      "data.datasets[0]: {path} has no column 'tests' (a list of asserts) or 'test' (test code) for problems "

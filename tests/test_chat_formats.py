@@ -114,5 +114,5 @@ def test_openai_errors_name_file_row_and_message(tmp_path, messages, message):
 
 
 def test_chat_formats_do_not_render_as_completions(tmp_path):
-    with pytest.raises(DataError, match=r"data.datasets\[0\]: messages rows need data.template codellama-instruct or raw"):
+    with pytest.raises(DataError, match=r"data.datasets\[0\]: messages rows need data.template instruct or raw"):
         _build(write_jsonl(tmp_path / "s.jsonl", SHAREGPT), "sharegpt", template="completion")

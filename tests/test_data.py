@@ -46,16 +46,16 @@ def test_held_out_split_is_exactly_the_held_out_modules():
 
 def test_templates_render_each_format():
     alpaca = {"instruction": "Add two numbers.", "input": "a=1", "output": "def add(a, b):\n    return a + b\n"}
-    assert render(alpaca, "alpaca", "codellama-instruct") == {"messages": [
+    assert render(alpaca, "alpaca", "instruct") == {"messages": [
         {"role": "user", "content": "Add two numbers.\n\na=1"}, {"role": "assistant", "content": alpaca["output"]}]}
     assert render(alpaca, "alpaca", "completion") == {"prompt": "# Add two numbers.\n#\n# a=1\n", "completion": alpaca["output"]}
     assert render(alpaca, "alpaca", "raw") == {"prompt": "Add two numbers.\n\na=1\n", "completion": alpaca["output"]}
     pref = {"prompt": "p", "chosen": "c", "rejected": "r"}
-    assert render(pref, "preference", "codellama-instruct") == {
+    assert render(pref, "preference", "instruct") == {
         "prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "assistant", "content": "c"}],
         "rejected": [{"role": "assistant", "content": "r"}]}
     assert render(pref, "preference", "completion") == pref
-    assert render({"text": "x = 1\n"}, "text", "codellama-instruct") == {"text": "x = 1\n"}
+    assert render({"text": "x = 1\n"}, "text", "instruct") == {"text": "x = 1\n"}
 
 
 def test_column_mapping_and_max_rows(tmp_path):

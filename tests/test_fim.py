@@ -63,7 +63,7 @@ def rows_file(tmp_path):
     return write_jsonl(tmp_path / "rows.jsonl", ROWS)
 
 
-@pytest.mark.parametrize("template", ["codellama-instruct", "completion"])
+@pytest.mark.parametrize("template", ["instruct", "completion"])
 def test_rows_not_turned_into_infilling_are_tokenized_as_trl_does(tmp_path, tiny_base, rows_file, template):
     data = {"template": template, "validation": 0}
     plain, _ = build_trainer(make_recipe(tmp_path, tiny_base, rows_file, data=data))

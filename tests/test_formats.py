@@ -24,23 +24,23 @@ CONVERSATION = [{"role": "user", "content": "Add one to x."}]
 
 SAMPLES = {  # a canonical row of each format, and the columns it renders to under each template
     "alpaca": ({"instruction": "Add one.", "input": "", "output": "x + 1"},
-               {"codellama-instruct": {"messages"}, "completion": {"prompt", "completion"}, "raw": {"prompt", "completion"}}),
+               {"instruct": {"messages"}, "completion": {"prompt", "completion"}, "raw": {"prompt", "completion"}}),
     "prompt-completion": ({"prompt": "p", "completion": "c"},
-                          {"codellama-instruct": {"messages"}, "completion": {"prompt", "completion"}, "raw": {"prompt", "completion"}}),
+                          {"instruct": {"messages"}, "completion": {"prompt", "completion"}, "raw": {"prompt", "completion"}}),
     "messages": ({"messages": CONVERSATION + [{"role": "assistant", "content": "x + 1"}]},
-                 {"codellama-instruct": {"messages"}, "raw": {"messages"}}),
+                 {"instruct": {"messages"}, "raw": {"messages"}}),
     "sharegpt": ({"messages": CONVERSATION + [{"role": "assistant", "content": "x + 1"}]},
-                 {"codellama-instruct": {"messages"}, "raw": {"messages"}}),
+                 {"instruct": {"messages"}, "raw": {"messages"}}),
     "openai": ({"messages": CONVERSATION + [{"role": "assistant", "content": "x + 1"}]},
-               {"codellama-instruct": {"messages"}, "raw": {"messages"}}),
-    "text": ({"text": "x = 1\n"}, {t: {"text"} for t in ("codellama-instruct", "completion", "raw")}),
-    "repository": ({"text": "# file: a.py\nx = 1\n"}, {t: {"text"} for t in ("codellama-instruct", "completion", "raw")}),
+               {"instruct": {"messages"}, "raw": {"messages"}}),
+    "text": ({"text": "x = 1\n"}, {t: {"text"} for t in ("instruct", "completion", "raw")}),
+    "repository": ({"text": "# file: a.py\nx = 1\n"}, {t: {"text"} for t in ("instruct", "completion", "raw")}),
     "preference": ({"prompt": "p", "chosen": "c", "rejected": "r"},
-                   {t: {"prompt", "chosen", "rejected"} for t in ("codellama-instruct", "completion", "raw")}),
+                   {t: {"prompt", "chosen", "rejected"} for t in ("instruct", "completion", "raw")}),
     "kto": ({"prompt": "p", "completion": "c", "label": False},
-            {t: {"prompt", "completion", "label"} for t in ("codellama-instruct", "completion", "raw")}),
+            {t: {"prompt", "completion", "label"} for t in ("instruct", "completion", "raw")}),
     "problems": ({"prompt": "def f():\n", "test": "assert f() == 1", "entry_point": "f", "task_id": "t/1"},
-                 {t: {"prompt", "test", "hidden_test", "entry_point", "task_id"} for t in ("codellama-instruct", "completion", "raw")}),
+                 {t: {"prompt", "test", "hidden_test", "entry_point", "task_id"} for t in ("instruct", "completion", "raw")}),
 }
 
 
@@ -52,7 +52,7 @@ def test_registry_is_the_recipes_format_list():
 def test_each_format_renders_to_its_row_kind(name):
     row, columns = SAMPLES[name]
     fmt = FORMATS[name]
-    for template in ("codellama-instruct", "completion", "raw"):
+    for template in ("instruct", "completion", "raw"):
         if template not in columns:
             assert fmt.template_problem(template) is not None
             continue
@@ -141,7 +141,7 @@ def test_conversational_preference_rows_as_the_playground_stores_votes(tmp_path)
         {"prompt": CONVERSATION, "chosen": [{"role": "assistant", "content": "x + 1"}],
          "rejected": [{"role": "assistant", "content": "x - 1"}]}])
     sources = [{"source": str(f), "format": "preference"} for f in (messages, texts, lists)]
-    for template in ("codellama-instruct", "raw"):
+    for template in ("instruct", "raw"):
         train, _ = build(_data(sources, template=template))
         assert len(train) == 3 and train.filter(lambda p: p == CONVERSATION, input_columns="prompt")["chosen"] == [
             [{"role": "assistant", "content": "x + 1"}]] * 2
@@ -233,7 +233,7 @@ def test_min_length_holds_one_short_exchange():
     from transformers import AutoTokenizer
 
     from qlcode.builtin import MODELS
-    from qlcode.data.templates import CODELLAMA_INSTRUCT_CHAT_TEMPLATE
+    from qlcode.families.codellama import CHAT_TEMPLATE as CODELLAMA_INSTRUCT_CHAT_TEMPLATE
     from qlcode.recipe import MIN_LENGTH
 
     tok = AutoTokenizer.from_pretrained(MODELS["micro-codellama"])

@@ -52,7 +52,7 @@ def test_an_adapter_loads_on_the_base_it_was_trained_on(runs, tiny_base):
 
     full = load_model(adapter=runs["none"].output.run_dir)
     assert not any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in full.model.modules())
-    assert full.quant.bits is None and full.instruct  # trained in the codellama-instruct template
+    assert full.quant.bits is None and full.instruct  # trained in the instruct template
 
 
 def test_infill_takes_the_trained_base(runs):

@@ -1,16 +1,21 @@
-"""Code Llama infilling: a document split into prefix, middle and suffix, laid out as Code Llama does.
+"""Infilling: a document split into prefix, middle and suffix, laid out as the base's family does.
 
-Token layouts (Rozière et al. 2023, section 2.3; the codellama reference `infilling_prompt_tokens`):
+Each family (qlcode.families) names its tokens and layouts; Code Llama's (Rozière et al. 2023,
+section 2.3; the codellama reference `infilling_prompt_tokens`):
     PSM: <s> <PRE> prefix <SUF> suffix <MID> middle <EOT>
     SPM: <s> <PRE> <SUF> suffix <MID> prefix middle <EOT>
-Each part is encoded on its own (no special tokens), so training sees exactly the token boundaries
-a prompt has at inference, where the middle is generated after <MID> (PSM) or after the prefix
-(SPM) until <EOT>. (The paper encodes SPM's prefix and middle together; encoding them apart keeps
-the prompt's last tokens the ones an SPM prompt at inference ends with.)
+Qwen2.5-Coder, DeepSeek-Coder and StarCoder2 use the same two layouts with their own tokens, no bos
+(DeepSeek-Coder: bos) and their eos after the middle; Qwen2.5-Coder and DeepSeek-Coder were trained
+with PSM only. Each part is encoded on its own (no special tokens), so training sees exactly the
+token boundaries a prompt has at inference, where the middle is generated after the middle token
+(PSM) or after the prefix (SPM) until the end token. (The paper encodes SPM's prefix and middle
+together; encoding them apart keeps the prompt's last tokens the ones an SPM prompt at inference
+ends with.)
 
 SentencePiece (Llama's tokenizer) puts a space in front of every text it encodes ("x" -> "▁x").
 Code Llama keeps it on the prefix but encodes the suffix and the middle without it (the reference's
-`encode_infilling`): a suffix "\n    return" starts with the newline token, not with "▁".
+`encode_infilling`): a suffix "\n    return" starts with the newline token, not with "▁". The
+byte-level BPE families encode every part as it is.
 """
 
 from __future__ import annotations
@@ -20,32 +25,39 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from qlcode.errors import QlcodeError
+from qlcode.errors import DataError, QlcodeError
+from qlcode.families import family_of_tokenizer
+from qlcode.families.base import Family
 from qlcode.recipe import FimSection
-
-FIM_TOKENS = ("<PRE>", "<SUF>", "<MID>", "<EOT>")
 
 
 @dataclass(frozen=True)
 class FimIds:
-    bos: int
+    bos: int | None  # None: the family's prompts start without bos
     pre: int
     suf: int
     mid: int
-    eot: int
+    eot: int  # the token that ends the middle
+    title: str = "Code Llama"  # the family, for messages
+    spm: bool = True  # the family was trained with suffix-prefix-middle too
+    sentencepiece: bool = True  # Code Llama's encoding of each part (see `encode`)
 
 
-def fim_ids(tokenizer) -> FimIds:
-    """The infilling token ids of a Code Llama tokenizer (`<PRE>`, or `▁<PRE>` in the Hub's SentencePiece ones)."""
+def fim_ids(tokenizer, family: Family | None = None) -> FimIds:
+    """The infilling token ids of the tokenizer's family (Code Llama's `<PRE>` is `▁<PRE>` in the Hub's SentencePiece ones)."""
+    family = family or family_of_tokenizer(tokenizer)
+    fim = family.infilling
     vocab = tokenizer.get_vocab()
+    tokens = (fim.prefix, fim.suffix, fim.middle, fim.end)
     found = []
-    for name in FIM_TOKENS:
+    for name in tokens:
         tid = vocab.get(name, vocab.get("▁" + name))
         if tid is None:
-            raise QlcodeError(f"this tokenizer has no {name} token: infilling needs a Code Llama-family base "
-                              "(its tokenizer carries <PRE> <SUF> <MID> <EOT>)")
+            raise QlcodeError(f"this tokenizer has no {name} token: infilling needs a {family.title}-family base "
+                              f"(its tokenizer carries {' '.join(tokens)})")
         found.append(tid)
-    return FimIds(tokenizer.bos_token_id, *found)
+    return FimIds(tokenizer.bos_token_id if fim.bos else None, *found, title=family.title, spm="spm" in fim.layouts,
+                  sentencepiece=fim.sentencepiece)
 
 
 def split_points(text: str, rng: random.Random, unit: str) -> tuple[str, str, str]:
@@ -77,18 +89,29 @@ def encode(tokenizer, text: str, leading_space: bool = True) -> list[int]:
     return tokenizer(MARK + " " * leading_space + text, add_special_tokens=False)["input_ids"][len(mark) :]
 
 
+def part(tokenizer, ids: FimIds, text: str, leading_space: bool) -> list[int]:
+    """One part of an infilling example as its family encodes it."""
+    if ids.sentencepiece:
+        return encode(tokenizer, text, leading_space)
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
 def infill_prompt(tokenizer, ids: FimIds, prefix: str, suffix: str, spm: bool = False) -> list[int]:
-    """The tokens a model continues with the middle (and then <EOT>)."""
-    suffix_ids = encode(tokenizer, suffix, leading_space=False)
+    """The tokens a model continues with the middle (and then the family's end token)."""
+    if spm and not ids.spm:
+        raise QlcodeError(f"{ids.title} was trained with prefix-suffix-middle infilling only; "
+                          "ask for the suffix-prefix-middle layout with a family that has it")
+    bos = [] if ids.bos is None else [ids.bos]
+    suffix_ids = part(tokenizer, ids, suffix, leading_space=False)
     if spm:
-        return [ids.bos, ids.pre, ids.suf, *suffix_ids, ids.mid, *encode(tokenizer, prefix)]
-    return [ids.bos, ids.pre, *encode(tokenizer, prefix), ids.suf, *suffix_ids, ids.mid]
+        return [*bos, ids.pre, ids.suf, *suffix_ids, ids.mid, *part(tokenizer, ids, prefix, True)]
+    return [*bos, ids.pre, *part(tokenizer, ids, prefix, True), ids.suf, *suffix_ids, ids.mid]
 
 
 def fim_example(tokenizer, ids: FimIds, prefix: str, middle: str, suffix: str, spm: bool) -> tuple[list[int], int]:
     """(tokens, prompt length): the prompt is everything before the middle's first token."""
     prompt = infill_prompt(tokenizer, ids, prefix, suffix, spm)
-    return prompt + encode(tokenizer, middle, leading_space=False) + [ids.eot], len(prompt)
+    return prompt + part(tokenizer, ids, middle, leading_space=False) + [ids.eot], len(prompt)
 
 
 def _plain(tokenizer, row: dict) -> tuple[list[int], list[int]]:
@@ -114,6 +137,9 @@ def with_infilling(ds: Dataset, tokenizer, fim: FimSection, seed: int) -> Datase
     Rows are qlcode.data.pipeline's rendered rows, whose `_code` is the code their format infills.
     """
     ids = fim_ids(tokenizer)
+    if fim.spm_rate > 0 and not ids.spm:
+        raise DataError(f"data.fim.spm_rate: {ids.title} was trained with prefix-suffix-middle infilling only; "
+                        "set data.fim.spm_rate: 0")
     rng = random.Random(seed)
 
     def convert(row: dict) -> dict:

@@ -1,7 +1,8 @@
 """Sample completions for benchmark problems: prompts per model kind, stop sequences, clean-up.
 
-Base and Python models continue the problem's code; Instruct models (a base named *Instruct*, or
-an adapter trained in the codellama-instruct template) get the Code Llama Instruct `[INST]` prompt and answer with a fenced code block, whose code is extracted. Completions are cut
+Base and Python models continue the problem's code; Instruct models (an Instruct base, as its family
+recognises it, or an adapter trained in the instruct template) get their family's chat prompt and
+answer with a fenced code block, whose code is extracted. Completions are cut
 at the next top-level statement, where the function they write ends, or at the end of the line
 when the prompt ends at `return` (the answer is the returned expression).
 """
@@ -22,7 +23,8 @@ from qlcode.execution.engines import Engine, Request, Sampling
 def prompt_ids(problem: Problem, tokenizer, instruct: bool) -> torch.Tensor:
     if instruct:
         messages = [{"role": "user", "content": INSTRUCT_ASK + problem.prompt}]
-        return tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)["input_ids"]
+        return tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True,
+                                             add_generation_prompt=True)["input_ids"]  # ChatML's assistant opening
     return tokenizer(problem.prompt, return_tensors="pt")["input_ids"]
 
 

@@ -1,18 +1,18 @@
-"""Export a Llama-architecture model directory to GGUF (llama.cpp, Ollama) with the `gguf` package.
+"""Export a model directory of any family in qlcode.families to GGUF (llama.cpp, Ollama) with the `gguf` package.
 
-What llama.cpp needs of a Code Llama: the Llama metadata (lengths, heads, RMS-norm epsilon, RoPE
-base, RoPE scaling), the tokenizer (SentencePiece-style "llama" vocab with scores, or byte-level
-BPE "gpt2" vocab with merges) with bos/eos/unk and Code Llama's infilling tokens
-(<PRE> <SUF> <MID> <EOT>) named as such, and the weights under GGUF's names with the query and key
-projections permuted from Hugging Face's rotate-half layout back to Meta's interleaved one, as
-llama.cpp's own converter does. Tensors stream shard by shard: the header is written from the
+What llama.cpp needs: the architecture the family names (llama for Code Llama and DeepSeek-Coder,
+qwen2, starcoder2) with its metadata (lengths, heads, norm epsilon, RoPE base, RoPE scaling), the
+tokenizer (SentencePiece-style "llama" vocab with scores, or byte-level BPE "gpt2" vocab with merges
+and the family's pre-tokenizer name) with bos/eos/pad and the family's infilling tokens named as
+such, and the weights (and biases: Qwen2's q/k/v, StarCoder2's everywhere) under GGUF's names; for
+the llama architecture the query and key projections are permuted from Hugging Face's rotate-half
+layout back to Meta's interleaved one, as llama.cpp's own converter does. Tensors stream shard by shard: the header is written from the
 shapes alone, then each shard is read, converted and written, so memory holds one shard.
 The file is written to a temporary path, read back and verified, then renamed into place.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +24,11 @@ from qlcode.data.fim import fim_ids
 from qlcode.errors import QlcodeError
 from qlcode.export import writing_into
 from qlcode.export.merge import safetensors_shards
+from qlcode.families import DEFAULT, FAMILIES, family_of_tokenizer
+from qlcode.families.base import Family, Gguf
 from qlcode.files import read_json
 
 TYPES = ("f16", "q8_0")
-LAYER_NAMES = {
-    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
-TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
 
 
 @dataclass
@@ -45,13 +40,11 @@ class GgufReport:
     max_abs_error: float  # against the source weights, after the q/k permutation (0 for f16 means exact)
 
 
-def gguf_name(hf_name: str) -> str:
-    if hf_name in TOP_NAMES:
-        return TOP_NAMES[hf_name]
-    parts = hf_name.split(".")
-    if parts[:2] != ["model", "layers"] or parts[-1] != "weight":
-        raise QlcodeError(f"unexpected tensor {hf_name!r} for the Llama architecture")
-    return f"blk.{parts[2]}.{LAYER_NAMES['.'.join(parts[3:-1])]}.weight"
+def gguf_name(hf_name: str, names: Gguf = DEFAULT.gguf) -> str:
+    name = names.tensor_name(hf_name)
+    if name is None:
+        raise QlcodeError(f"unexpected tensor {hf_name!r} for the {names.architecture} architecture")
+    return name
 
 
 def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -59,19 +52,28 @@ def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-REQUIRED_CONFIG = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
-                   "rms_norm_eps")
+REQUIRED_CONFIG = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
 
 
-def _config(model_dir: Path) -> dict:
+def _config(model_dir: Path) -> tuple[dict, Family]:
+    """config.json and the model's family (from its model_type and its tokenizer's tokens)."""
+    from transformers import AutoTokenizer
+
     cfg = read_json(model_dir / "config.json", "export a merged model directory (qlcode merge ADAPTER --out DIR)")
-    if "LlamaForCausalLM" not in cfg.get("architectures", []):
-        raise QlcodeError(f"{model_dir}: GGUF export supports the Llama architecture (Code Llama), not {cfg.get('architectures')}")
-    missing = [k for k in REQUIRED_CONFIG if k not in cfg]
+    known = sorted({t for f in FAMILIES.values() for t in f.model_types})
+    if cfg.get("model_type") not in known:
+        raise QlcodeError(f"{model_dir}: GGUF export supports the {', '.join(known)} architectures "
+                          f"({', '.join(f.title for f in FAMILIES.values())}), not {cfg.get('architectures')}")
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise QlcodeError(f"{model_dir}: no tokenizer.json or tokenizer.model; GGUF carries the tokenizer: copy the "
+                          "base's (or the adapter's) tokenizer files into the directory")
+    family = family_of_tokenizer(AutoTokenizer.from_pretrained(model_dir), cfg["model_type"])
+    eps = "norm_epsilon" if family.gguf.layer_norm else "rms_norm_eps"
+    missing = [k for k in (*REQUIRED_CONFIG, eps) if k not in cfg]
     if missing:
-        raise QlcodeError(f"{model_dir / 'config.json'}: no {', '.join(missing)}; a Llama config has them "
+        raise QlcodeError(f"{model_dir / 'config.json'}: no {', '.join(missing)}; a {cfg['model_type']} config has them "
                           "(copy config.json from the base model)")
-    return cfg
+    return cfg, family
 
 
 def _open(path: Path):
@@ -82,11 +84,11 @@ def _open(path: Path):
         raise QlcodeError(f"{path}: not a readable safetensors file ({e}); re-create it (qlcode merge) or copy it again") from None
 
 
-def _source_tensor(name: str, w: torch.Tensor, cfg: dict) -> np.ndarray:
+def _source_tensor(name: str, w: torch.Tensor, cfg: dict, family: Family) -> np.ndarray:
     w = w.float()
-    if name.endswith("self_attn.q_proj.weight"):
+    if family.gguf.permute_qk and name.endswith("self_attn.q_proj.weight"):
         w = permute(w, cfg["num_attention_heads"])
-    elif name.endswith("self_attn.k_proj.weight"):
+    elif family.gguf.permute_qk and name.endswith("self_attn.k_proj.weight"):
         w = permute(w, cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
     return w.numpy()
 
@@ -102,7 +104,7 @@ def _converted(data: np.ndarray, kind: str):
     return data.astype(np.float16), gguf.GGMLQuantizationType.F16
 
 
-def _add_tokenizer(writer, model_dir: Path) -> None:
+def _add_tokenizer(writer, model_dir: Path, family: Family) -> None:
     import logging
 
     import gguf
@@ -110,15 +112,12 @@ def _add_tokenizer(writer, model_dir: Path) -> None:
     logging.getLogger("gguf").setLevel(logging.ERROR)  # it warns about the pair template's second <s>
     from transformers import AutoTokenizer
 
-    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
-        raise QlcodeError(f"{model_dir}: no tokenizer.json or tokenizer.model; GGUF carries the tokenizer: copy the "
-                          "base's (or the adapter's) tokenizer files into the directory")
     try:
         vocab = gguf.vocab.LlamaHfVocab(model_dir)  # Code Llama's SentencePiece-style BPE with byte fallback
         pre = "default"
     except FileNotFoundError:
-        vocab = gguf.vocab.BpeVocab(model_dir)  # byte-level BPE (the micro model)
-        pre = "gpt-2"
+        vocab = gguf.vocab.BpeVocab(model_dir)  # byte-level BPE (the micro model, Qwen, DeepSeek-Coder, StarCoder2)
+        pre = family.gguf.pre
     tokens, scores, types = zip(*vocab.all_tokens())
     writer.add_tokenizer_model(vocab.tokenizer_model)
     writer.add_tokenizer_pre(pre)
@@ -127,32 +126,39 @@ def _add_tokenizer(writer, model_dir: Path) -> None:
     writer.add_token_types(list(types))
     gguf.SpecialVocab(model_dir, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=len(tokens)).add_to_gguf(writer)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = fim_ids(tok)
+    ids = fim_ids(tok, family)
+    vocab_ids = tok.get_vocab()
+    token_id = lambda name: None if name is None else vocab_ids.get(name, vocab_ids.get("▁" + name))  # noqa: E731
     K = gguf.Keys.Tokenizer
-    for key, value in ((K.FIM_PRE_ID, ids.pre), (K.FIM_SUF_ID, ids.suf), (K.FIM_MID_ID, ids.mid), (K.EOT_ID, ids.eot)):
-        writer.add_uint32(key, value)
+    fim = family.infilling
+    for key, value in ((K.FIM_PRE_ID, ids.pre), (K.FIM_SUF_ID, ids.suf), (K.FIM_MID_ID, ids.mid),
+                       (K.EOT_ID, token_id(family.gguf.eot)), (K.FIM_REP_ID, token_id(fim.repo_name)),
+                       (K.FIM_SEP_ID, token_id(fim.file_sep))):
+        if value is not None:
+            writer.add_uint32(key, value)
 
 
 def export_gguf(model_dir: str | Path, out: str | Path, kind: str = "f16") -> GgufReport:
     model_dir, out = Path(model_dir), Path(out)
     if kind not in TYPES:
         raise QlcodeError(f"--type is one of {', '.join(TYPES)}, not {kind!r}")
-    cfg = _config(model_dir)
+    cfg, family = _config(model_dir)
     shards = safetensors_shards(model_dir)
     if not out.parent.is_dir():
         raise QlcodeError(f"--out: the folder {out.parent} does not exist; create it or choose another path")
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with writing_into(out.parent):
-            return _write(model_dir, out, tmp, kind, cfg, shards)
+            return _write(model_dir, out, tmp, kind, cfg, family, shards)
     finally:
         tmp.unlink(missing_ok=True)  # nothing half-written is left, whatever failed
 
 
-def _write(model_dir: Path, out: Path, tmp: Path, kind: str, cfg: dict, shards: list[str]) -> GgufReport:
+def _write(model_dir: Path, out: Path, tmp: Path, kind: str, cfg: dict, family: Family, shards: list[str]) -> GgufReport:
     import gguf
 
-    writer = gguf.GGUFWriter(tmp, "llama")
+    names = family.gguf
+    writer = gguf.GGUFWriter(tmp, names.architecture)
     writer.add_name(model_dir.name)
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     rope = cfg.get("rope_parameters") or {"rope_theta": cfg.get("rope_theta", 10000.0)}
@@ -163,13 +169,16 @@ def _write(model_dir: Path, out: Path, tmp: Path, kind: str, cfg: dict, shards: 
     writer.add_rope_dimension_count(head_dim)
     writer.add_head_count(cfg["num_attention_heads"])
     writer.add_head_count_kv(cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
-    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if names.layer_norm:
+        writer.add_layer_norm_eps(cfg["norm_epsilon"])
+    else:
+        writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     writer.add_rope_freq_base(rope["rope_theta"])
     if rope.get("rope_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["factor"])
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if kind == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    _add_tokenizer(writer, model_dir)
+    _add_tokenizer(writer, model_dir, family)
 
     # pass 1: shapes only, for the header
     order: list[tuple[str, str]] = []
@@ -178,7 +187,7 @@ def _write(model_dir: Path, out: Path, tmp: Path, kind: str, cfg: dict, shards: 
             for name in sorted(f.keys()):
                 shape = f.get_slice(name).get_shape()
                 data, qtype = _converted(np.zeros(shape, dtype=np.float32), kind)
-                writer.add_tensor_info(gguf_name(name), data.shape, data.dtype, data.nbytes, raw_dtype=qtype)
+                writer.add_tensor_info(gguf_name(name, names), data.shape, data.dtype, data.nbytes, raw_dtype=qtype)
                 order.append((shard, name))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -188,7 +197,7 @@ def _write(model_dir: Path, out: Path, tmp: Path, kind: str, cfg: dict, shards: 
         with _open(model_dir / shard) as f:
             for s, name in order:
                 if s == shard:
-                    writer.write_tensor_data(_converted(_source_tensor(name, f.get_tensor(name), cfg), kind)[0])
+                    writer.write_tensor_data(_converted(_source_tensor(name, f.get_tensor(name), cfg, family), kind)[0])
     writer.close()
     report = verify(tmp, model_dir, kind)
     tmp.replace(out)
@@ -200,11 +209,12 @@ def verify(path: Path, model_dir: Path, kind: str) -> GgufReport:
     """Read the file back: metadata, every tensor's name, shape and type, and its values against the source."""
     import gguf
 
-    cfg = _config(model_dir)
+    cfg, family = _config(model_dir)
+    arch = family.gguf.architecture
     reader = gguf.GGUFReader(path)
     field = lambda key: reader.fields[key].contents()  # noqa: E731
-    expect = {"general.architecture": "llama", "llama.block_count": cfg["num_hidden_layers"],
-              "llama.embedding_length": cfg["hidden_size"], "llama.context_length": cfg["max_position_embeddings"]}
+    expect = {"general.architecture": arch, f"{arch}.block_count": cfg["num_hidden_layers"],
+              f"{arch}.embedding_length": cfg["hidden_size"], f"{arch}.context_length": cfg["max_position_embeddings"]}
     for key, value in expect.items():
         if field(key) != value:
             raise QlcodeError(f"GGUF check failed: {key} is {field(key)!r}, expected {value!r}")
@@ -213,10 +223,10 @@ def verify(path: Path, model_dir: Path, kind: str) -> GgufReport:
     for shard in safetensors_shards(model_dir):
         with _open(model_dir / shard) as f:
             for name in f.keys():
-                t = tensors.get(gguf_name(name))
-                src = _source_tensor(name, f.get_tensor(name), cfg)
+                t = tensors.get(gguf_name(name, family.gguf))
+                src = _source_tensor(name, f.get_tensor(name), cfg, family)
                 if t is None:
-                    raise QlcodeError(f"GGUF check failed: {gguf_name(name)} is missing")
+                    raise QlcodeError(f"GGUF check failed: {gguf_name(name, family.gguf)} is missing")
                 got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(src.shape)
                 if kind == "f16" and src.ndim == 2:
                     src = src.astype(np.float16).astype(np.float32)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from qlcode.errors import QlcodeError
 from qlcode.export import writing_into
 from qlcode.files import read_json, write_text_atomic
-from qlcode.model_card import license_of
+from qlcode.model_card import license_of, tags_of
 from qlcode.models import Quantization, base_path, load_base, load_tokenizer
 from qlcode.placement import DTYPES
 from qlcode.recipe import HUB_ID
@@ -242,7 +242,7 @@ def _card(recipe, adapter: Path, r: MergeReport) -> str:
 base_model: {recipe.model.base}
 library_name: transformers
 license: {license_of(recipe.model.base)}
-tags: [qlcode, code-llama, merged-lora]
+tags: [{', '.join(['qlcode', *tags_of(recipe.model.base), 'merged-lora'])}]
 pipeline_tag: text-generation
 ---
 

@@ -133,7 +133,7 @@ class Grpo(Method):
 
     def trainer_kwargs(self, recipe):
         opts = self.options(recipe)
-        instruct = recipe.data.template == "codellama-instruct"
+        instruct = recipe.data.template == "instruct"
         funcs = [ExecutionReward(instruct, opts.timeout_s)]
         if opts.format_reward > 0 and instruct:
             funcs.append(FormatReward(opts.format_reward))

@@ -24,7 +24,7 @@ BLOCK_NESTED = 256  # ... for the 8-bit absmax of double quantization
 BLOCK_OPTIM_8BIT = 256  # ... for 8-bit optimizer state
 MIN_8BIT_SIZE = 4096
 LOGPROB_TILE = (4096, 32768)  # tokens x vocabulary entries per tile of TRL's fused LM head  # bitsandbytes' 8-bit optimizers keep fp32 state for smaller tensors
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_fc", "c_proj")  # c_*: StarCoder2
 
 # Sequences in one forward pass, per training method (qlcode/methods): DPO concatenates chosen and
 # rejected; TRL's GRPO micro batch already counts completions (num_generations per prompt). A new
@@ -160,10 +160,12 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
     mask = 4 if s.device == "cpu" else 1  # dropout masks: the input's dtype on CPU, bool on CUDA
-    width = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h, "down_proj": f}
+    width = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h, "down_proj": f,
+             "c_fc": h, "c_proj": f}
+    linears = shapes.linears()
 
     def lora_inputs(group: tuple[str, ...], shared_with_saved: bool) -> int:
-        targeted = [m for m in group if m in s.targets]
+        targeted = [m for m in group if m in s.targets and m in linears]
         if not targeted:
             return 0
         w = width[targeted[0]]
@@ -186,12 +188,13 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     # plan 11-23% low without checkpointing; counted in p, measured/plan is 0.995-0.998 there, and
     # 0.96-0.98 with checkpointing (where one recomputed layer holds them). The CPU test cannot
     # tell (p == c in fp32); tests/test_plan.py checks their dtype under CPU autocast instead.
-    total += 3 * (p if s.bits is not None else c) * f
+    # A GELU MLP (StarCoder2) saves c_fc's output and GELU's, not three: no gate.
+    total += (3 if shapes.gated else 2) * (p if s.bits is not None else c) * f
     total += lora_inputs(("q_proj", "k_proj", "v_proj"), False)
     total += lora_inputs(("o_proj",), s.attention != "eager")  # SDPA saved the attention output already
-    total += lora_inputs(("gate_proj", "up_proj"), False)
-    total += lora_inputs(("down_proj",), False)
-    total += c * s.lora_r * sum(m in s.targets for m in LORA_MODULES)  # each LoRA A's output
+    total += lora_inputs(("gate_proj", "up_proj"), False) + lora_inputs(("c_fc",), False)
+    total += lora_inputs(("down_proj",), False) + lora_inputs(("c_proj",), False)
+    total += c * s.lora_r * sum(m in s.targets for m in linears)  # each LoRA A's output
     if s.bits == 8:  # bitsandbytes' int8 matmul keeps each input, cast to fp16 (not checked by a test)
         total += 2 * (5 * h + q + f)
     return total
@@ -237,7 +240,7 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
     sizes = lora_tensors(shapes, s)
     params = sum(sizes)
     method = "DoRA" if s.dora else "LoRA"
-    targets = sum(m in s.targets for m in LORA_MODULES)
+    targets = sum(m in s.targets for m in shapes.linears())
     add(f"{method} weights", 4 * params, f"{params:,} fp32 parameters (r {s.lora_r}, {targets} modules x {shapes.layers} layers"
         + (f", + {', '.join(s.modules_to_save)}" if s.modules_to_save else "") + ")")
     add(f"{method} gradients", 4 * params, "fp32")

@@ -1,26 +1,22 @@
 """A base model's shapes, read from its config: a local directory, builtin:NAME, the Hub, or (for
-Code Llama's Hub ids) the config files qlcode ships, so that planning works offline.
+the Hub ids of the code model families, qlcode.families) the config files qlcode ships, so that
+planning works offline.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from qlcode.errors import ModelError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "builtin" / "configs"
-# codellama/CodeLlama-7b-Python-hf and its kin: the size picks the shipped config.json.
-CODELLAMA_ID = re.compile(r"^(?:codellama|meta-llama)/CodeLlama-(7b|13b|34b|70b)(-Python|-Instruct)?-hf$", re.IGNORECASE)
-# The Python models of 7B and 13B were not trained for infilling: their vocabulary lacks the 16
-# infilling tokens (config.json vocab_size 32000; the base and Instruct models have 32016).
-PYTHON_VOCAB = {"7b": 32000, "13b": 32000}
 
 
 @dataclass(frozen=True)
 class Shapes:
-    """What memory depends on in a Llama-architecture decoder."""
+    """What memory depends on in a decoder: Llama's (gated SiLU MLP: gate_proj, up_proj, down_proj), or
+    StarCoder2's (GELU MLP: c_fc, c_proj)."""
 
     hidden: int
     intermediate: int
@@ -30,13 +26,16 @@ class Shapes:
     head_dim: int
     vocab: int
     tied_embeddings: bool = False
+    gated: bool = True
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(out, in) of each linear layer of one decoder layer, by PEFT's module name."""
         h, f = self.hidden, self.intermediate
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
-                "gate_proj": (f, h), "up_proj": (f, h), "down_proj": (h, f)}
+        attention = {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q)}
+        if not self.gated:
+            return {**attention, "c_fc": (f, h), "c_proj": (h, f)}
+        return {**attention, "gate_proj": (f, h), "up_proj": (f, h), "down_proj": (h, f)}
 
     @classmethod
     def from_config(cls, config) -> Shapes:
@@ -50,26 +49,30 @@ class Shapes:
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
             vocab=config.vocab_size,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            gated=config.model_type != "starcoder2",
         )
 
 
 def shipped_config(base: str):
-    """The shipped config of a Code Llama Hub id, or None for any other base."""
-    from transformers import LlamaConfig
+    """The shipped config of a family's Hub id (each family lists its own), or None for any other base."""
+    import json
 
-    match = CODELLAMA_ID.match(base)
-    if match is None:
-        return None
-    size, variant = match.group(1).lower(), (match.group(2) or "").lower()
-    config = LlamaConfig.from_json_file(str(SHIPPED / f"CodeLlama-{size}-hf.json"))
-    if variant == "-python" and size in PYTHON_VOCAB:
-        config.vocab_size = PYTHON_VOCAB[size]
-    return config
+    from transformers import AutoConfig
+
+    from qlcode.families import FAMILIES
+
+    for family in FAMILIES.values():
+        found = family.shipped.get(base.lower())
+        if found is not None:
+            name, overrides = found
+            values = {**json.loads((SHIPPED / name).read_text()), **overrides}
+            return AutoConfig.for_model(values.pop("model_type"), **values)
+    return None
 
 
 def load_shapes(base: str, revision: str | None = None) -> Shapes:
     """Shapes of `base` (a recipe's model.base): local or builtin directories first, then the
-    shipped Code Llama configs (identical to the Hub's), then the Hub."""
+    shipped configs of the families' Hub ids (identical to the Hub's), then the Hub."""
     from transformers import AutoConfig
 
     from qlcode.models import base_path
@@ -82,5 +85,5 @@ def load_shapes(base: str, revision: str | None = None) -> Shapes:
         except (OSError, ValueError) as e:
             raise ModelError(f"model.base: cannot read the config of {base!r} to plan its memory: {e}") from None
     if not hasattr(config, "intermediate_size"):
-        raise ModelError(f"model.base: {base!r} is a {config.model_type} model; qlcode plan knows Llama-architecture decoders")
+        raise ModelError(f"model.base: {base!r} is a {config.model_type} model; qlcode plan knows the Llama, Qwen2 and StarCoder2 decoders of the code model families")
     return Shapes.from_config(config)

@@ -26,7 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from qlcode.data.fim import fim_ids
 from qlcode.errors import QlcodeError
-from qlcode.inference import load_model, sampling_args
+from qlcode.inference import load_model, sampling_args, stop_at_answer_end
 from qlcode.models import Quantization, load_tokenizer, quantization_of, use_kernels
 from qlcode.recipe import ModelSection
 from qlcode.runs import RunDir
@@ -180,7 +180,8 @@ class Pool:
             loaded = load_model(adapter=self._run(spec).path)
         else:
             loaded = load_model(self.base if spec == BASE else spec, quant=self.quant)
-            loaded.tokenizer = load_tokenizer(loaded.base, template="codellama-instruct")
+            loaded.tokenizer = load_tokenizer(loaded.base, template="instruct")  # the base family's chat format
+            stop_at_answer_end(loaded.model, loaded.tokenizer)
         if spec == BASE:
             self.model, self.tokenizer = loaded.model, loaded.tokenizer
         else:

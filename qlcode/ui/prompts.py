@@ -30,7 +30,9 @@ class Prompt:
         if self.mode == "infill":
             return infill_prompt(tokenizer, fim_ids(tokenizer), self.prefix, self.suffix)
         if self.mode == "chat":
-            return tokenizer.apply_chat_template(list(self.messages), tokenize=True, return_dict=True)["input_ids"]
+            # the assistant's opening (ChatML's "<|im_start|>assistant\n"; nothing for Code Llama's [INST])
+            return tokenizer.apply_chat_template(list(self.messages), tokenize=True, return_dict=True,
+                                                 add_generation_prompt=True)["input_ids"]
         return tokenizer(self.text)["input_ids"]
 
     def program(self, answer: str) -> str:

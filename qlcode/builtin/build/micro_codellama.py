@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from qlcode.builtin import MODELS
 from qlcode.builtin.stdlib_corpus import iter_sources
-from qlcode.data.templates import CODELLAMA_INSTRUCT_CHAT_TEMPLATE
+from qlcode.families.codellama import CHAT_TEMPLATE as CODELLAMA_INSTRUCT_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<PRE>", "<SUF>", "<MID>", "<EOT>"]
 VOCAB_SIZE = 4096

@@ -14,11 +14,11 @@ class Alpaca(DataFormat):
     summary = "instruction, input (optional), output"
 
     def kind(self, template: str) -> str:
-        return CONVERSATION if template == "codellama-instruct" else PROMPT_COMPLETION
+        return CONVERSATION if template == "instruct" else PROMPT_COMPLETION
 
     def render(self, row: dict, template: str) -> dict:
         asked = row["instruction"].strip() + (f"\n\n{row['input'].strip()}" if row["input"].strip() else "")
-        if template == "codellama-instruct":
+        if template == "instruct":
             return {"messages": user(asked) + assistant(row["output"])}
         if template == "completion":  # the instruction as comments above the code
             return {"prompt": comment_prompt(row["instruction"], row["input"]), "completion": row["output"]}

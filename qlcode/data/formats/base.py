@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from qlcode.recipe import DatasetSpec
 
-TEMPLATES = ("codellama-instruct", "completion", "raw")
+TEMPLATES = ("instruct", "completion", "raw")
 ROLES = {"system", "user", "assistant"}
 
 # TRL's row kinds (the columns its trainers read)

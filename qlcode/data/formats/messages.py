@@ -16,7 +16,7 @@ class Messages(DataFormat):
 
     def template_problem(self, template: str) -> str | None:
         if template == "completion":
-            return "messages rows need data.template codellama-instruct or raw (the model's own chat template)"
+            return "messages rows need data.template instruct or raw (the model's own chat template)"
         return None
 
     def check(self, row: dict, where: str, column: dict[str, str], template: str) -> dict:

@@ -38,7 +38,7 @@ def prompt_value(value, where: str, column: dict[str, str], template: str) -> st
     """A prompt: non-empty text, or a conversation ending with the user's turn (not under the completion template)."""
     if isinstance(value, list):
         if template == "completion":
-            raise DataError(f"{where}: a conversational prompt needs data.template codellama-instruct or raw "
+            raise DataError(f"{where}: a conversational prompt needs data.template instruct or raw "
                             "(the model's own chat template), not completion")
         messages = check_messages(value, f"{where}: prompt ({column['prompt']!r})", need_assistant=False)
         if messages[-1]["role"] != "user":
@@ -50,10 +50,10 @@ def prompt_value(value, where: str, column: dict[str, str], template: str) -> st
 
 
 def rendered_prompt(prompt: str | list[dict], template: str) -> str | list[dict]:
-    """A conversation under codellama-instruct, or when the row is one; text otherwise."""
+    """A conversation under instruct, or when the row is one; text otherwise."""
     if isinstance(prompt, list):
         return prompt
-    return user(prompt) if template == "codellama-instruct" else prompt
+    return user(prompt) if template == "instruct" else prompt
 
 
 def rendered_answer(text: str, prompt: str | list[dict]) -> str | list[dict]:

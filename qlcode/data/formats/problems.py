@@ -3,7 +3,7 @@
 Fields: prompt; tests (a list of assert statements, MBPP's test_list) or test (test code; with
 entry_point, HumanEval's check(candidate) function, called on it); optional entry_point, task_id
 and hidden_tests (asserts like tests, never rewarded: GRPO logs the pass rate on them beside the
-visible tests', a check for a policy learning the visible tests rather than the task). Rendered to TRL's prompt-only row kind: `prompt` (under codellama-instruct a user turn
+visible tests', a check for a policy learning the visible tests rather than the task). Rendered to TRL's prompt-only row kind: `prompt` (under instruct a user turn
 asking as qlcode's evaluation does, else the text) plus `test`, code that raises when a solution
 is wrong (run after it), `hidden_test` ("" when none), `entry_point` and `task_id`, kept for the
 reward function.
@@ -86,7 +86,7 @@ class Problems(DataFormat):
 
     def render(self, row: dict, template: str) -> dict:
         prompt = row["prompt"]
-        if template == "codellama-instruct":
+        if template == "instruct":
             from qlcode.execution.completions import INSTRUCT_ASK
 
             prompt = user(INSTRUCT_ASK + prompt)

@@ -12,10 +12,10 @@ class PromptCompletion(DataFormat):
     summary = "prompt, completion"
 
     def kind(self, template: str) -> str:
-        return CONVERSATION if template == "codellama-instruct" else PROMPT_COMPLETION
+        return CONVERSATION if template == "instruct" else PROMPT_COMPLETION
 
     def render(self, row: dict, template: str) -> dict:
-        if template == "codellama-instruct":
+        if template == "instruct":
             return {"messages": user(row["prompt"]) + assistant(row["completion"])}
         return {"prompt": row["prompt"], "completion": row["completion"]}
 

@@ -1,7 +1,7 @@
 """sharegpt: ShareGPT rows, `conversations: [{from: human|gpt|system, value}]`, as LLaMA-Factory
 and axolotl read them, with an optional top-level `system` prompt.
 
-Rendered as the messages format is (a conversation under codellama-instruct or raw). Tool turns
+Rendered as the messages format is (a conversation under instruct or raw). Tool turns
 (`function_call`, `observation`) have no place in Code Llama's chat template and are refused.
 """
 
