@@ -11,6 +11,7 @@ if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CP
 
 import json
 import logging
+import lzma
 import shutil
 from pathlib import Path
 
@@ -175,4 +176,20 @@ def family_bases(tmp_path_factory, tiny_base) -> dict[str, Path]:
         AutoModelForCausalLM.from_config(family_config(family, tok)).save_pretrained(path)
         tok.save_pretrained(path)
         out[family] = path
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The real tokenizer folders of Qwen2.5-Coder, DeepSeek-Coder and StarCoder2 (tests/data, rebuilt offline
+    by build_family_tokenizers.py) with tokenizer.json unpacked (it is stored xz-compressed)."""
+    out = {}
+    for family in ("qwen2-coder", "deepseek-coder", "starcoder2"):
+        src, dst = REPO / "tests" / "data" / f"{family}-tokenizer", tmp_path_factory.mktemp(family)
+        for f in src.iterdir():
+            if f.name == "tokenizer.json.xz":
+                (dst / "tokenizer.json").write_bytes(lzma.decompress(f.read_bytes()))
+            else:
+                shutil.copyfile(f, dst / f.name)
+        out[family] = dst
     return out

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from qlcode.builtin import MODELS
 from qlcode.data import build
-from qlcode.data.templates import CODELLAMA_INSTRUCT_CHAT_TEMPLATE
+from qlcode.families.codellama import CHAT_TEMPLATE as CODELLAMA_INSTRUCT_CHAT_TEMPLATE
 from qlcode.errors import DataError
 from qlcode.recipe import DataSection
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import lzma
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,21 +22,6 @@ DATA = Path(__file__).resolve().parent / "data"
 GGUF = {"qwen2-coder": "ggml-vocab-qwen2.gguf", "deepseek-coder": "ggml-vocab-deepseek-coder.gguf",
         "starcoder2": "ggml-vocab-starcoder.gguf"}
 PREFIX, SUFFIX = 'def remove_non_ascii(s: str) -> str:\n    """ ', "\n    return result\n"
-
-
-@pytest.fixture(scope="session")
-def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
-    """Each family's tokenizer folder with tokenizer.json unpacked (it is stored xz-compressed)."""
-    out = {}
-    for family in GGUF:
-        src, dst = DATA / f"{family}-tokenizer", tmp_path_factory.mktemp(family)
-        for f in src.iterdir():
-            if f.name == "tokenizer.json.xz":
-                (dst / "tokenizer.json").write_bytes(lzma.decompress(f.read_bytes()))
-            else:
-                shutil.copyfile(f, dst / f.name)
-        out[family] = dst
-    return out
 
 
 @pytest.fixture(scope="session")

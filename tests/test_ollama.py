@@ -1,5 +1,5 @@
-"""The Ollama Modelfile beside a GGUF: parsed as Ollama's grammar reads it, and its Go template rendered
-by Go's own text/template (as Ollama runs it) to the very text Code Llama's chat template gives."""
+"""The Ollama Modelfile beside a GGUF: parsed as Ollama's grammar reads it, and each family's Go template
+rendered by Go's own text/template (as Ollama runs it) to the very text the family's chat template gives."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from qlcode.builtin import MODELS
-from qlcode.data.templates import CODELLAMA_INSTRUCT_CHAT_TEMPLATE
 from qlcode.errors import QlcodeError
-from qlcode.export.ollama import CODELLAMA_INSTRUCT, COMPLETION, OllamaChat, chat_for, modelfile_text, write_modelfile
+from qlcode.export.ollama import OllamaChat, chat_for, completion_chat, instruct_chat, modelfile_text, write_modelfile
+from qlcode.families import FAMILIES
+
+CODELLAMA_INSTRUCT = instruct_chat(FAMILIES["codellama"])
+COMPLETION = completion_chat("</s>")
 
 # Ollama's documented Modelfile parameters (docs/modelfile.md: "Valid Parameters and Values")
 OLLAMA_PARAMETERS = {"mirostat": int, "mirostat_eta": float, "mirostat_tau": float, "num_ctx": int, "repeat_last_n": int,
@@ -71,10 +74,20 @@ def test_modelfile_beside_the_gguf_parses_and_points_at_it(tmp_path):
         "stop": ["</s>"], "temperature": [0.2], "top_p": [0.95], "num_ctx": [16384]}  # capped at Code Llama's trained length
 
 
-def test_the_chat_format_follows_the_model_directory(tmp_path):
+def test_the_chat_format_follows_the_model_directory(tmp_path, tokenizer_dirs):
     assert chat_for(MODELS["micro-codellama"]) == CODELLAMA_INSTRUCT  # its tokenizer carries the [INST] template
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
-    assert chat_for(tmp_path) == COMPLETION
+    base = tmp_path / "base"  # the same tokenizer without a chat template: a base model, prompted as it is
+    shutil.copytree(MODELS["micro-codellama"], base, ignore=shutil.ignore_patterns("chat_template.jinja", "*.safetensors"))
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    assert chat_for(base) == COMPLETION
+    qwen = tmp_path / "qwen"  # Qwen2.5-Coder's real tokenizer with its Instruct template: ChatML, not [INST]
+    shutil.copytree(tokenizer_dirs["qwen2-coder"], qwen)
+    tok = AutoTokenizer.from_pretrained(qwen)
+    tok.chat_template = FAMILIES["qwen2-coder"].chat_template
+    tok.save_pretrained(qwen)
+    assert chat_for(qwen) == OllamaChat(FAMILIES["qwen2-coder"].ollama_template, ("<|im_end|>", "<|endoftext|>"))
 
 
 def test_what_a_modelfile_cannot_carry_is_refused():
@@ -130,17 +143,23 @@ CONVERSATIONS = [
 
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="Go's text/template renders Ollama's templates: apt-get install golang-go")
-def test_the_ollama_template_renders_as_code_llamas_chat_template(tmp_path):
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_ollama_template_renders_as_the_familys_chat_template(tmp_path, family, tokenizer_dirs):
     (tmp_path / "render.go").write_text(GO_RENDER)
-    (tmp_path / "template").write_text(CODELLAMA_INSTRUCT.template)
+    (tmp_path / "template").write_text(instruct_chat(FAMILIES[family]).template)
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(tmp_path), "GOCACHE": str(tmp_path / "cache"),
            "GO111MODULE": "off", "GOFLAGS": "", "GOTOOLCHAIN": "local"}
     subprocess.run(["go", "build", "-o", "render", "render.go"], cwd=tmp_path, env=env, check=True, timeout=300)
-    tok = AutoTokenizer.from_pretrained(MODELS["micro-codellama"])
-    tok.chat_template = CODELLAMA_INSTRUCT_CHAT_TEMPLATE
-    for conversation in CONVERSATIONS:
+    tok = AutoTokenizer.from_pretrained(MODELS["micro-codellama"] if family == "codellama" else tokenizer_dirs[family])
+    bos = tok.bos_token if FAMILIES[family].bos else ""  # llama.cpp puts bos itself where the family's tokenizer adds it
+    # StarCoder2's template refuses a system turn, as the family's own does
+    conversations = [c for c in CONVERSATIONS if family != "starcoder2" or all(m["role"] != "system" for m in c)]
+    assert len(conversations) >= 2
+    for conversation in conversations:
         (tmp_path / "messages.json").write_text(json.dumps([{"Role": m["role"], "Content": m["content"]} for m in conversation]))
         go = subprocess.run([str(tmp_path / "render"), "template", "messages.json"], cwd=tmp_path, capture_output=True,
                             text=True, check=True, timeout=60).stdout
-        jinja = tok.apply_chat_template(conversation, tokenize=False)
-        assert "<s>" + go == jinja  # llama.cpp puts the first <s> itself (the GGUF's add_bos_token)
+        asking = conversation[-1]["role"] == "user"  # Ollama asks for the answer after the user's turn
+        jinja = tok.apply_chat_template(conversation, chat_template=FAMILIES[family].chat_template, tokenize=False,
+                                        add_generation_prompt=asking)
+        assert bos + go == jinja

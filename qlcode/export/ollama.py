@@ -4,7 +4,7 @@ step left.
 The Modelfile names the GGUF file (FROM, relative to the Modelfile), the prompt format in Ollama's Go
 template syntax (TEMPLATE), the stop strings and the sampling parameters qlcode evaluates with.
 The chat format is an argument: a chat model gets its family's template and stops, a base or
-Python model `COMPLETION`, the prompt as it is. Written to a temporary file, then renamed.
+Python model `completion_chat`, the prompt as it is. Written to a temporary file, then renamed.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qlcode.data.templates import CODELLAMA_INSTRUCT_OLLAMA_TEMPLATE
 from qlcode.errors import QlcodeError
+from qlcode.families import Family, family_of_tokenizer, model_type_of
 from qlcode.files import read_json, write_text_atomic
 
 # the sampling qlcode's own eval uses by default; num_ctx is set from the model's context
@@ -29,8 +29,14 @@ class OllamaChat:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
 
-CODELLAMA_INSTRUCT = OllamaChat(CODELLAMA_INSTRUCT_OLLAMA_TEMPLATE, ("</s>", "[INST]"))
-COMPLETION = OllamaChat("{{ .Prompt }}", ("</s>",))
+def instruct_chat(family: Family) -> OllamaChat:
+    """The family's Instruct format as Ollama takes it."""
+    return OllamaChat(family.ollama_template, family.ollama_stops)
+
+
+def completion_chat(eos: str) -> OllamaChat:
+    """A base or Python model: the prompt as it is, ending at the model's eos."""
+    return OllamaChat("{{ .Prompt }}", (eos,))
 
 
 def modelfile_text(gguf_name: str, chat: OllamaChat, context_length: int, parameters: dict | None = None) -> str:
@@ -62,10 +68,14 @@ def write_modelfile(gguf: str | Path, chat: OllamaChat, context_length: int) -> 
 
 
 def chat_for(model_dir: Path) -> OllamaChat:
-    """Until model families choose it: Code Llama Instruct's format for a model whose tokenizer carries a
-    chat template (trained in codellama-instruct), else the prompt as it is (base and Python models)."""
-    config = read_json(model_dir / "tokenizer_config.json", "copy the tokenizer files of the base into the directory")
-    return CODELLAMA_INSTRUCT if (model_dir / "chat_template.jinja").is_file() or "chat_template" in config else COMPLETION
+    """The family's Instruct format for a model whose tokenizer carries a chat template (trained in the
+    instruct template, or an Instruct model), else the prompt as it is (base and Python models)."""
+    from transformers import AutoTokenizer
+
+    read_json(model_dir / "tokenizer_config.json", "copy the tokenizer files of the base into the directory")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    family = family_of_tokenizer(tokenizer, model_type_of(model_dir))
+    return instruct_chat(family) if tokenizer.chat_template else completion_chat(tokenizer.eos_token)
 
 
 def context_length(model_dir: Path) -> int:

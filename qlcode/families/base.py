@@ -87,6 +87,10 @@ class Family:
     licence: str  # the Hugging Face card licence id the weights carry
     tags: tuple[str, ...]  # model card tags
     shipped: dict[str, str]  # lower-cased Hub id -> config file in qlcode/builtin/configs (planning offline)
+    # the Instruct format in Ollama's Go template syntax (a Modelfile's TEMPLATE) and its stop strings:
+    # .System holds the system messages, .Messages the turns; llama.cpp adds bos itself where `bos`
+    ollama_template: str
+    ollama_stops: tuple[str, ...]
     turn_end: str | None = None  # the Instruct tokenizers' eos when it is not the base's (<|im_end|>, <|EOT|>)
     bos: bool = False  # the tokenizer puts bos in front of every text
 

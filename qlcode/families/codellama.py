@@ -41,6 +41,16 @@ def _shipped() -> dict[str, tuple[str, dict]]:
     return out
 
 
+# The Instruct format in Ollama's Go template syntax: Go templates have no trim, contents go in as they are.
+OLLAMA_TEMPLATE = (
+    '{{- $first := true }}{{ range .Messages }}'
+    '{{ if eq .Role "user" }}{{ if not $first }}<s>{{ end }}[INST] '
+    '{{ if and $first $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n{{ end }}'
+    '{{ .Content }} [/INST]{{ $first = false }}'
+    '{{ else if eq .Role "assistant" }} {{ .Content }} </s>{{ end }}'
+    '{{ end }}'
+)
+
 FAMILY = Family(
     name="codellama",
     title="Code Llama",
@@ -53,5 +63,7 @@ FAMILY = Family(
     licence="llama2",
     tags=("code-llama",),
     shipped=_shipped(),
+    ollama_template=OLLAMA_TEMPLATE,
+    ollama_stops=("</s>", "[INST]"),
     bos=True,
 )

@@ -30,6 +30,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
 )
 
+# The same in Ollama's Go template syntax (llama.cpp adds bos); an answer is asked for after the last user turn.
+OLLAMA_TEMPLATE = (
+    "{{ if .System }}{{ .System }}{{ else }}" + SYSTEM.replace("\\n", "\n") + "{{ end }}"
+    "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
+    "{{ if eq .Role \"user\" }}### Instruction:\n{{ .Content }}\n{{ if $last }}### Response:\n{{ end }}"
+    "{{ else if eq .Role \"assistant\" }}### Response:\n{{ .Content }}\n<|EOT|>\n{{ end }}{{ end }}"
+)
+
 FAMILY = Family(
     name="deepseek-coder",
     title="DeepSeek-Coder",
@@ -43,6 +51,8 @@ FAMILY = Family(
     tags=("deepseek-coder",),
     shipped={f"deepseek-ai/deepseek-coder-{size}-{variant}": (f"deepseek-coder-{size}-base.json", {})
              for size in ("6.7b", "33b") for variant in ("base", "instruct")},
+    ollama_template=OLLAMA_TEMPLATE,
+    ollama_stops=("<|EOT|>",),
     turn_end="<|EOT|>",
     bos=True,
 )

@@ -27,6 +27,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# The same in Ollama's Go template syntax; an answer is asked for after the last user turn.
+OLLAMA_TEMPLATE = (
+    "<|im_start|>system\n{{ if .System }}{{ .System }}{{ else }}" + SYSTEM + "{{ end }}<|im_end|>\n"
+    "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
+    "{{ if eq .Role \"user\" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n{{ if $last }}<|im_start|>assistant\n{{ end }}"
+    "{{ else if eq .Role \"assistant\" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n{{ end }}{{ end }}"
+)
+
 SIZES = {"1.5b": "Qwen2.5-Coder-1.5B.json", "7b": "Qwen2.5-Coder-7B.json", "14b": "Qwen2.5-Coder-14B.json",
          "32b": "Qwen2.5-Coder-32B.json"}
 
@@ -44,5 +52,7 @@ FAMILY = Family(
     tags=("qwen2.5-coder", "qwen2"),
     shipped={f"qwen/qwen2.5-coder-{size}{variant}": (file, {})
              for size, file in SIZES.items() for variant in ("", "-instruct")},
+    ollama_template=OLLAMA_TEMPLATE,
+    ollama_stops=("<|im_end|>", "<|endoftext|>"),
     turn_end="<|im_end|>",
 )

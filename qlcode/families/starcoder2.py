@@ -26,6 +26,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '### Response\\n' }}{% endif %}"
 )
 
+# The same in Ollama's Go template syntax, bos included (llama.cpp adds none for StarCoder2); no system
+# turn, as the family's template allows none.
+OLLAMA_TEMPLATE = (
+    "<|endoftext|>" + SYSTEM.replace("\\n", "\n") + "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
+    "{{ if eq .Role \"user\" }}### Instruction\n{{ .Content }}\n\n{{ if $last }}### Response\n{{ end }}"
+    "{{ else if eq .Role \"assistant\" }}### Response\n{{ .Content }}<|endoftext|>\n\n{{ end }}{{ end }}"
+)
+
 LAYERS = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
@@ -45,4 +53,6 @@ FAMILY = Family(
     licence="bigcode-openrail-m",
     tags=("starcoder2",),
     shipped={f"bigcode/starcoder2-{size}": (f"starcoder2-{size}.json", {}) for size in ("3b", "7b", "15b")},
+    ollama_template=OLLAMA_TEMPLATE,
+    ollama_stops=("<|endoftext|>", "### Instruction"),
 )
