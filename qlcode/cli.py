@@ -136,18 +136,18 @@ def train(
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
-    again = shlex.join(["qlcode", "train", str(recipe), *(overrides or []), "--resume"]
-                       + (["--no-preflight"] if no_preflight else []))  # the command that continues this very run
     # the plan counts one GPU's whole model: it speaks for DDP (and one process), not for sharded strategies
     preflight(loaded, skip=no_preflight or loaded.distributed.strategy != "ddp" or not is_main_process())
     spec = Launch(gpus, nnodes, node_rank, master_addr, master_port)
     spec.check()
+    again = shlex.join(["qlcode", "train", str(recipe), *(overrides or []), *spec.options(), "--resume"]
+                       + (["--no-preflight"] if no_preflight else []))  # the command that continues this very run
     note = check_resume(loaded, spec.world_size if spec.needed else world_size()) if resume else None
     if spec.needed:  # this process starts the others and waits; they run this command without these options
         if node_rank == 0:
             err.print(f"[bold]qlcode train[/] {escape(str(recipe))} -> {escape(str(loaded.output.run_dir))}: {spec.gpus} processes"
                       + (f" on each of {nnodes} machines" if nnodes > 1 else ""))
-        launch(spec, relaunch_command(sys.argv[1:]))
+        launch(spec, relaunch_command(sys.argv[1:]), again)
         return
     if note and is_main_process():
         err.print(f"[yellow]note:[/] {escape(note)}")

@@ -319,3 +319,31 @@ def test_launch_options_that_cannot_work_say_why(monkeypatch):
     assert not Launch(gpus=2).needed
     with pytest.raises(QlcodeError, match=r"already runs under one \(torchrun or accelerate launch\): drop --gpus and --nnodes"):
         Launch(gpus=2).check()
+
+
+def test_a_stopped_launcher_prints_the_command_that_resumes_this_very_run(monkeypatch):
+    """Ctrl-C or SIGTERM to `qlcode train --gpus 2 ...`: the message is the whole command, launch options and
+    overrides included (run as printed, it resumes the same run with the same processes)."""
+    import shlex
+
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from qlcode.distributed.launch import Launch, launch
+    from qlcode.errors import QlcodeError
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    two = Launch(gpus=2, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29600)
+    assert two.options() == ["--gpus", "2", "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1",
+                             "--master-port", "29600"]
+    assert Launch().options() == []  # one process: nothing to launch
+    again = shlex.join(["qlcode", "train", "r.yaml", "output.dir=/tmp/x", *Launch(gpus=2).options(), "--resume"])
+
+    def stopped(args):
+        raise SignalException("got SIGTERM", signal.SIGTERM)
+
+    monkeypatch.setattr(torch.distributed.run, "run", stopped)
+    with pytest.raises(QlcodeError) as e:
+        launch(Launch(gpus=2), ["train", "r.yaml", "output.dir=/tmp/x"], again)
+    assert str(e.value) == ("the launcher got SIGTERM and stopped every process of this run; continue from the last "
+                            "checkpoint with  qlcode train r.yaml output.dir=/tmp/x --gpus 2 --resume")

@@ -50,6 +50,19 @@ class Launch:
             raise QlcodeError("--gpus/--nnodes start a launcher, but this command already runs under one "
                               "(torchrun or accelerate launch): drop --gpus and --nnodes")
 
+    def options(self) -> list[str]:
+        """This launch as `qlcode train` options (none for one process), for the command that resumes it."""
+        if not self.needed:
+            return []
+        out = ["--gpus", str(self.gpus)]
+        if self.nnodes > 1:
+            out += ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank)]
+        if self.master_addr is not None:
+            out += ["--master-addr", self.master_addr]
+        if self.master_port is not None:
+            out += ["--master-port", str(self.master_port)]
+        return out
+
     def launcher_args(self, command: list[str]) -> list[str]:
         """torchrun's arguments that run `python -m qlcode.cli COMMAND` in every process."""
         args = ["--nproc_per_node", str(self.gpus), "--nnodes", str(self.nnodes), "--node_rank", str(self.node_rank)]
@@ -60,9 +73,10 @@ class Launch:
         return [*args, "--max_restarts", "0", "-m", "qlcode.cli", *command]
 
 
-def launch(spec: Launch, command: list[str]) -> None:
+def launch(spec: Launch, command: list[str], again: str) -> None:
     """Run `qlcode COMMAND` in spec.gpus processes here (one machine of spec.nnodes); returns when all
-    succeeded, else raises QlcodeError naming the first rank that failed and how."""
+    succeeded, else raises QlcodeError naming the first rank that failed and how (`again`: the command
+    that resumes this run, printed when the launcher is stopped)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -73,7 +87,7 @@ def launch(spec: Launch, command: list[str]) -> None:
         raise QlcodeError(failure_message(e.failures, spec.nnodes)) from None
     except SignalException as e:  # Ctrl-C or a kill of this launcher: the agent has stopped its processes
         raise QlcodeError(f"the launcher got {e.sigval.name} and stopped every process of this run; continue from "
-                          "the last checkpoint with --resume") from None
+                          f"the last checkpoint with  {again}") from None
 
 
 def failure_message(failures: dict, nnodes: int = 1) -> str:
