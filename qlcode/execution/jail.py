@@ -30,6 +30,9 @@ import tempfile
 NOBODY = 65534
 PACKAGE_DIRS = ("site-packages", "dist-packages")
 SYSTEM_LIBRARIES = ("/lib/", "/usr/lib/", "/lib64/", "/usr/lib64/")
+# installed packages a program may import besides the standard library: numerical code (benchmarks' and
+# models' answers use it); only these directories of the package folders are readable, nothing else there
+PROGRAM_PACKAGES = ("numpy", "numpy.libs")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/usr/share/zoneinfo", "/usr/bin", "/bin",
                 "/sys/devices/system/cpu", "/dev/zero", "/dev/urandom", "/dev/random")
 
@@ -211,7 +214,8 @@ def runtime() -> list[tuple[str, int]]:
     """What a program may read, as (path, Landlock access) pairs: the standard library (its directory listed, for
     a fresh interpreter's imports), the interpreter, the shared libraries it maps (their system directories
     whole, for the extensions a program may import), a few system files; never a package directory within
-    them. Not the project, its data, installed packages, the user's home or caches: those stay unread."""
+    them; of the installed packages, only PROGRAM_PACKAGES (numpy). Not the project, its data, other installed
+    packages, the user's home or caches: those stay unread."""
     hidden = _package_dirs()
     stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])  # the base interpreter's, also in a venv
     paths = [*_without(stdlib, hidden), *(p for p in sys.path if p.endswith(".zip"))]
@@ -222,6 +226,7 @@ def runtime() -> list[tuple[str, int]]:
         paths += _without(directory, hidden) if directory.startswith(SYSTEM_LIBRARIES) else [path]
     # a venv's pyvenv.cfg tells a fresh interpreter that it runs in one (unreadable, it stops at start)
     paths += [os.path.realpath(sys.executable), os.path.join(sys.prefix, "pyvenv.cfg"), *SYSTEM_FILES]
+    paths += [os.path.join(d, name) for d in hidden for name in PROGRAM_PACKAGES if os.path.isdir(os.path.join(d, name))]
     rules = [(p, FS_READ | (FS_READ_DIR if os.path.isdir(p) else 0)) for p in sorted(set(paths)) if os.path.exists(p)]
     return [(stdlib, FS_READ_DIR), *rules]
 
