@@ -363,9 +363,9 @@ def eval_(
         runs = [("reference", lambda: lambda p: [p.reference], nullcontext)]
     elif gguf is not None:
         from qlcode.execution.engines.llama_cpp import LlamaCppEngine
-        from qlcode.inference import is_instruct
 
-        llama, instruct = LlamaCppEngine(gguf), is_instruct(str(gguf))
+        llama = LlamaCppEngine(gguf)
+        instruct = llama.is_instruct()
         runs = [("gguf", lambda: lambda p: llama.sample(p, instruct, n, temperature, max_new_tokens), nullcontext)]
         model = str(gguf)
     else:

@@ -48,7 +48,7 @@ def test_export_and_eval_argument_errors(tmp_path):
     res = _cli("export", MICRO, "--type", "q4_0")
     assert res.exit_code == 2 and "error: --type is one of f16, q8_0, q4_k_m, q5_k_m, q6_k, not 'q4_0'" in res.output
     res = _cli("eval", "--bench", "python-basics", "--gguf", str(tmp_path / "m.gguf"), "--model", MICRO)
-    assert res.exit_code == 2 and "error: --gguf evaluates the file alone: leave out --model, --adapter and --solutions" in res.output
+    assert res.exit_code == 2 and "error: --samples and --gguf score one source alone: give either without --model, --adapter or --solutions" in res.output
 
 
 @needs_llama_cpp

@@ -74,6 +74,25 @@ class LlamaCppEngine:
         self.path = Path(path)
         self.llm = load_gguf(self.path, n_ctx=context, n_threads=threads)
 
+    def token_text(self, key: str) -> str:
+        """The text of a special token the file names (tokenizer.ggml.KEY_token_id)."""
+        return self.llm.tokenizer_.detokenize([int(self.llm.metadata[f"tokenizer.ggml.{key}_token_id"])], special=True).decode()
+
+    def is_instruct(self) -> bool:
+        """As qlcode.families decides from a tokenizer: the family's Instruct eos where it has one, else a
+        chat template other than qlcode's training copy (a base trained in it, like the micro model, is no
+        Instruct model). The family: the one of the file's architecture whose tokens its vocabulary has."""
+        from qlcode.families import DEFAULT, FAMILIES
+
+        meta = self.llm.metadata
+        vocab = {self.llm.tokenizer_.detokenize([i], special=True).decode(errors="replace") for i in range(self.llm.n_vocab())}
+        family = next((f for f in FAMILIES.values() if f.gguf.architecture == meta.get("general.architecture")
+                       and all(t in vocab for t in f.markers)), DEFAULT)
+        if family.turn_end is not None:
+            return self.token_text("eos") == family.turn_end
+        template = meta.get("tokenizer.chat_template")
+        return template is not None and template != family.chat_template
+
     def prompt_tokens(self, problem: Problem, instruct: bool) -> list[int]:
         """The prompt as qlcode.execution.generate words it, in llama.cpp's tokens (bos first)."""
         if not instruct:
@@ -84,10 +103,9 @@ class LlamaCppEngine:
         template = meta.get("tokenizer.chat_template")
         if template is None:
             raise QlcodeError(f"--gguf: {self.path} carries no chat template, so it cannot be prompted as an Instruct model")
-        vocab = self.llm.tokenizer_.detokenize
-        bos, eos = (vocab([int(meta[f"tokenizer.ggml.{k}_token_id"])], special=True).decode() for k in ("bos", "eos"))
         text = render_jinja_template([[{"role": "user", "content": INSTRUCT_ASK + problem.prompt}]], chat_template=template,
-                                     bos_token=bos, eos_token=eos)[0][0]
+                                     bos_token=self.token_text("bos"), eos_token=self.token_text("eos"),
+                                     add_generation_prompt=True)[0][0]
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)  # the template writes <s> itself
 
     def sample_raw(self, problem: Problem, instruct: bool, n: int, temperature: float, max_new_tokens: int) -> list[str]:
