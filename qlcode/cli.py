@@ -504,15 +504,16 @@ def play(
 ) -> None:
     """Compare two models side by side in the browser: chat, complete, infill, tests on each answer, vote, leaderboard."""
     if bits not in ("4", "8", "none"):
-        err.print(f"[bold red]error:[/] --bits must be 4, 8 or none, got {bits!r}", highlight=False)
-        raise typer.Exit(2)
+        raise QlcodeError(f"--bits must be 4, 8 or none, got {bits!r}")
+    if not 1 <= port <= 65535:
+        raise QlcodeError(f"--port {port}: a TCP port is 1-65535 (the default is 7860)")
     from qlcode.ui.access import read_logins
 
     logins = read_logins(auth) if auth is not None else None  # a bad file stops here, before the models load
     from qlcode.ui.app import launch
 
     quiet_libraries()
-    err.print(f"playground: {left} | {right or 'default'} on http://{host}:{port}")
+    err.print(f"playground: {left} | {right or 'default'} on http://{host}:{port}", markup=False, highlight=False)
     launch(base, None if bits == "none" else int(bits), left, right, votes, host, port, share, auth=logins)
 
 

@@ -102,7 +102,7 @@ def _drop_rms_norm_eps(d: Path) -> str:
     cfg = json.loads((d / "config.json").read_text())
     del cfg["rms_norm_eps"]
     (d / "config.json").write_text(json.dumps(cfg))
-    return rf"^{d / 'config.json'}: no rms_norm_eps; a Llama config has them \(copy config.json from the base model\)$"
+    return rf"^{d / 'config.json'}: no rms_norm_eps; a llama config has them \(copy config.json from the base model\)$"
 
 
 def _garbage_weights(d: Path) -> str:

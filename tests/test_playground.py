@@ -367,7 +367,10 @@ def test_the_running_app_through_gradio_client(app, tmp_path):
     assert blind["data"] == [], "no blind vote yet"
     assert [r[:5] for r in named["data"]] == [["adapter:one", 1, 1, 0, 0], ["base", 1, 0, 1, 0]]
 
+    # adapter:two (trained at the higher rate) answers unlike the base here: a pair of equal answers teaches nothing
+    # and the data pipeline refuses a file of only such rows
     *_, l_tests, r_tests, notice, _, message = client.predict(**{**SEND, "mode": "complete", "message": "x" * 9000 + "def f():\n",
+                                                                 "right_model": "adapter:two", "max_new_tokens": 16,
                                                                  "asserts": "assert f() is None"}, api_name="/send")
     assert message == {"__type__": "update"}, "complete mode leaves its text in the box (Gradio's no-change update)"
     assert notice.startswith("The prompt was cut to its last 8,000 characters (it had 9,009)")
@@ -377,7 +380,7 @@ def test_the_running_app_through_gradio_client(app, tmp_path):
                          train={"method": "dpo"}, data={"template": "completion", "validation": 0})
     (row,) = build_data(recipe.data)[0]
     assert row["prompt"] == ("x" * 9000 + "def f():\n")[-MAX_PROMPT_CHARS:], "a UI vote loads as DPO data, prompt as the model saw it"
-    assert row["chosen"] and row["rejected"]
+    assert row["chosen"] and row["rejected"] and row["chosen"] != row["rejected"]
 
     def one(i: int):
         return client.predict(**{**SEND, "mode": "complete", "message": f"def f{i}():\n", "max_new_tokens": 3}, api_name="/send")
