@@ -23,6 +23,7 @@ from pathlib import Path
 
 from qlcode.errors import QlcodeError
 from qlcode.execution.benchmarks import Problem, mbpp
+from qlcode.data.formats.problems import parses
 from qlcode.execution.completions import program
 from qlcode.execution.engines import Engine
 from qlcode.execution.generate import finish, prompt_text, sample_raw
@@ -60,7 +61,7 @@ class Sampled:
 
 def _problem(row: dict, where: str) -> Problem:
     try:
-        tests = row["test"] if "test" in row else "\n".join(row["tests"])
+        tests = parses(row["test"] if "test" in row else "\n".join(row["tests"]), where, "its test")
         return Problem(str(row["task_id"]), row["prompt"], row.get("reference", ""), tests,
                        bool(row.get("continues_prompt", True)), entry_point=row.get("entry_point") or "")
     except (KeyError, TypeError) as e:
