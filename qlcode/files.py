@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a .jsonl (or .jsonl.gz) file; a line that is not
+    JSON, or nests too deep to read, is a QlcodeError naming the file and the line."""
+    from qlcode.errors import QlcodeError
+
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise QlcodeError(f"{path}:{n}: not JSON ({e})") from None
+            except RecursionError:
+                raise QlcodeError(f"{path}:{n}: JSON nested too deep to read") from None
+            yield n, value
 
 
 def read_json(path: Path, fix: str) -> dict:

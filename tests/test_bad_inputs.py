@@ -323,16 +323,14 @@ def test_a_recipe_that_reuses_a_mapping_by_alias_is_located_at_its_anchor(tmp_pa
         f"{path}:5: data.datasets[1].max_rowz: unknown key (did you mean data.datasets[1].max_rows?)"]
 
 
-def test_pairs_on_a_problems_file_whose_test_does_not_parse_names_the_row_and_line(tmp_path):
-    """Before any model loads: a test that cannot run would fail every sample, and no pair could come of it."""
+
+def test_a_samples_file_nested_too_deep_is_a_one_line_error(tmp_path):
+    """json.loads raises RecursionError on deep nesting; the jsonl reader names the file and line instead."""
     from typer.testing import CliRunner
 
     from qlcode.cli import app
 
-    problems = tmp_path / "problems.jsonl"
-    problems.write_text('{"task_id": "t0", "prompt": "def f():\\n", "tests": ["assert f() is None"]}\n'
-                        '{"task_id": "t1", "prompt": "def f():\\n", "tests": ["x = 1", "assert f( == 1"]}\n')
-    res = CliRunner().invoke(app, ["pairs", "--problems", str(problems), "--model", "builtin:micro-codellama",
-                                   "--out", str(tmp_path / "p.jsonl")], env={"COLUMNS": "300"})
-    assert (res.exit_code, res.output) == (2, f"error: {problems}:2: its test is not valid Python (invalid syntax, line 2 "
-                                              "of the test); fix the test\n")
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    res = CliRunner().invoke(app, ["eval", "--bench", "python-basics", "--samples", str(samples)], env={"COLUMNS": "300"})
+    assert (res.exit_code, res.output) == (2, f"error: {samples}:2: JSON nested too deep to read\n")

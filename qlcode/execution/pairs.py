@@ -15,7 +15,6 @@ model's completion cut where it writes on, an Instruct model's whole answer).
 from __future__ import annotations
 
 import ast
-import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,13 +22,12 @@ from pathlib import Path
 
 from qlcode.errors import QlcodeError
 from qlcode.execution.benchmarks import Problem, mbpp
-from qlcode.data.formats.problems import parses
 from qlcode.execution.completions import program
 from qlcode.execution.engines import Engine
 from qlcode.execution.generate import finish, prompt_text, sample_raw
 from qlcode.execution.judge import run_tests_many
 from qlcode.execution.sandbox import Limits, Result
-from qlcode.files import write_text_atomic
+from qlcode.files import jsonl_rows, write_text_atomic
 from qlcode.progress import progress_bar
 
 SOURCES = "mbpp-train, builtin:python-basics (its train split), or a .jsonl of {task_id, prompt, test or tests}"
@@ -61,7 +59,7 @@ class Sampled:
 
 def _problem(row: dict, where: str) -> Problem:
     try:
-        tests = parses(row["test"] if "test" in row else "\n".join(row["tests"]), where, "its test")
+        tests = row["test"] if "test" in row else "\n".join(row["tests"])
         return Problem(str(row["task_id"]), row["prompt"], row.get("reference", ""), tests,
                        bool(row.get("continues_prompt", True)), entry_point=row.get("entry_point") or "")
     except (KeyError, TypeError) as e:
@@ -76,24 +74,14 @@ def load_problems(source: str, data: str | None = None) -> list[Problem]:
         from qlcode.builtin import dataset_path
 
         path = dataset_path(source)
-        with gzip.open(path, "rt") as f:
-            rows = [json.loads(line) for line in f]
-        if not all("split" in r and ("test" in r or "tests" in r) for r in rows):
+        rows = list(jsonl_rows(Path(path)))
+        if not all("split" in r and ("test" in r or "tests" in r) for _, r in rows):
             raise QlcodeError(f"--problems: {source} is not a problem set; use {SOURCES}")
-        return [_problem(r, f"{path}:{n}") for n, r in enumerate(rows, 1) if r["split"] == "train"]
+        return [_problem(r, f"{path}:{n}") for n, r in rows if r["split"] == "train"]
     path = Path(source)
     if not path.is_file():
         raise QlcodeError(f"--problems: {source!r} is none of {SOURCES}")
-    problems = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise QlcodeError(f"{path}:{n}: not JSON ({e})") from None
-        problems.append(_problem(row, f"{path}:{n}"))
-    return problems
+    return [_problem(row, f"{path}:{n}") for n, row in jsonl_rows(path)]
 
 
 def sample_and_run(engine: Engine, problems: list[Problem], instruct: bool, samples: int, temperature: float,
