@@ -252,5 +252,6 @@ def test_chat_answers_show_as_written_and_code_blocks_hold_backticks(app, pool, 
     text = 'DOC = """\n```\nnot the end\n```\n"""\n'
     _send(page, text)
     user = page.locator("#left-chat [data-testid=user]").last
+    user.locator("pre").first.wait_for(timeout=30_000)  # the Markdown renders after the message appears (slower under load)
     assert user.locator("pre").count() == 1 and user.locator("pre").inner_text().rstrip() == text.rstrip(), \
         "a ``` inside the text stays inside the one code block"
