@@ -12,21 +12,38 @@ from pathlib import Path
 from typing import Any
 
 
+TOO_DEEP = "values nested too deep to read (lists or objects inside each other hundreds of levels down); a row holds text fields"
+
+
+def utf8_text(raw: bytes, path: Path, line: int = 1) -> str:
+    """Bytes as UTF-8 text; otherwise a DataError naming the line (counted from `line`) and column."""
+    from qlcode.errors import DataError
+
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = line + raw.count(b"\n", 0, e.start)
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        raise DataError(f"{path}:{at}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); "
+                        "save the file as UTF-8") from None
+
+
 def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of a .jsonl (or .jsonl.gz) file; a line that is not
-    JSON, or nests too deep to read, is a QlcodeError naming the file and the line."""
-    from qlcode.errors import QlcodeError
+    UTF-8 or not JSON, or nests too deep to read, is a DataError naming the file and the line."""
+    from qlcode.errors import DataError
 
-    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")) as f:
-        for n, line in enumerate(f, 1):
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = utf8_text(raw, path, n)
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
-                raise QlcodeError(f"{path}:{n}: not JSON ({e})") from None
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line of a .jsonl file is one JSON object") from None
             except RecursionError:
-                raise QlcodeError(f"{path}:{n}: JSON nested too deep to read") from None
+                raise DataError(f"{path}:{n}: {TOO_DEEP}") from None
             yield n, value
 
 

@@ -329,8 +329,9 @@ def test_a_samples_file_nested_too_deep_is_a_one_line_error(tmp_path):
     from typer.testing import CliRunner
 
     from qlcode.cli import app
+    from qlcode.files import TOO_DEEP
 
     samples = tmp_path / "samples.jsonl"
     samples.write_text("\n" + "[" * 100_000 + "]" * 100_000 + "\n")
     res = CliRunner().invoke(app, ["eval", "--bench", "python-basics", "--samples", str(samples)], env={"COLUMNS": "300"})
-    assert (res.exit_code, res.output) == (2, f"error: {samples}:2: JSON nested too deep to read\n")
+    assert (res.exit_code, res.output) == (2, f"error: {samples}:2: {TOO_DEEP}\n")

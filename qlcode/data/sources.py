@@ -7,7 +7,6 @@ column whose type changes from one row to the next (which pyarrow would refuse d
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,13 +15,13 @@ from datasets import Dataset, load_dataset
 
 from qlcode import builtin
 from qlcode.errors import DataError, QlcodeError
+from qlcode.files import TOO_DEEP, jsonl_rows, utf8_text
 from qlcode.schema import LOCAL_DATA_SUFFIXES
 
 if TYPE_CHECKING:
     from qlcode.recipe import DatasetSpec
 
 MBPP_TRAIN = "builtin:mbpp-train"
-TOO_DEEP = "values nested too deep to read (lists or objects inside each other hundreds of levels down); a row holds text fields"
 
 
 def _kind(value) -> str | None:
@@ -75,45 +74,23 @@ def _table(rows: list[dict], where: list[tuple[str, str]], path: Path) -> Datase
         raise DataError(f"{path}: cannot hold these rows in a table ({e}); give every row the same shape") from None
 
 
-def _text(raw: bytes, path: Path, line: int = 1) -> str:
-    """Bytes as UTF-8 text; otherwise an error naming the line (counted from `line`) and column."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        at = line + raw.count(b"\n", 0, e.start)
-        column = e.start - raw.rfind(b"\n", 0, e.start)
-        raise DataError(f"{path}:{at}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); "
-                        "save the file as UTF-8") from None
-
-
 def _read_jsonl(path: Path, split: str | None = None, limit: int | None = None) -> Dataset:
     rows, where = [], []
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            line = _text(raw, path, n)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line of a .jsonl file is one JSON object") from None
-            except RecursionError:
-                raise DataError(f"{path}:{n}: {TOO_DEEP}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: each line of a .jsonl file must be a JSON object, got {type(row).__name__}")
-            if split is None or row.get("split") == split:
-                rows.append(row)
-                where.append((f"{path}:{n}", f"line {n}"))
-            if limit is not None and len(rows) == limit:
-                break
+    for n, row in jsonl_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{n}: each line of a .jsonl file must be a JSON object, got {type(row).__name__}")
+        if split is None or row.get("split") == split:
+            rows.append(row)
+            where.append((f"{path}:{n}", f"line {n}"))
+        if limit is not None and len(rows) == limit:
+            break
     if not rows:
         raise DataError(f"{path}: no rows" + (f" in split {split!r}" if split else ""))
     return _table(rows, where, path)
 
 
 def _read_json(path: Path, limit: int | None) -> Dataset:
-    text = _text(path.read_bytes(), path)
+    text = utf8_text(path.read_bytes(), path)
     try:
         rows = json.loads(text)
     except RecursionError:
@@ -133,7 +110,7 @@ def _read_csv(path: Path, limit: int | None) -> Dataset:
 
     import pandas as pd
 
-    text = _text(path.read_bytes(), path)
+    text = utf8_text(path.read_bytes(), path)
     try:
         frame = pd.read_csv(io.StringIO(text), nrows=limit)
     except pd.errors.ParserError as e:  # "Error tokenizing data. C error: Expected 2 fields in line 3, saw 4"
