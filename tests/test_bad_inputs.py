@@ -246,7 +246,8 @@ def test_sigterm_says_what_ctrl_c_says_and_the_command_it_prints_resumes_this_ru
 
     from qlcode.runs import RunDir
 
-    recipe, out = _micro_recipe(tmp_path), tmp_path / "elsewhere"
+    # 32 steps: on an idle machine 8 could all end between the first checkpoint and the signal
+    recipe, out = _micro_recipe(tmp_path, max_steps=32), tmp_path / "elsewhere"
     proc = subprocess.Popen([sys.executable, "-m", "qlcode.cli", "train", str(recipe), f"output.dir={out}"], cwd=tmp_path,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "300"})
@@ -264,7 +265,7 @@ def test_sigterm_says_what_ctrl_c_says_and_the_command_it_prints_resumes_this_ru
 
     res = _qlcode(shlex.split(command)[1:], cwd=tmp_path)  # run as printed
     assert res.returncode == 0, res.stderr
-    assert RunDir(out).finished and RunDir(out).summary()["steps"] == 8
+    assert RunDir(out).finished and RunDir(out).summary()["steps"] == 32
 
 
 def test_a_file_size_limit_at_a_checkpoint_says_what_happened_and_resume_finishes(tmp_path):
