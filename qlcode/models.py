@@ -183,8 +183,8 @@ def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
 
     `init` (lora.init): default; pissa or olora, PEFT's initialisations from the base's own weights (SVD, QR),
     which move that part out of the base: save such an adapter with `save_initial_adapter` first and convert it
-    with it when saving (qlcode.runs); loftq, PEFT's replace_lora_weights_loftq on a 4-bit base, which fits A and
-    B to the quantization error from the base's safetensors files (the base itself is not changed)."""
+    with it when saving (qlcode.runs); loftq (qlcode.loftq), on a 4-bit base, fits A and B to the quantization
+    error from the base's safetensors files, on the device the base is on (the base itself is not changed)."""
     quantized = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
     if quantized:
         frozen = frozen_embeddings(base, modules_to_save)
@@ -213,14 +213,10 @@ def with_lora(base: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
     torch.manual_seed(seed)
     model = get_peft_model(base, config)
     if init == "loftq":
-        from peft import replace_lora_weights_loftq
+        from qlcode.loftq import loftq_init
 
-        if not torch.cuda.is_available():
-            raise ModelError("lora.init: loftq runs PEFT's replace_lora_weights_loftq, which computes on a CUDA (or XPU) GPU, "
-                             "and this machine has none: use lora.init: default here")
-
-        local = Path(base.config.name_or_path)  # a Hub base is found in the cache by PEFT; a local one needs its file
-        replace_lora_weights_loftq(model, model_path=str(local / "model.safetensors") if local.is_dir() else None)
+        local = Path(base.config.name_or_path)  # a Hub base is found in the cache by PEFT's loader; a local one by its file
+        loftq_init(model, str(local / "model.safetensors") if local.is_dir() else None)
     return model
 
 

@@ -48,8 +48,8 @@ def _reference(tiny_base, qmodel) -> torch.nn.Module:
     return ref
 
 
-def _check_against_reference(tmp_path, tiny_base, alpaca_file, keep_fix: bool) -> float:
-    recipe = make_recipe(tmp_path, tiny_base, alpaca_file)
+def _check_against_reference(tmp_path, tiny_base, alpaca_file, keep_fix: bool, init: str = "default") -> float:
+    recipe = make_recipe(tmp_path, tiny_base, alpaca_file, lora={"init": init})
     tok = load_tokenizer(recipe.model.base)
     model = trainable_model(recipe)
     if not keep_fix:
@@ -69,8 +69,9 @@ def _check_against_reference(tmp_path, tiny_base, alpaca_file, keep_fix: bool) -
     return max(((got[k] - ref[k]).norm() / ref[k].norm()).item() for k in got)
 
 
-def test_lora_gradients_through_4bit_base_equal_dequantized_reference(tmp_path, tiny_base, alpaca_file):
-    assert _check_against_reference(tmp_path, tiny_base, alpaca_file, keep_fix=True) < 1e-5
+@pytest.mark.parametrize("init", ["default", "loftq"])  # loftq dequantizes every 4-bit weight at start-up
+def test_lora_gradients_through_4bit_base_equal_dequantized_reference(tmp_path, tiny_base, alpaca_file, init):
+    assert _check_against_reference(tmp_path, tiny_base, alpaca_file, keep_fix=True, init=init) < 1e-5
 
 
 @pytest.mark.skipif(not F.has_avx512bf16(), reason="the hazard exists only on CPUs with avx512_bf16")

@@ -6,6 +6,11 @@ Each shard is read, merged (W + scale * B @ A, computed in fp32) and written bef
 read: peak memory is one shard plus the adapter, never two copies of the model. The result is
 checked against the adapter applied to the same base in the same dtype, on a probe batch, one
 model in memory at a time; a merge beyond the tolerance is deleted and reported.
+
+A LoftQ adapter (lora.init: loftq) is the exception: it was fitted to the 4-bit base's quantization error
+(B A ~ W - deq(W)), so adding it to W would count that error twice. It is merged into the 4-bit base it
+was trained on, dequantized (every 4-bit layer, so the merge is that model), and checked against that
+4-bit base + adapter; the 4-bit base (about a quarter of the bf16 model) stays in memory meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import bitsandbytes as bnb
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -26,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from qlcode.errors import QlcodeError
 from qlcode.export import writing_into
 from qlcode.files import read_json, write_text_atomic
+from qlcode.loftq import dequantized
 from qlcode.model_card import license_of, tags_of
 from qlcode.models import Quantization, base_path, load_base, load_tokenizer
 from qlcode.placement import DTYPES
@@ -55,6 +62,7 @@ class MergeReport:
     quantized: str | None = None
     quantized_logit_diff: float | None = None  # the re-quantized model against the full-precision merge
     quantized_top1_agreement: float | None = None
+    into_4bit: bool = False  # LoftQ: merged into the dequantized 4-bit base
 
 
 def local_base(spec: str, revision: str | None) -> Path:
@@ -107,9 +115,13 @@ def lora_deltas(adapter: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tens
 
 
 def merge_shard(tensors: dict[str, torch.Tensor], deltas, replaced, scale: float, dtype: torch.dtype,
-                device: torch.device) -> tuple[dict[str, torch.Tensor], set[str]]:
+                device: torch.device, four_bit: dict[str, torch.nn.Parameter] | None = None
+                ) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """`four_bit` (LoftQ): key -> the 4-bit weight the adapter was fitted to, which replaces the file's weight."""
     out, used = {}, set()
     for key, w in tensors.items():
+        if four_bit and key in four_bit:
+            w = dequantized(four_bit[key])
         if key in deltas:
             a, b = deltas[key]
             w = w.to(device, torch.float32) + scale * (b.to(device, torch.float32) @ a.to(device, torch.float32))
@@ -143,12 +155,15 @@ def _gap(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
     return (got - want).abs().max().item(), (got.argmax(-1)[mask] == want.argmax(-1)[mask]).float().mean().item()
 
 
-def _check(adapter: Path, base: Path, merged: Path, tok, dtype: torch.dtype, device: torch.device):
-    """(max |logit difference|, top-1 agreement, the merged model's probe logits)."""
+def _check(adapter: Path, base: Path | torch.nn.Module, merged: Path, tok, dtype: torch.dtype, device: torch.device):
+    """(max |logit difference|, top-1 agreement, the merged model's probe logits); `base` is a directory,
+    or (LoftQ) the loaded 4-bit base."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter))
+    if isinstance(base, Path):
+        base = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    reference = PeftModel.from_pretrained(base, str(adapter))
     want = _probe_logits(reference.to(device).eval(), tok, device)
     del reference
     got = _probe_logits(AutoModelForCausalLM.from_pretrained(merged, dtype=dtype).to(device).eval(), tok, device)
@@ -178,11 +193,11 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
     if quantize not in (None, "nf4"):
         raise QlcodeError(f"--quantize: only nf4 is supported, not {quantize!r}")
     recipe = run.recipe()
-    if recipe.lora.init == "loftq":
-        raise QlcodeError(f"{adapter} is a LoftQ adapter: it holds the 4-bit base's quantization error, so merging it into the "
-                          "full-precision base would count that error twice; use it on its 4-bit base (qlcode eval --adapter)")
     base = local_base(recipe.model.base, recipe.model.revision)
     torch_dtype, dev = DTYPES[dtype], torch.device(device)
+    four_bit_base = _loftq_base(base, recipe, dtype) if recipe.lora.init == "loftq" else None
+    four_bit = None if four_bit_base is None else {
+        f"{name}.weight": m.weight for name, m in four_bit_base.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     deltas, replaced, scale = lora_deltas(adapter)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -193,7 +208,7 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
         weight_map, total = {}, 0
         shards = safetensors_shards(base)
         for shard in shards:
-            merged, hit = merge_shard(load_file(base / shard), deltas, replaced, scale, torch_dtype, dev)
+            merged, hit = merge_shard(load_file(base / shard), deltas, replaced, scale, torch_dtype, dev, four_bit)
             used |= hit
             save_file(merged, tmp / shard, metadata={"format": "pt"})
             weight_map.update({k: shard for k in merged})
@@ -216,12 +231,14 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
             if (adapter / name).is_file():
                 shutil.copy(adapter / name, tmp / name)
         tok = load_tokenizer(str(tmp))  # the project's pad policy for the padded probe batch
-        diff, top1, merged_logits = _check(adapter, base, tmp, tok, torch_dtype, dev)
+        diff, top1, merged_logits = _check(adapter, base if four_bit_base is None else four_bit_base, tmp, tok,
+                                           torch_dtype, dev)
+        del four_bit_base, four_bit
         limit = TOLERANCE[dtype] if tolerance is None else tolerance
         if not diff <= limit:
             raise QlcodeError(f"merge check failed: max |logit difference| {diff:.3g} > tolerance {limit:g} ({dtype}); "
                               f"nothing was written to {out}")
-        report = MergeReport(str(out), dtype, diff, top1, limit, len(shards))
+        report = MergeReport(str(out), dtype, diff, top1, limit, len(shards), into_4bit=recipe.lora.init == "loftq")
         final = tmp
         if quantize == "nf4":
             final = tmp.with_name(f"{tmp.name}-nf4")
@@ -237,6 +254,13 @@ def merge(adapter_dir: str | Path, out: str | Path, dtype: str = "bf16", device:
         shutil.rmtree(tmp.with_name(f"{tmp.name}-nf4"), ignore_errors=True)
 
 
+def _loftq_base(base: Path, recipe, dtype: str) -> torch.nn.Module:
+    """The 4-bit base a LoftQ adapter was fitted to, loaded as training loads it (quantized from the weights in
+    `dtype`: the run's own codes when that is the dtype it trained in), computing in `dtype` for the check."""
+    quant = Quantization(**{**recipe.quant.model_dump(), "compute_dtype": dtype})
+    return load_base(str(base), quant, dtype=dtype)
+
+
 def _card(recipe, adapter: Path, r: MergeReport) -> str:
     return f"""---
 base_model: {recipe.model.base}
@@ -249,7 +273,9 @@ pipeline_tag: text-generation
 # {recipe.output.name} (merged)
 
 `{recipe.model.base}` with the LoRA adapter `{adapter.name}` merged in, saved in {r.dtype}.
-Merged in full precision (never into a 4-bit base), shard by shard.
+{"A LoftQ adapter, fitted to the 4-bit base's quantization error: merged into that 4-bit base, dequantized, shard by shard "
+ "(into the full-precision base it would count the error twice)." if r.into_4bit else
+ "Merged in full precision (never into a 4-bit base), shard by shard."}
 
 Check against base + adapter in {r.dtype} on a probe batch: max |logit difference| {r.max_logit_diff:.3g}
 (tolerance {r.tolerance:g}), top-1 agreement {100 * r.top1_agreement:.1f}%.
