@@ -50,8 +50,9 @@ def loftq_init(model: PeftModel, model_path: str | None, adapter: str = "default
         if not isinstance(module, Linear4bit):
             continue
         weight = module.get_base_layer().weight
-        full = loader.get_tensor(name.removeprefix(PREFIX) + ".weight").to(weight.device, torch.float32)
-        parts = _low_rank_decomposition(full - dequantized(weight), reduced_rank=module.r[adapter])
+        residual = loader.get_tensor(name.removeprefix(PREFIX) + ".weight").to(weight.device, torch.float32)
+        residual.sub_(dequantized(weight))  # in place: one m x n fp32 tensor beside the SVD (qlcode.plan.startup)
+        parts = _low_rank_decomposition(residual, reduced_rank=module.r[adapter])
         root = math.sqrt(module.scaling[adapter])
         a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
         a.data = (parts["R"] / root).to(a.dtype)

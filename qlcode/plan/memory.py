@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qlcode.plan.shapes import Shapes
+from qlcode.plan.startup import largest_target
 
 GiB = 2**30
 # The CUDA context (about 0.5 GiB with torch's kernels loaded) and the caching allocator's
@@ -24,6 +25,9 @@ BLOCK_NESTED = 256  # ... for the 8-bit absmax of double quantization
 BLOCK_OPTIM_8BIT = 256  # ... for 8-bit optimizer state
 MIN_8BIT_SIZE = 4096
 LOGPROB_TILE = (4096, 32768)  # tokens x vocabulary entries per tile of TRL's fused LM head  # bitsandbytes' 8-bit optimizers keep fp32 state for smaller tensors
+# the parts that exist while lora.init runs: no gradients, optimizer state or activations yet
+STARTUP_RESIDENT = ("base weights", "embeddings, lm_head, norms", "buffers", "LoRA weights", "DoRA weights",
+                    "CUDA context + allocator")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_fc", "c_proj")  # c_*: StarCoder2
 
 # Sequences in one forward pass, per training method (qlcode/methods): DPO concatenates chosen and
@@ -61,6 +65,7 @@ class Settings:
     offload: bool = False  # train.offload_activations
     packing: bool = False  # data.packing: one padding-free row per micro batch
     vllm_share: float = 0.0  # of the GPU's memory, held by vLLM colocated for GRPO's generation (train.grpo.vllm)
+    init: str = "default"  # lora.init: pissa, olora and loftq decompose each target weight at start-up (plan/startup.py)
 
     @property
     def sequences(self) -> int:
@@ -89,6 +94,7 @@ class Plan:
     settings: Settings
     parts: list[Part] = field(default_factory=list)
     host: list[Part] = field(default_factory=list)  # CPU memory the run adds (offloaded activations)
+    startup: Part | None = None  # lora.init's transient before training (plan/startup.py): not in the total
 
     @property
     def total(self) -> int:
@@ -269,7 +275,18 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
         f"the larger of: LM head {lm_head / GiB:.2f} GiB (TRL's tiled log-probs), one layer's backward {layer / GiB:.2f} GiB")
     if s.device == "cuda":
         add("CUDA context + allocator", CUDA_OVERHEAD, "stated constant")
+    if s.init != "default":
+        out.startup = startup_part(out, s)
     return out
+
+
+def startup_part(p: Plan, s: Settings) -> Part:
+    """lora.init's transient, with the start-up peak it makes: the weights (and CUDA context) plus it."""
+    name, size = largest_target(p.shapes, s.targets, s.init, s.weight_bytes)
+    o, i = p.shapes.linears()[name]
+    resident = sum(part.bytes for part in p.parts if part.name in STARTUP_RESIDENT)
+    return Part(f"lora.init: {s.init}", size, f"at start-up, one layer at a time: {name} ({o} x {i}) in fp32 and its "
+                f"{'QR' if s.init == 'olora' else 'SVD'}; with the weights {(resident + size) / GiB:.2f} GiB, before training")
 
 
 def settings(recipe, device: str = "cuda") -> Settings:
@@ -304,6 +321,7 @@ def settings(recipe, device: str = "cuda") -> Settings:
         offload=recipe.train.offload_activations,
         packing=recipe.data.packing,
         vllm_share=recipe.train.grpo.vllm_gpu_memory_utilization if recipe.train.method == "grpo" and recipe.train.grpo.vllm else 0.0,
+        init=lora.init,
     )
 
 

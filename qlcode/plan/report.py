@@ -23,6 +23,8 @@ def plan_table(p: Plan, title: str) -> Table:
     table.add_row("[bold]total[/]", f"[bold]{gib(p.total)}[/]", "")
     for part in p.host:
         table.add_row(f"CPU: {part.name}", gib(part.bytes), part.detail + " (not in the GPU total)")
+    if p.startup is not None:
+        table.add_row(p.startup.name, gib(p.startup.bytes), p.startup.detail + " (not in the total)")
     return table
 
 
