@@ -11,7 +11,7 @@ qlcode does not call PEFT's replace_lora_weights_loftq directly, for two reasons
 - it sets B = L and A = R whatever the adapter's scaling s = alpha / r (peft issue #1982), so the adapter adds
   s x the fitted part: at qlcode's default alpha = 2r the weight error |res - 2 L R| equals |res| exactly (the
   residual is orthogonal to its own truncation's remainder) and the fit is undone. qlcode divides both by
-  sqrt(s): s B A = L R, and at s = 1 A and B are PEFT's, bit for bit.
+  sqrt(s): s B A = L R, and at s = 1 A = R and B = L, as PEFT sets them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ template, and refused with one line naming the file, the row and the turn."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -29,7 +31,7 @@ SHAREGPT = [
 ]
 
 # Rows shaped as OpenAI's chat fine-tuning files hold them: a system turn, a participant name, and
-# content as a list of text parts (one file keeps one content type, as Arrow tables need).
+# content as a list of text parts.
 OPENAI = [
     {"messages": [{"role": "system", "content": [{"type": "text", "text": "You write Python."}]},
                   {"role": "user", "name": "ada", "content": [{"type": "text", "text": "Write reverse(s)"}, {"type": "text", "text": " in Python."}]},
@@ -69,6 +71,34 @@ def test_openai_rows_become_conversations_and_render_with_the_chat_template(tmp_
     tok.chat_template = CODELLAMA_INSTRUCT_CHAT_TEMPLATE
     text = tok.apply_chat_template(rows["Write reverse(s) in Python."], tokenize=False)
     assert text == (f"<s>[INST] <<SYS>>\nYou write Python.\n<</SYS>>\n\nWrite reverse(s) in Python. [/INST] {ANSWER.strip()} </s>")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_openai_files_mixing_text_and_part_lists_load(tmp_path, suffix):
+    """Text content in one row (or turn) and text parts in another: Arrow holds one type per column, so the
+    text is read as one part, and every conversation comes out as the file wrote it."""
+    mixed = [{"messages": [{"role": "user", "content": "Reverse s."}, {"role": "assistant", "content": ANSWER}]},
+             *OPENAI,
+             {"messages": [{"role": "user", "content": [{"type": "text", "text": "Square x."}]},
+                           {"role": "assistant", "name": "bot", "content": "x ** 2"}]}]
+    path = tmp_path / f"mixed{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(mixed))
+    else:
+        write_jsonl(path, mixed)
+    rows = _by_first_user(_build(path, "openai", template="raw"))
+    assert len(rows) == 4 and rows["Square x."] == [{"role": "user", "content": "Square x."}, {"role": "assistant", "content": "x ** 2"}]
+    assert rows["Reverse s."] == [{"role": "user", "content": "Reverse s."}, {"role": "assistant", "content": ANSWER}]
+    assert rows["Write reverse(s) in Python."][1] == {"role": "user", "content": "Write reverse(s) in Python."}
+    assert rows["Add one to x."] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add one to x."},
+                                     {"role": "assistant", "content": "x + 1"}]
+    # a bad part in such a file is still named by its row
+    bad = [mixed[0], {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
+                                   {"role": "assistant", "content": "a cat"}]}]
+    with pytest.raises(DataError) as e:
+        _build(write_jsonl(tmp_path / "bad.jsonl", bad), "openai")
+    assert str(e.value) == (f"{tmp_path / 'bad.jsonl'} row 1: messages[0].content[0] must be a text part {{type: text, text}}, "
+                            "got a image_url part; qlcode trains on text only")
 
 
 @pytest.mark.parametrize("turns, message", [

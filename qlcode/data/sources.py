@@ -8,6 +8,7 @@ column whose type changes from one row to the next (which pyarrow would refuse d
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from qlcode.recipe import DatasetSpec
 
 MBPP_TRAIN = "builtin:mbpp-train"
+Prepare = Callable[[dict], dict]  # a format's own reshaping of a local row before it becomes a table (DataFormat.local_row)
 
 
 def _kind(value) -> str | None:
@@ -74,13 +76,13 @@ def _table(rows: list[dict], where: list[tuple[str, str]], path: Path) -> Datase
         raise DataError(f"{path}: cannot hold these rows in a table ({e}); give every row the same shape") from None
 
 
-def _read_jsonl(path: Path, split: str | None = None, limit: int | None = None) -> Dataset:
+def _read_jsonl(path: Path, split: str | None = None, limit: int | None = None, prepare: Prepare | None = None) -> Dataset:
     rows, where = [], []
     for n, row in jsonl_rows(path):
         if not isinstance(row, dict):
             raise DataError(f"{path}:{n}: each line of a .jsonl file must be a JSON object, got {type(row).__name__}")
         if split is None or row.get("split") == split:
-            rows.append(row)
+            rows.append(prepare(row) if prepare else row)
             where.append((f"{path}:{n}", f"line {n}"))
         if limit is not None and len(rows) == limit:
             break
@@ -89,7 +91,7 @@ def _read_jsonl(path: Path, split: str | None = None, limit: int | None = None) 
     return _table(rows, where, path)
 
 
-def _read_json(path: Path, limit: int | None) -> Dataset:
+def _read_json(path: Path, limit: int | None, prepare: Prepare | None = None) -> Dataset:
     text = utf8_text(path.read_bytes(), path)
     try:
         rows = json.loads(text)
@@ -97,11 +99,11 @@ def _read_json(path: Path, limit: int | None) -> Dataset:
         raise DataError(f"{path}: {TOO_DEEP}") from None
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # one object per line in a .json file: read it as JSON Lines
-            return _read_jsonl(path, limit=limit)
+            return _read_jsonl(path, limit=limit, prepare=prepare)
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file is a list of row objects") from None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise DataError(f"{path}: a .json file must hold a non-empty list of row objects ([{{...}}, {{...}}])")
-    rows = rows[:limit]
+    rows = [prepare(r) if prepare else r for r in rows[:limit]]
     return _table(rows, [(f"{path} row {i}", f"row {i}") for i in range(len(rows))], path)
 
 
@@ -146,10 +148,12 @@ def not_a_file(path: Path) -> str:
     return f"no such file {str(path)!r} (paths are relative to the current directory)"
 
 
-def read_local(path: Path, limit: int | None = None) -> Dataset:
-    """A local .jsonl, .json, .csv or .parquet file, or its first `limit` rows."""
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
-    return readers[path.suffix](path, limit=limit)
+def read_local(path: Path, limit: int | None = None, prepare: Prepare | None = None) -> Dataset:
+    """A local .jsonl, .json, .csv or .parquet file, or its first `limit` rows; `prepare` reshapes JSON rows (a CSV
+    cell holds text or a number, and a Parquet file is typed already)."""
+    if path.suffix in (".csv", ".parquet"):
+        return {".csv": _read_csv, ".parquet": _read_parquet}[path.suffix](path, limit=limit)
+    return {".jsonl": _read_jsonl, ".json": _read_json}[path.suffix](path, limit=limit, prepare=prepare)
 
 
 def _hub(spec: DatasetSpec, split: str, key: str, limit: int | None) -> Dataset:
@@ -207,8 +211,9 @@ def hub_note(source: str, key: str) -> str | None:
     return None
 
 
-def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = None) -> Dataset:
-    """The rows of one split of one dataset (its first `limit`, if given); `key` names the recipe entry in messages."""
+def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = None, prepare: Prepare | None = None) -> Dataset:
+    """The rows of one split of one dataset (its first `limit`, if given); `key` names the recipe entry in messages;
+    `prepare` reshapes each row of a local JSON file before the table is made."""
     source = spec.source
     if source == MBPP_TRAIN or source.startswith(MBPP_TRAIN + ":"):
         return _mbpp_train(source, split, key)
@@ -224,7 +229,7 @@ def load_source(spec: DatasetSpec, split: str, key: str, limit: int | None = Non
         if not path.is_file():  # checked here, not in the recipe: such a file may be made by a step before training
             made = f"; make it first with: {spec.made_by}" if spec.made_by else ""
             raise DataError(f"{key}.source: {not_a_file(path)}{made}")
-        return read_local(path, limit)
+        return read_local(path, limit, prepare)
     return _hub(spec, split, key, limit)
 
 

@@ -108,11 +108,16 @@ class DataFormat:
 
         from qlcode.data.sources import load_source
 
-        ds = load_source(spec, split, key, limit)
+        ds = load_source(spec, split, key, limit, prepare=lambda row: self.local_row(row, spec.columns))
         if limit is None and spec.max_rows is not None and split == spec.split:
             rows = np.random.default_rng(seed).permutation(len(ds))[: spec.max_rows].tolist()  # as Dataset.shuffle(seed)
             return ds.select(rows), rows
         return ds, None
+
+    def local_row(self, row: dict, columns: dict[str, str]) -> dict:
+        """A local JSON row before it becomes an Arrow table, where each column holds one type in every row:
+        a format whose field may take two shapes gives it one here (unchanged by default)."""
+        return row
 
     def check_columns(self, present: set[str], key: str, source: str, column: dict[str, str], columns: list[str]) -> None:
         for field in self.required:

@@ -37,6 +37,15 @@ class OpenAI(Messages):
     short = "OpenAI chat messages"
     summary = "messages (a list of {role: system|developer|user|assistant, content: text or text parts, name (optional)})"
 
+    def local_row(self, row: dict, columns: dict[str, str]) -> dict:
+        """Text content as one text part, so that text and part lists mix in a file (Arrow holds one type per
+        column); content_text joins them back, and any other content is left for `check` to name."""
+        messages = row.get(columns.get("messages", "messages"))
+        for m in messages if isinstance(messages, list) else ():
+            if isinstance(m, dict) and isinstance(m.get("content"), str):
+                m["content"] = [{"type": "text", "text": m["content"]}]
+        return row
+
     def check(self, row: dict, where: str, column: dict[str, str], template: str) -> dict:
         messages, col = row["messages"], column["messages"]
         if not isinstance(messages, list) or not messages:
