@@ -468,6 +468,7 @@ def data_check(
     """Report the training and validation rows (those training would use) that share a 13-gram with benchmark prompts or solutions."""
     from qlcode.data import rendered
     from qlcode.data.decontaminate import index, overlapping
+    from qlcode.methods import METHODS
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
@@ -476,7 +477,7 @@ def data_check(
     table = Table(title=f"13-gram overlap with {against}")
     for col in ("dataset", "split", "rows", "overlapping", "examples (source row: benchmark problem)"):
         table.add_column(col)
-    for split, ds in zip(("train", "validation"), rendered(loaded.data)):
+    for split, ds in zip(("train", "validation"), rendered(loaded.data, METHODS[loaded.train.method].unpaired)):
         if ds is None:
             continue
         for i, spec in enumerate(loaded.data.datasets):
@@ -574,6 +575,7 @@ def recipes_validate(
     no_data: Annotated[bool, typer.Option("--no-data", help="Check the recipe alone, not the first rows of its data.")] = False,
 ) -> None:
     """Check recipes without training: every key, and the first 100 rows of each dataset against its format."""
+    from qlcode.methods import METHODS
     from qlcode.recipe import load_recipe
 
     if not no_data:
@@ -585,7 +587,7 @@ def recipes_validate(
         try:
             loaded = load_recipe(path)
             if not no_data:
-                for note in check_sample(loaded.data):
+                for note in check_sample(loaded.data, unpaired=METHODS[loaded.train.method].unpaired):
                     out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
             out.print(f"[green]ok[/] {escape(str(path))}", soft_wrap=True)
         except QlcodeError as e:

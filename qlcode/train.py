@@ -123,7 +123,7 @@ def trainable_model(recipe: Recipe) -> PeftModel:
 def build_trainer(recipe: Recipe, extra_callbacks: list[TrainerCallback] = ()) -> tuple[Trainer, Throughput]:
     set_seed(recipe.train.seed)
     tokenizer = load_tokenizer(recipe.model.base, recipe.model.revision, recipe.data.template)
-    train_ds, eval_ds = build(recipe.data, tokenizer)  # prints what decontamination dropped and the row counts
+    train_ds, eval_ds = build(recipe.data, tokenizer, METHODS[recipe.train.method].unpaired)  # prints what decontamination dropped and the row counts
     place = placement(recipe.model.dtype, recipe.quant.compute_dtype)
     console.print(f"model: {escape(recipe.model.base)}, quantization {recipe.quant.bits or 'none'}, on {place.device}"
                   + (f", {world_size()} processes: effective batch {recipe.train.micro_batch_size} x "

@@ -250,17 +250,53 @@ def test_chat_votes_load_as_conversational_dpo_data_each_answer_after_its_own_co
     assert ds[0]["chosen"] == [{"role": "assistant", "content": _first_turn().answers[0]}]
     assert ds[0]["rejected"] == [{"role": "assistant", "content": _first_turn().answers[1]}]
     assert train(recipe).steps == 1  # the vote file trains as it is, no cleaning
-    kto = make_recipe(tmp_path / "kto", "builtin:micro-codellama", book.file("chat"), fmt="preference",
-                      train={"method": "kto", "max_steps": 1, "micro_batch_size": 2},
-                      data={"template": "codellama-instruct", "validation": 0})
-    assert train(kto).steps == 1  # and as KTO's unpaired rows: the chosen answer desirable, the other not
     only_later = VoteBook(tmp_path / "later")
     only_later.record(_chat_generation(), "right")
     recipe = make_recipe(tmp_path / "later", "builtin:micro-codellama", only_later.file("chat"), fmt="preference",
                          train={"method": "dpo"}, data={"template": "codellama-instruct", "validation": 0})
     with pytest.raises(DataError, match=r"data.datasets\[0\]: 1 of 1 rows of .* have a rejected answer that followed another "
-                                        r"conversation .*: none is left to train on"):
+                                        r"conversation .*: none is left to train on, since DPO and ORPO train both answers after "
+                                        r"one prompt; .* or train KTO \(train.method: kto\)"):
         build_data(recipe.data)
+
+
+def test_chat_votes_train_kto_with_each_answer_after_its_own_conversation(tmp_path, capsys):
+    """KTO's rows are unpaired: a later-turn vote's rejected answer keeps the conversation it followed."""
+    from typer.testing import CliRunner
+
+    from qlcode.cli import app
+
+    book = VoteBook(tmp_path / "votes")
+    book.record(_chat_generation(), "left")  # a later turn: the panes' earlier answers differ
+    book.record(_chat_generation(), "right")
+    book.record(_first_turn(), "left")
+    votes = [json.loads(line) for line in book.file("chat").read_text().splitlines()]
+    kto = make_recipe(tmp_path, "builtin:micro-codellama", book.file("chat"), fmt="preference",
+                      train={"method": "kto", "max_steps": 1, "micro_batch_size": 2},
+                      data={"template": "codellama-instruct", "validation": 0})
+    rows, _ = build_data(kto.data, unpaired=True)
+    assert "have a rejected answer that followed another conversation" not in capsys.readouterr().err  # none left out
+    def as_set(ds) -> set[tuple]:
+        return {(json.dumps(r["prompt"]), r["completion"][0]["content"], r["label"]) for r in ds}
+
+    per_vote = [{(json.dumps(v["prompt"]), v["chosen"][0]["content"], True),
+                 (json.dumps(v.get("rejected_prompt", v["prompt"])), v["rejected"][0]["content"], False)} for v in votes]
+    assert len(rows) == 6 and as_set(rows) == set().union(*per_vote)
+    assert "rejected_prompt" in votes[0] and votes[0]["rejected_prompt"] != votes[0]["prompt"]
+    assert (json.dumps(votes[0]["prompt"]), votes[0]["rejected"][0]["content"], False) not in as_set(rows)
+    # the validation split is made by votes: both answers of one vote stay on one side
+    train_rows, held = build_data(kto.data.model_copy(update={"validation": 1}), unpaired=True)
+    assert (len(train_rows), len(held)) == (4, 2) and as_set(held) in per_vote
+    # qlcode train and recipes validate take the method's unpairing: a file of later-turn votes alone trains KTO
+    only_later = VoteBook(tmp_path / "later")
+    only_later.record(_chat_generation(), "right")
+    only_later.record(_chat_generation(), "left")
+    later = make_recipe(tmp_path / "later", "builtin:micro-codellama", only_later.file("chat"), fmt="preference",
+                        train={"method": "kto", "max_steps": 1, "micro_batch_size": 2},
+                        data={"template": "codellama-instruct", "validation": 0})
+    res = CliRunner().invoke(app, ["recipes", "validate", str(tmp_path / "later" / "recipe.yaml")])
+    assert res.exit_code == 0, res.output
+    assert train(later).steps == 1
 
 
 def _votes(*pairs) -> list[dict]:

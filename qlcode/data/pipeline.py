@@ -26,8 +26,9 @@ def render(row: dict, fmt: str, template: str) -> dict:
     return FORMATS[fmt].render(row, template)
 
 
-def prepared(data: DataSection, i: int, split: str, limit: int | None = None) -> Dataset:
-    """One split of data.datasets[i], checked and rendered, in its own row order (its first `limit` rows if given)."""
+def prepared(data: DataSection, i: int, split: str, limit: int | None = None, unpaired: bool = False) -> Dataset:
+    """One split of data.datasets[i], checked and rendered, in its own row order (its first `limit` rows if given);
+    `unpaired`: for a method that trains unpaired rows (KTO, qlcode.methods)."""
     spec, key = data.datasets[i], f"data.datasets[{i}]"
     fmt = FORMATS[spec.format]
     problem = fmt.template_problem(data.template)
@@ -42,7 +43,8 @@ def prepared(data: DataSection, i: int, split: str, limit: int | None = None) ->
         return {**fmt.render(row, data.template), "_dataset": i, "_row": row["_row"],
                 "_code": fmt.code(row), "_text": fmt.contamination_text(row)}
 
-    return ds.map(rendered_row, remove_columns=ds.column_names, desc=f"Rendering {spec.source}")
+    ds = ds.map(rendered_row, remove_columns=ds.column_names, desc=f"Rendering {spec.source}")
+    return fmt.for_method(ds, key, spec.source, unpaired)
 
 
 def _teaching(ds: Dataset, fmt, key: str, split: str, source: str) -> Dataset:
@@ -82,20 +84,31 @@ def _concat(parts: list[Dataset], data: DataSection, what: str) -> Dataset:
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def rendered(data: DataSection) -> tuple[Dataset, Dataset | None]:
-    """(train, eval) rendered, with the hidden columns; eval is None when data.validation is 0."""
+def _as_trained(ds: Dataset, unpaired: bool) -> Dataset:
+    """Preference rows for a method that trains unpaired rows (KTO): each answer a row after its own prompt;
+    unpaired after the validation split, so that both answers of a pair stay on one side of it."""
+    if unpaired and "chosen" in ds.column_names:
+        from qlcode.data.formats.kto import unpaired as unpair
+
+        return unpair(ds)
+    return ds
+
+
+def rendered(data: DataSection, unpaired: bool = False) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) rendered, with the hidden columns; eval is None when data.validation is 0;
+    `unpaired` for a method that trains unpaired rows (KTO)."""
     train_parts, eval_parts = [], []
     for i, spec in enumerate(data.datasets):
-        ds = prepared(data, i, spec.split)
+        ds = prepared(data, i, spec.split, unpaired=unpaired)
         if isinstance(data.validation, str):
-            eval_parts.append(prepared(data, i, data.validation))
+            eval_parts.append(_as_trained(prepared(data, i, data.validation, unpaired=unpaired), unpaired))
         elif data.validation > 0:
             if len(ds) < 2:
                 raise DataError(f"data.datasets[{i}]: {len(ds)} row(s) cannot be split for validation; set data.validation: 0")
             split = ds.train_test_split(test_size=data.validation, seed=data.seed)
             ds = split["train"]
-            eval_parts.append(split["test"])
-        train_parts.append(ds)
+            eval_parts.append(_as_trained(split["test"], unpaired))
+        train_parts.append(_as_trained(ds, unpaired))
     train = _concat(train_parts, data, "training").shuffle(seed=data.seed)
     return train, (_concat(eval_parts, data, "validation") if eval_parts else None)
 
@@ -104,7 +117,7 @@ def without_hidden(ds: Dataset | None) -> Dataset | None:
     return None if ds is None else ds.remove_columns([c for c in HIDDEN if c in ds.column_names])
 
 
-def build(data: DataSection, tokenizer=None) -> tuple[Dataset, Dataset | None]:
+def build(data: DataSection, tokenizer=None, unpaired: bool = False) -> tuple[Dataset, Dataset | None]:
     """(train, eval) exactly as the trainer gets them; eval is None when data.validation is 0.
 
     Decontamination drops training rows sharing a 13-gram with data.decontaminate's benchmarks;
@@ -114,7 +127,7 @@ def build(data: DataSection, tokenizer=None) -> tuple[Dataset, Dataset | None]:
     from qlcode.progress import console
     from qlcode.data.decontaminate import drop_overlapping, index
 
-    train, held = rendered(data)
+    train, held = rendered(data, unpaired)
     if data.decontaminate:
         train, dropped = drop_overlapping(train, index(data.decontaminate))
         console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "
@@ -134,7 +147,7 @@ def build(data: DataSection, tokenizer=None) -> tuple[Dataset, Dataset | None]:
     return without_hidden(train), without_hidden(held)
 
 
-def check_sample(data: DataSection, rows: int = 100) -> list[str]:
+def check_sample(data: DataSection, rows: int = 100, unpaired: bool = False) -> list[str]:
     """Check the first `rows` rows of each dataset (each split used) against its format, in seconds.
 
     Returns notes on what was not checked (Hub datasets when the Hub cannot be reached; repository
@@ -154,7 +167,7 @@ def check_sample(data: DataSection, rows: int = 100) -> list[str]:
                 notes.append(note)
                 continue
             for split in [spec.split] + ([data.validation] if isinstance(data.validation, str) else []):
-                prepared(data, i, split, limit=rows)
+                prepared(data, i, split, limit=rows, unpaired=unpaired)
         except DataError as e:
             problems.append(str(e))
     if problems:

@@ -18,6 +18,7 @@ class Method:
     summary: ClassVar[str]  # one line for the recipe reference
     section: ClassVar[type[Section]]  # its keys, under train.<name>
     formats: ClassVar[tuple[str, ...]]  # data formats it trains on
+    unpaired: ClassVar[bool] = False  # trains unpaired rows: preference rows become one row per answer (qlcode.data)
 
     def config(self, recipe: Recipe, common: dict[str, Any], conversational: bool) -> TrainingArguments:
         """The TRL config: the arguments every method shares, plus this method's own."""

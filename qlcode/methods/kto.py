@@ -1,8 +1,9 @@
 """Kahneman-Tversky Optimization with TRL's KTOTrainer: unpaired answers labelled good or bad.
 
 KTO needs no pairs, so every executed sample counts (`qlcode pairs --kto-out`: passing = desirable),
-not only problems with both a passing and a failing answer. Preference rows train it too: TRL
-splits each pair into its chosen (desirable) and rejected (undesirable) answer. The reference
+not only problems with both a passing and a failing answer. Preference rows train it too: qlcode
+splits each pair into its chosen (desirable) and rejected (undesirable) answer, each after its own
+conversation (a playground vote on a later turn: the rejected answer's rejected_prompt). The reference
 model is the base with the adapter disabled, as for DPO.
 """
 
@@ -28,6 +29,7 @@ class Kto(Method):
     summary = "Kahneman-Tversky Optimization on answers labelled good or bad"
     section = KtoSection
     formats = ("kto", "preference")
+    unpaired = True
 
     def config(self, recipe, common, conversational):
         from trl import KTOConfig

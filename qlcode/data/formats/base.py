@@ -119,6 +119,10 @@ class DataFormat:
         a format whose field may take two shapes gives it one here (unchanged by default)."""
         return row
 
+    def for_method(self, ds: Dataset, key: str, source: str, unpaired: bool) -> Dataset:
+        """Rendered rows as the recipe's method trains them; `unpaired` for KTO (all formats but preference: as they are)."""
+        return ds
+
     def check_columns(self, present: set[str], key: str, source: str, column: dict[str, str], columns: list[str]) -> None:
         for field in self.required:
             if field not in present:

@@ -1,7 +1,8 @@
 """kto: unpaired rows, a prompt with one answer labelled desirable (true) or not (false), for KTO.
 
 Preference rows train KTO too: `unpaired` splits each into a chosen row (label true) and a
-rejected row (label false), with TRL's own `unpair_preference_dataset`.
+rejected row (label false), with TRL's own `unpair_preference_dataset`; a rejected answer that
+followed another conversation (a playground vote's rejected_prompt) keeps that conversation as its prompt.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qlcode.data.formats.base import UNPAIRED, DataFormat
-from qlcode.data.formats.preference import answer_text, prompt_value, rendered_answer, rendered_prompt
+from qlcode.data.formats.preference import OTHER, answer_text, prompt_value, rendered_answer, rendered_prompt
 from qlcode.errors import DataError
 
 if TYPE_CHECKING:
@@ -37,10 +38,16 @@ class Kto(DataFormat):
 
 
 def unpaired(ds: Dataset) -> Dataset:
-    """Rendered preference rows as KTO rows: each pair gives (prompt, chosen, true) and (prompt, rejected, false)."""
+    """Rendered preference rows as KTO rows: each pair gives (prompt, chosen, true) and (prompt, rejected, false),
+    the rejected answer's prompt being its own where the row names one (the hidden OTHER column)."""
     from trl import unpair_preference_dataset
 
     missing = {"prompt", "chosen", "rejected"} - set(ds.column_names)
     if missing:
         raise DataError(f"only preference rows (prompt, chosen, rejected) can be unpaired for KTO; these lack {', '.join(sorted(missing))}")
-    return unpair_preference_dataset(ds)
+    ds = unpair_preference_dataset(ds)  # other columns, OTHER included, are copied to both rows
+    if OTHER not in ds.column_names:
+        return ds
+    own = ds.map(lambda row: {"prompt": row["prompt"] if row["label"] or row[OTHER] is None else row[OTHER]},
+                 desc="Giving each rejected answer its own conversation")
+    return own.remove_columns(OTHER)

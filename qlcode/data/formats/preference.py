@@ -4,9 +4,10 @@ The prompt is text or a conversation (a list of {role, content} ending with the 
 the playground stores its votes); each answer is text, an assistant message, or a list holding one.
 
 A playground vote on a later chat turn may carry `rejected_prompt`: the conversation the rejected
-answer followed, whose earlier answers differ from the chosen side's. DPO (and KTO, which unpairs
-these rows) trains both answers after one prompt, so such a row would teach the rejected answer
-after a conversation it never saw: it is left out, and the count printed.
+answer followed, whose earlier answers differ from the chosen side's. DPO and ORPO train both
+answers after one prompt, so such a row would teach the rejected answer after a conversation it
+never saw: for them it is left out, and the count printed. KTO's unpaired rows keep it: each answer
+is trained after its own conversation (qlcode.data.formats.kto.unpaired).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from qlcode.errors import DataError
 if TYPE_CHECKING:
     from datasets import Dataset
 
-OTHER = "_rejected_after_another_conversation"
+OTHER = "_rejected_prompt"  # a rendered row's hidden column: the rejected answer's own prompt, where it differs
 
 
 def answer_text(value, f: str, where: str, column: dict[str, str]) -> str:
@@ -84,26 +85,34 @@ class Preference(DataFormat):
             other = prompt_value(other, where, {"prompt": column["rejected_prompt"]}, template)
         return {"prompt": prompt, "chosen": answer_text(row["chosen"], "chosen", where, column),
                 "rejected": answer_text(row["rejected"], "rejected", where, column),
-                OTHER: other is not None and other != prompt}
+                "rejected_prompt": other if other != prompt else None}
 
-    def canonical(self, ds: Dataset, columns: dict[str, str], key: str, source: str, template: str,
-                  rows: list[int] | None = None) -> Dataset:
-        """The rows whose two answers followed the same prompt; the others are counted and left out."""
+    def render(self, row: dict, template: str) -> dict:
+        """TRL's preference row; a checked row (which always has rejected_prompt) also carries the hidden OTHER."""
+        prompt = rendered_prompt(row["prompt"], template)
+        out = {"prompt": prompt, "chosen": rendered_answer(row["chosen"], prompt),
+               "rejected": rendered_answer(row["rejected"], prompt)}
+        if "rejected_prompt" in row:
+            other = row["rejected_prompt"]
+            out[OTHER] = None if other is None else rendered_prompt(other, template)
+        return out
+
+    def for_method(self, ds: Dataset, key: str, source: str, unpaired: bool) -> Dataset:
+        """DPO, ORPO: the rows whose two answers followed the same prompt; the others are counted and left out.
+        KTO: every row, with each rejected answer's own prompt (unpaired after the validation split, pipeline.rendered)."""
         from qlcode.progress import console
 
-        ds = super().canonical(ds, columns, key, source, template, rows)
-        other = sum(ds[OTHER])
+        if unpaired:
+            return ds
+        other = sum(o is not None for o in ds[OTHER])
         if other:
             note = (f"{key}: {other} of {len(ds)} rows of {source} have a rejected answer that followed another "
                     "conversation (rejected_prompt, a later turn of a playground chat)")
             if other == len(ds):
-                raise DataError(f"{note}: none is left to train on, since DPO and KTO train both answers after one "
-                                "prompt; vote on first turns (New chat before each vote) to get rows they can use")
-            console.print(f"{note}: left out, since DPO and KTO train both answers after one prompt")
-            ds = ds.filter(lambda o: not o, input_columns=OTHER)
+                raise DataError(f"{note}: none is left to train on, since DPO and ORPO train both answers after one "
+                                "prompt; vote on first turns (New chat before each vote) to get rows they can use, or "
+                                "train KTO (train.method: kto), which keeps each answer after its own conversation")
+            console.print(f"{note}: left out, since DPO and ORPO train both answers after one prompt "
+                          "(KTO keeps them)", markup=False, highlight=False)
+            ds = ds.filter(lambda o: o is None, input_columns=OTHER)
         return ds.remove_columns(OTHER)
-
-    def render(self, row: dict, template: str) -> dict:
-        prompt = rendered_prompt(row["prompt"], template)
-        return {"prompt": prompt, "chosen": rendered_answer(row["chosen"], prompt),
-                "rejected": rendered_answer(row["rejected"], prompt)}
