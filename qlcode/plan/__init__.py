@@ -3,6 +3,7 @@
     shapes.py  the base model's shapes (its config; shipped configs for Code Llama's Hub ids)
     memory.py  the bytes of each part of a run, from shapes and plain settings
     fit.py     GPU sizes, the verdict, the changes that make a run fit, the preflight
+    startup.py lora.init's start-up transient (PiSSA, OLoRA, LoftQ), a line of its own beside the total
     report.py  the table `qlcode plan` prints
 """
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qlcode.plan.shapes import Shapes
-from qlcode.plan.startup import largest_target
 
 GiB = 2**30
 # The CUDA context (about 0.5 GiB with torch's kernels loaded) and the caching allocator's
@@ -25,9 +24,6 @@ BLOCK_NESTED = 256  # ... for the 8-bit absmax of double quantization
 BLOCK_OPTIM_8BIT = 256  # ... for 8-bit optimizer state
 MIN_8BIT_SIZE = 4096
 LOGPROB_TILE = (4096, 32768)  # tokens x vocabulary entries per tile of TRL's fused LM head  # bitsandbytes' 8-bit optimizers keep fp32 state for smaller tensors
-# the parts that exist while lora.init runs: no gradients, optimizer state or activations yet
-STARTUP_RESIDENT = ("base weights", "embeddings, lm_head, norms", "buffers", "LoRA weights", "DoRA weights",
-                    "CUDA context + allocator")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_fc", "c_proj")  # c_*: StarCoder2
 
 # Sequences in one forward pass, per training method (qlcode/methods): DPO concatenates chosen and
@@ -276,17 +272,10 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
     if s.device == "cuda":
         add("CUDA context + allocator", CUDA_OVERHEAD, "stated constant")
     if s.init != "default":
-        out.startup = startup_part(out, s)
+        from qlcode.plan.startup import startup_part
+
+        out.startup = startup_part(out)
     return out
-
-
-def startup_part(p: Plan, s: Settings) -> Part:
-    """lora.init's transient, with the start-up peak it makes: the weights (and CUDA context) plus it."""
-    name, size = largest_target(p.shapes, s.targets, s.init, s.weight_bytes)
-    o, i = p.shapes.linears()[name]
-    resident = sum(part.bytes for part in p.parts if part.name in STARTUP_RESIDENT)
-    return Part(f"lora.init: {s.init}", size, f"at start-up, one layer at a time: {name} ({o} x {i}) in fp32 and its "
-                f"{'QR' if s.init == 'olora' else 'SVD'}; with the weights {(resident + size) / GiB:.2f} GiB, before training")
 
 
 def settings(recipe, device: str = "cuda") -> Settings:

@@ -13,9 +13,16 @@ gradients, optimizer state or activations exist, so this adds to the weights alo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from qlcode.plan.shapes import Shapes
 
+if TYPE_CHECKING:
+    from qlcode.plan.memory import Part, Plan
+
 FP32 = 4
+# the parts of a plan that exist while lora.init runs: no gradients, optimizer state or activations yet
+RESIDENT = ("base weights", "embeddings, lm_head, norms", "buffers", "LoRA weights", "DoRA weights", "CUDA context + allocator")
 
 
 def init_bytes(out_features: int, in_features: int, init: str, weight_bytes: int) -> int:
@@ -37,3 +44,15 @@ def largest_target(shapes: Shapes, targets: tuple[str, ...], init: str, weight_b
     found = [(init_bytes(o, i, init, weight_bytes), name) for name, (o, i) in shapes.linears().items() if name in targets]
     size, name = max(found, default=(0, ""))
     return name, size
+
+
+def startup_part(p: Plan) -> Part:
+    """The plan's lora.init line: the transient, and the start-up peak it makes beside the resident parts."""
+    from qlcode.plan.memory import GiB, Part
+
+    s = p.settings
+    name, size = largest_target(p.shapes, s.targets, s.init, s.weight_bytes)
+    o, i = p.shapes.linears()[name]
+    resident = sum(part.bytes for part in p.parts if part.name in RESIDENT)
+    return Part(f"lora.init: {s.init}", size, f"at start-up, one layer at a time: {name} ({o} x {i}) in fp32 and its "
+                f"{'QR' if s.init == 'olora' else 'SVD'}; with the weights {(resident + size) / GiB:.2f} GiB, before training")
