@@ -83,6 +83,26 @@ def _saved_bytes(base: Path, overrides: list[str], tokens: torch.Tensor) -> int:
 def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
     """One layer more adds exactly the planned per-layer bytes (CPU: fp32, dropout masks in fp32);
     quant.kernels=triton trains through the fused blocks (Triton interpreted)."""
+    measured, planned = _one_layers_saved_bytes(tmp_path, overrides)
+    assert measured == planned
+
+
+def test_a_tiled_mlp_saves_only_its_input(tmp_path, monkeypatch):
+    """Above the tile (here 32 of the 96 tokens) the fused MLP saves its input alone: gate's and up's
+    outputs (2 x intermediate per token) are no longer saved, and the plan says so."""
+    from qlcode.kernels import fused_blocks
+
+    overrides = ["lora.dropout=0.05", "quant.kernels=triton"]
+    one_pass = _one_layers_saved_bytes(tmp_path / "one", overrides)
+    monkeypatch.setattr(fused_blocks, "MLP_TILE", 32)
+    measured, planned = _one_layers_saved_bytes(tmp_path / "tiled", overrides, mlp_tile=32)
+    assert measured == planned == one_pass[0] - 96 * 4 * 2 * 344
+
+
+def _one_layers_saved_bytes(tmp_path, overrides: list[str], mlp_tile: int | None = None) -> tuple[int, int]:
+    """(bytes autograd saves for one decoder layer more, the plan's count) over 2 x 48 tokens."""
+    from dataclasses import replace
+
     tokens = torch.randint(3, 500, (2, 48), generator=torch.Generator().manual_seed(0))
     overrides = [*overrides, "data.max_length=48"]
     measured = []
@@ -94,7 +114,9 @@ def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
     recipe = load_recipe(REPO / "recipes" / "python-sft.yaml", [f"model.base={tmp_path / 'l1'}", *overrides])
     shapes = load_shapes(str(tmp_path / "l1"))
     assert (shapes.kv_heads, shapes.head_dim) == (2, 32)
-    assert measured[1] - measured[0] == tokens.numel() * layer_activation_bytes(shapes, settings(recipe, "cpu"))
+    s = settings(recipe, "cpu")
+    s = replace(s, mlp_tile=mlp_tile) if mlp_tile else s
+    return measured[1] - measured[0], tokens.numel() * layer_activation_bytes(shapes, s)
 
 
 def test_under_autocast_a_4bit_layers_mlp_saves_fp32(tmp_path):

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qlcode.kernels import MLP_TILE
 from qlcode.plan.shapes import Shapes
 
 GiB = 2**30
@@ -58,6 +59,7 @@ class Settings:
     attention: str = "sdpa"
     method: str = "sft"
     fused: bool = False  # Llama's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
+    mlp_tile: int = MLP_TILE  # the fused MLP runs more tokens than this in tiles of this many
     offload: bool = False  # train.offload_activations
     packing: bool = False  # data.packing: one padding-free row per micro batch
     vllm_share: float = 0.0  # of the GPU's memory, held by vLLM colocated for GRPO's generation (train.grpo.vllm)
@@ -69,6 +71,10 @@ class Settings:
     @property
     def tokens(self) -> int:
         return self.sequences * self.max_length
+
+    @property
+    def mlp_tiled(self) -> bool:
+        return self.fused and self.bits == 4 and self.tokens > self.mlp_tile
 
     @property
     def upcast_bytes(self) -> int:
@@ -154,8 +160,9 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     input (bitsandbytes dequantizes the weight again in backward); a LoRA module saves its
     (dropped-out) input in c and its rank-r hidden; modules sharing an input share one saved copy
     when no dropout or cast separates them. DoRA's per-forward weight norms are not counted.
-    The fused blocks (s.fused) keep each block's input once in c, and the MLP's gate and up in c;
-    LoRA's products and dropout masks are recomputed in backward.
+    The fused blocks (s.fused) keep each block's input once in c, and the MLP's gate and up in c
+    (only its input above s.mlp_tile tokens: tiles recompute them); LoRA's products and dropout
+    masks are recomputed in backward.
     """
     h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
@@ -180,8 +187,8 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
         total += 3 * c * q + (4 + (c if c != 4 else 0)) * shapes.heads * s.max_length
     else:  # SDPA / flash: q, k, v, the output and the log-sum-exp, no sequence-squared matrix
         total += c * (2 * q + 2 * kv) + 4 * shapes.heads
-    if s.fused and s.bits == 4:  # qlcode.kernels.fused_blocks: each block's input, gate and up, in c
-        return total + c * (2 * h + 2 * f) + (c * q if s.attention == "eager" else 0)  # o's input: SDPA's output
+    if s.fused and s.bits == 4:  # qlcode.kernels.fused_blocks: each block's input, gate and up (untiled), in c
+        return total + c * (2 * h + (0 if s.mlp_tiled else 2 * f)) + (c * q if s.attention == "eager" else 0)  # o's input: SDPA's output
     # gate, silu(gate), up: in p behind quantized linears, in c behind torch's under autocast. They
     # were counted in c until the first GPU measurement (H100, 2026-11-26,
     # benchmarks/results/2026-11-26-h100/plan_memory.md: CodeLlama-7B, r16 all-linear) found the
@@ -211,13 +218,48 @@ def lm_head_bytes(shapes: Shapes, s: Settings) -> int:
     return rows * LOGPROB_TILE[1] * s.compute_bytes + cast + s.tokens * shapes.hidden * 4 + fallback
 
 
+def fused_mlp_backward_bytes(shapes: Shapes, s: Settings) -> int:
+    """The fused MLP's backward (fused_blocks.LoRAMLP) at its peak, beyond what it saved and the
+    gradient it receives: the SwiGLU gradient of one tile of min(tokens, s.mlp_tile) tokens. Live
+    there, per token of the tile: gate's and up's outputs (when tiled: recomputed; else saved and
+    counted as activations), SwiGLU's output and its gradient in c; in fp32, gate's output, the
+    gradient and sigmoid(gate) widened, and three temporaries of the gradient's expression (none
+    widened when c is fp32); the dropout masks (bool) of gate's and up's input and down's. Beside
+    the tile: down's LoRA gradients (fp32) and, when tiled, the whole input gradient (c x hidden
+    per token) and the sums of the earlier tiles' LoRA gradients. Exact against what a CPU run in
+    bf16 allocates (tests/test_fused_qlora.py), up to torch's scalar tensors."""
+    h, f, c, r = shapes.hidden, shapes.intermediate, s.compute_bytes, s.lora_r
+    lora = {m: m in s.targets for m in ("gate_proj", "up_proj", "down_proj")}
+    drop = s.dropout > 0
+    per_tile_token = (2 * c * f * (2 if s.mlp_tiled else 1) + 4 * f * (6 if c < 4 else 4)
+                      + drop * (h * (lora["gate_proj"] + lora["up_proj"]) + f * lora["down_proj"]))
+    lora_grads = 4 * r * (h + f)  # one projection's A (r x in) and B (out x r) in fp32: gate, up and down alike
+    total = min(s.tokens, s.mlp_tile) * per_tile_token + lora["down_proj"] * lora_grads
+    if s.mlp_tiled:
+        total += s.tokens * c * h + sum(lora.values()) * lora_grads
+    return total
+
+
 def layer_backward_bytes(shapes: Shapes, s: Settings, per_layer: int) -> int:
     """One decoder layer's backward: its activations recomputed (under checkpointing), the
     gradients in flight (the hidden state's in and out, the MLP's widest two), and the largest
     base weight dequantized for the input gradient. An estimate, checked on GPUs by
-    benchmarks/plan_memory.py."""
-    in_flight = s.tokens * (2 * s.upcast_bytes * shapes.hidden + 2 * s.compute_bytes * shapes.intermediate)
+    benchmarks/plan_memory.py.
+
+    With the fused blocks the widest part is the larger of two phases. The MLP's: its output's
+    gradient cast to c and its backward's own peak (fused_mlp_backward_bytes, exact on CPU). The
+    attention's (an estimate from torch's flash-attention backward): the gradients of q, k, v and
+    of the attention's output, a contiguous copy of the latter, and the fp32 accumulator of q's.
+    """
     dequantized = max(o * i for o, i in shapes.linears().values()) * s.compute_bytes if s.bits else 0
+    residual = s.tokens * 2 * s.upcast_bytes * shapes.hidden
+    if s.fused and s.bits == 4:
+        c, q, kv = s.compute_bytes, shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
+        mlp = s.tokens * c * shapes.hidden + fused_mlp_backward_bytes(shapes, s)
+        attention = s.tokens * (c * (3 * q + 2 * kv) + 4 * q)
+        in_flight = residual + max(mlp, attention)
+    else:
+        in_flight = residual + s.tokens * 2 * s.compute_bytes * shapes.intermediate
     return (s.tokens * per_layer if s.checkpointing else 0) + in_flight + dequantized
 
 
