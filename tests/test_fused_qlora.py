@@ -209,18 +209,22 @@ def _peak_bytes(run) -> int:
     return peak
 
 
-@pytest.mark.parametrize(("tokens", "tile", "hidden", "inter", "r", "dropout", "targets"), [
-    (96, 96, 128, 344, 4, 0.05, ("gate_proj", "up_proj", "down_proj")),  # one pass, 7B's intermediate/hidden ratio
-    (192, 64, 128, 344, 4, 0.05, ("gate_proj", "up_proj", "down_proj")),  # tiles
-    (384, 64, 128, 344, 8, 0.05, ("gate_proj", "up_proj", "down_proj")),  # more tokens, the same tile
-    (192, 64, 128, 344, 4, 0.0, ("gate_proj", "up_proj", "down_proj")),
-    (192, 64, 64, 176, 4, 0.1, ("up_proj", "down_proj")),  # gate bare
-], ids=["one-pass", "tiled", "longer", "no-dropout", "gate-bare"])
-def test_the_mlp_backwards_peak_is_the_plans(tokens, tile, hidden, inter, r, dropout, targets):
-    """The peak bytes of the fused MLP's backward in bf16 (the GPU's dtype, on CPU), beyond what
-    forward saved and the gradient it receives, are qlcode plan's count (fused_mlp_backward_bytes)
-    to the 12 bytes of torch's scalar tensors; 4-bit dequantization is left out (dense weights
-    given to the function as they are), since the plan counts it apart."""
+ALL_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+@pytest.mark.parametrize(("tokens", "tile", "hidden", "inter", "r", "dropout", "targets", "dtype"), [
+    (96, 96, 128, 344, 4, 0.05, ALL_MLP, torch.bfloat16),  # one pass, 7B's intermediate/hidden ratio
+    (192, 64, 128, 344, 4, 0.05, ALL_MLP, torch.bfloat16),  # tiles
+    (384, 64, 128, 344, 8, 0.05, ALL_MLP, torch.bfloat16),  # more tokens, the same tile
+    (192, 64, 128, 344, 4, 0.0, ALL_MLP, torch.bfloat16),
+    (192, 64, 64, 176, 4, 0.1, ("up_proj", "down_proj"), torch.bfloat16),  # gate bare
+    (192, 64, 128, 344, 4, 0.05, ALL_MLP, torch.float16),
+], ids=["one-pass", "tiled", "longer", "no-dropout", "gate-bare", "fp16"])
+def test_the_mlp_backwards_peak_is_the_plans(tokens, tile, hidden, inter, r, dropout, targets, dtype):
+    """The peak bytes of the fused MLP's backward in bf16 or fp16 (the GPU's dtypes, on CPU), beyond
+    what forward saved and the gradient it receives, are qlcode plan's count
+    (fused_mlp_backward_bytes) exactly; 4-bit dequantization is left out (dense weights given to
+    the function as they are), since the plan counts it apart."""
     from qlcode.plan import Settings, Shapes
     from qlcode.plan.memory import fused_mlp_backward_bytes
 
@@ -228,14 +232,27 @@ def test_the_mlp_backwards_peak_is_the_plans(tokens, tile, hidden, inter, r, dro
     projections, lora = [], []
     for name, (out_f, in_f) in zip(("gate_proj", "up_proj", "down_proj"), ((inter, hidden), (inter, hidden), (hidden, inter))):
         trained = name in targets
-        projections.append(Projection(torch.randn(out_f, in_f, dtype=torch.bfloat16) * 0.05, None, 2.0 if trained else 0.0,
+        projections.append(Projection(torch.randn(out_f, in_f, dtype=dtype) * 0.05, None, 2.0 if trained else 0.0,
                                       dropout if trained else 0.0))
         lora += [torch.randn(r, in_f, requires_grad=True), torch.randn(out_f, r, requires_grad=True)] if trained else [None, None]
-    x = torch.randn(tokens, hidden, dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(tokens, hidden, dtype=dtype, requires_grad=True)
     y = LoRAMLP.apply(x, tuple(projections), DENSE, tile, *lora)
     grad = torch.randn_like(y)
     measured = _peak_bytes(lambda: y.backward(grad))
     shapes = Shapes(hidden=hidden, intermediate=inter, layers=1, heads=4, kv_heads=4, head_dim=hidden // 4, vocab=100)
-    planned = fused_mlp_backward_bytes(shapes, Settings(compute_bytes=2, lora_r=r, dropout=dropout, targets=targets,
+    planned = fused_mlp_backward_bytes(shapes, Settings(compute_bytes=dtype.itemsize, lora_r=r, dropout=dropout, targets=targets,
                                                         micro_batch=1, max_length=tokens, fused=True, mlp_tile=tile))
-    assert 0 <= measured - planned <= 12, (measured, planned)
+    assert measured == planned
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_swiglu_backward_is_its_formula_bit_for_bit(dtype):
+    """The in-place, fewer-temporaries form gives the plain expressions' values exactly (widened to fp32)."""
+    from qlcode.kernels.fused_blocks import swiglu_backward, wide
+
+    e, g, dh = (torch.randn(300, 517, generator=torch.Generator().manual_seed(i)).mul(3).to(dtype) for i in range(3))
+    ef, dhf = wide(e), wide(dh)
+    sig = torch.sigmoid(ef)
+    de, dg = swiglu_backward(e, g, dh)
+    assert torch.equal(de, (dhf * wide(g) * sig * (1 + ef * (1 - sig))).to(dtype))
+    assert torch.equal(dg, (dhf * ef * sig).to(dtype))

@@ -109,6 +109,20 @@ def swiglu(e: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (F.silu(wide(e)) * wide(g)).to(e.dtype)
 
 
+def swiglu_backward(e: torch.Tensor, g: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of swiglu(e, g) for its gradient dh, in e's dtype, computed in at least fp32:
+    de = dh g sigmoid(e) (1 + e (1 - sigmoid(e))), dg = dh e sigmoid(e). The order of operations is
+    that of those expressions (so the values are theirs, bit for bit), but in place where it can be
+    and with e, g in their own dtype where a product with an fp32 operand widens them exactly: at
+    most three fp32 arrays of e's size exist at once, not six."""
+    sig = torch.sigmoid(wide(e))
+    t = (wide(dh) * g).mul_(sig)
+    u = torch.rsub(sig, 1).mul_(e).add_(1)
+    de = t.mul_(u).to(e.dtype)
+    del t, u
+    return de, (wide(dh) * e).mul_(sig).to(e.dtype)
+
+
 class LoRAProjections(torch.autograd.Function):
     """Several 4-bit projections (each with or without LoRA) of one input, saved once: q, k and v.
     `lora` holds A and B of each projection in turn (None, None for a bare one)."""
@@ -210,10 +224,7 @@ def _mlp_tile_backward(x, e, g, grad, projections, lora, kernels: Kernels, state
         h = swiglu(e, g)
         masks.append(draw_mask(h, down.dropout, lora[4] is not None))
     dh, grad_ad, grad_bd = project_backward(h, grad, down, lora[4], lora[5], masks[2], kernels, None)
-    ef, dhf = wide(e), wide(dh)
-    sig = torch.sigmoid(ef)
-    de = (dhf * wide(g) * sig * (1 + ef * (1 - sig))).to(x.dtype)  # silu'(e) = sigmoid(e) (1 + e (1 - sigmoid(e)))
-    dg = (dhf * ef * sig).to(x.dtype)
+    de, dg = swiglu_backward(e, g, dh)
     grad_x, grad_ag, grad_bg = project_backward(x, de, gate, lora[0], lora[1], masks[0], kernels, None)
     grad_x, grad_au, grad_bu = project_backward(x, dg, up, lora[2], lora[3], masks[1], kernels, grad_x)
     return grad_x, grad_ag, grad_bg, grad_au, grad_bu, grad_ad, grad_bd

@@ -220,18 +220,20 @@ def lm_head_bytes(shapes: Shapes, s: Settings) -> int:
 
 def fused_mlp_backward_bytes(shapes: Shapes, s: Settings) -> int:
     """The fused MLP's backward (fused_blocks.LoRAMLP) at its peak, beyond what it saved and the
-    gradient it receives: the SwiGLU gradient of one tile of min(tokens, s.mlp_tile) tokens. Live
-    there, per token of the tile: gate's and up's outputs (when tiled: recomputed; else saved and
-    counted as activations), SwiGLU's output and its gradient in c; in fp32, gate's output, the
-    gradient and sigmoid(gate) widened, and three temporaries of the gradient's expression (none
-    widened when c is fp32); the dropout masks (bool) of gate's and up's input and down's. Beside
-    the tile: down's LoRA gradients (fp32) and, when tiled, the whole input gradient (c x hidden
-    per token) and the sums of the earlier tiles' LoRA gradients. Exact against what a CPU run in
-    bf16 allocates (tests/test_fused_qlora.py), up to torch's scalar tensors."""
+    gradient it receives: the SwiGLU gradient (fused_blocks.swiglu_backward) of one tile of
+    min(tokens, s.mlp_tile) tokens. Live there, per token of the tile: gate's and up's outputs when
+    tiled (recomputed; untiled they are saved, counted as activations), SwiGLU's output, its
+    gradient and gate's gradient in c; four fp32 arrays of the intermediate width (the gradient
+    widened, sigmoid(gate), the product, and gate's output widened: CPU's mixed-dtype multiply
+    makes that one, a CUDA kernel may not); the bool dropout masks of gate's and up's input and of
+    down's. Beside the tile: down's LoRA gradients (fp32) and, when tiled, the whole input
+    gradient (c x hidden per token) and the sums of the earlier tiles' LoRA gradients. Exact in
+    bf16 and fp16 against what a CPU run allocates (tests/test_fused_qlora.py); in fp32 (CPU
+    plans) an estimate, with two fp32 arrays (nothing is widened)."""
     h, f, c, r = shapes.hidden, shapes.intermediate, s.compute_bytes, s.lora_r
     lora = {m: m in s.targets for m in ("gate_proj", "up_proj", "down_proj")}
     drop = s.dropout > 0
-    per_tile_token = (2 * c * f * (2 if s.mlp_tiled else 1) + 4 * f * (6 if c < 4 else 4)
+    per_tile_token = (c * f * (5 if s.mlp_tiled else 3) + 4 * f * (4 if c < 4 else 2)
                       + drop * (h * (lora["gate_proj"] + lora["up_proj"]) + f * lora["down_proj"]))
     lora_grads = 4 * r * (h + f)  # one projection's A (r x in) and B (out x r) in fp32: gate, up and down alike
     total = min(s.tokens, s.mlp_tile) * per_tile_token + lora["down_proj"] * lora_grads
