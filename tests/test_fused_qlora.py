@@ -241,7 +241,8 @@ def test_the_mlp_backwards_peak_is_the_plans(tokens, tile, hidden, inter, r, dro
     measured = _peak_bytes(lambda: y.backward(grad))
     shapes = Shapes(hidden=hidden, intermediate=inter, layers=1, heads=4, kv_heads=4, head_dim=hidden // 4, vocab=100)
     planned = fused_mlp_backward_bytes(shapes, Settings(compute_bytes=dtype.itemsize, lora_r=r, dropout=dropout, targets=targets,
-                                                        micro_batch=1, max_length=tokens, fused=True, mlp_tile=tile))
+                                                        micro_batch=1, max_length=tokens, fused=True, mlp_tile=tile,
+                                                        mlp_tiled_above=tile))
     assert measured == planned
 
 

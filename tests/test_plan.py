@@ -95,6 +95,7 @@ def test_a_tiled_mlp_saves_only_its_input(tmp_path, monkeypatch):
     overrides = ["lora.dropout=0.05", "quant.kernels=triton"]
     one_pass = _one_layers_saved_bytes(tmp_path / "one", overrides)
     monkeypatch.setattr(fused_blocks, "MLP_TILE", 32)
+    monkeypatch.setattr(fused_blocks, "MLP_TILED_ABOVE", 32)
     measured, planned = _one_layers_saved_bytes(tmp_path / "tiled", overrides, mlp_tile=32)
     assert measured == planned == one_pass[0] - 96 * 4 * 2 * 344
 
@@ -115,7 +116,7 @@ def _one_layers_saved_bytes(tmp_path, overrides: list[str], mlp_tile: int | None
     shapes = load_shapes(str(tmp_path / "l1"))
     assert (shapes.kv_heads, shapes.head_dim) == (2, 32)
     s = settings(recipe, "cpu")
-    s = replace(s, mlp_tile=mlp_tile) if mlp_tile else s
+    s = replace(s, mlp_tile=mlp_tile, mlp_tiled_above=mlp_tile) if mlp_tile else s
     return measured[1] - measured[0], tokens.numel() * layer_activation_bytes(shapes, s)
 
 

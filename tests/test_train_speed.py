@@ -219,7 +219,9 @@ def test_a_tiled_mlp_trains_as_the_one_pass_mlp(tmp_path, tiny_base, alpaca_file
     monkeypatch.setattr(fused_blocks.LoRAMLP, "apply", counted)
     runs = {}
     for tile in (80, 32):
-        monkeypatch.setattr(fused_blocks, "MLP_TILE", tile)
+        if tile == 32:
+            monkeypatch.setattr(fused_blocks, "MLP_TILE", 32)
+            monkeypatch.setattr(fused_blocks, "MLP_TILED_ABOVE", 32)
         recipe = make_recipe(tmp_path / str(tile), tiny_base, alpaca_file, quant={"kernels": "triton"},
                              train={"gradient_checkpointing": True})
         torch.manual_seed(0)

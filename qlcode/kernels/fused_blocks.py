@@ -9,8 +9,8 @@ applied in the same pass. What autograd keeps, per token of one layer, in the co
     o                   its input (already saved by SDPA: the same storage under sdpa)
     MLP                 the block's input, gate and up (c x (hidden + 2 x intermediate));
                         SwiGLU's output and everything LoRA needs are recomputed in backward;
-                        above MLP_TILE tokens only the input (c x hidden): gate and up are
-                        recomputed tile by tile (LoRAMLP)
+                        above MLP_TILED_ABOVE tokens only the input (c x hidden): gate and
+                        up are recomputed tile by tile (LoRAMLP)
 
 where PEFT over bitsandbytes keeps, behind PEFT's fp32 upcast, gate, silu(gate) and up in fp32,
 and for each LoRA module its dropped-out input and its dropout mask. unsloth runs only without
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from qlcode.kernels import MLP_TILE
+from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE
 from qlcode.kernels.qlora_linear import Kernels, compute_dtype, linear_4bit
 
 
@@ -271,8 +271,10 @@ def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     if found is None:
         return self._qlcode_original_forward(x)
     projections, lora, dtype = found
+    tokens = max(x.numel() // x.shape[-1], 1)
     with torch.autocast(x.device.type, enabled=False):  # the function casts for itself
-        y = LoRAMLP.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, self._qlcode_kernels, MLP_TILE, *lora)
+        y = LoRAMLP.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, self._qlcode_kernels,
+                          MLP_TILE if tokens > MLP_TILED_ABOVE else tokens, *lora)
     return y.to(x.dtype)
 
 

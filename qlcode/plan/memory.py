@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qlcode.kernels import MLP_TILE
+from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE
 from qlcode.plan.shapes import Shapes
 
 GiB = 2**30
@@ -59,7 +59,8 @@ class Settings:
     attention: str = "sdpa"
     method: str = "sft"
     fused: bool = False  # Llama's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
-    mlp_tile: int = MLP_TILE  # the fused MLP runs more tokens than this in tiles of this many
+    mlp_tile: int = MLP_TILE  # the fused MLP's tile, in tokens ...
+    mlp_tiled_above: int = MLP_TILED_ABOVE  # ... for micro batches of more tokens than this
     offload: bool = False  # train.offload_activations
     packing: bool = False  # data.packing: one padding-free row per micro batch
     vllm_share: float = 0.0  # of the GPU's memory, held by vLLM colocated for GRPO's generation (train.grpo.vllm)
@@ -74,7 +75,7 @@ class Settings:
 
     @property
     def mlp_tiled(self) -> bool:
-        return self.fused and self.bits == 4 and self.tokens > self.mlp_tile
+        return self.fused and self.bits == 4 and self.tokens > self.mlp_tiled_above
 
     @property
     def upcast_bytes(self) -> int:
@@ -161,7 +162,7 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     (dropped-out) input in c and its rank-r hidden; modules sharing an input share one saved copy
     when no dropout or cast separates them. DoRA's per-forward weight norms are not counted.
     The fused blocks (s.fused) keep each block's input once in c, and the MLP's gate and up in c
-    (only its input above s.mlp_tile tokens: tiles recompute them); LoRA's products and dropout
+    (only its input above s.mlp_tiled_above tokens: tiles recompute them); LoRA's products and dropout
     masks are recomputed in backward.
     """
     h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
@@ -220,8 +221,8 @@ def lm_head_bytes(shapes: Shapes, s: Settings) -> int:
 
 def fused_mlp_backward_bytes(shapes: Shapes, s: Settings) -> int:
     """The fused MLP's backward (fused_blocks.LoRAMLP) at its peak, beyond what it saved and the
-    gradient it receives: the SwiGLU gradient (fused_blocks.swiglu_backward) of one tile of
-    min(tokens, s.mlp_tile) tokens. Live there, per token of the tile: gate's and up's outputs when
+    gradient it receives: the SwiGLU gradient (fused_blocks.swiglu_backward) of one tile (s.mlp_tile
+    tokens; untiled, all of them). Live there, per token of the tile: gate's and up's outputs when
     tiled (recomputed; untiled they are saved, counted as activations), SwiGLU's output, its
     gradient and gate's gradient in c; four fp32 arrays of the intermediate width (the gradient
     widened, sigmoid(gate), the product, and gate's output widened: CPU's mixed-dtype multiply
@@ -236,7 +237,7 @@ def fused_mlp_backward_bytes(shapes: Shapes, s: Settings) -> int:
     per_tile_token = (c * f * (5 if s.mlp_tiled else 3) + 4 * f * (4 if c < 4 else 2)
                       + drop * (h * (lora["gate_proj"] + lora["up_proj"]) + f * lora["down_proj"]))
     lora_grads = 4 * r * (h + f)  # one projection's A (r x in) and B (out x r) in fp32: gate, up and down alike
-    total = min(s.tokens, s.mlp_tile) * per_tile_token + lora["down_proj"] * lora_grads
+    total = (s.mlp_tile if s.mlp_tiled else s.tokens) * per_tile_token + lora["down_proj"] * lora_grads
     if s.mlp_tiled:
         total += s.tokens * c * h + sum(lora.values()) * lora_grads
     return total
