@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE
 from qlcode.plan.shapes import Shapes
@@ -268,6 +268,8 @@ def layer_backward_bytes(shapes: Shapes, s: Settings, per_layer: int) -> int:
 
 def plan(shapes: Shapes, s: Settings) -> Plan:
     """Every part of a run's memory on one device."""
+    if s.fused and not shapes.llama:  # fused_blocks patches Llama's MLP and attention only
+        s = replace(s, fused=False)
     out = Plan(shapes, s)
     add = lambda name, n, detail: out.parts.append(Part(name, int(n), detail))  # noqa: E731
     linears = shapes.linears()
