@@ -134,6 +134,42 @@ def test_offloaded_activations_give_the_same_losses_and_gradients(tmp_path, tiny
     assert len(layer_inputs) >= 2 * 2, "each step moved both layers' inputs"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream and the prefetch are CUDA's")
+def test_offloaded_activations_on_cuda_prefetch_and_train_alike(tmp_path, tiny_base, alpaca_file, monkeypatch):
+    """On a GPU (benchmarks/gpu_session.sh runs it): each layer's input leaves through pinned memory
+    and comes back, every one but the first taken back by a prefetch started when backward took
+    the one after it; two steps' losses and LoRA gradients equal the path without offloading to
+    the order of CUDA's sums (1e-6)."""
+    from conftest import make_recipe
+
+    from qlcode.kernels import offload
+    from qlcode.train import trainable_model
+
+    ids = torch.randint(3, 4000, (2, 40), generator=torch.Generator().manual_seed(1)).cuda()
+    monkeypatch.setattr(offload, "MIN_BYTES", ids.numel() * 64 * 4)
+    runs = {}
+    for on in (False, True):
+        recipe = make_recipe(tmp_path / str(on), tiny_base, alpaca_file, quant={"kernels": "bitsandbytes"},
+                             train={"gradient_checkpointing": True, "offload_activations": on})
+        torch.manual_seed(0)
+        model = trainable_model(recipe).train()  # placed on the GPU by qlcode.placement
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses, grads = [], {}
+        for _ in range(2):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        runs[on] = losses, grads, getattr(model, "offloaded", None)
+    hooks = runs[True][2]
+    assert len(hooks.moved) >= 2 * 2 and hooks.prefetched == len(hooks.moved) - 2  # each step's first needs no prefetch
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
+    for name, want in runs[False][1].items():
+        assert (runs[True][1][name] - want).norm() <= 1e-6 * want.norm() + 1e-12, name
+
+
 def test_liger_without_a_gpu_is_a_recipe_level_error(tmp_path, tiny_base, alpaca_file):
     from conftest import make_recipe
 
