@@ -332,3 +332,37 @@ def test_packing_counts_the_block_mask_transformers_builds():
     assert packed.part("packed attention mask") == (2 * 1024) ** 2
     flash = plan(shapes, Settings(micro_batch=2, max_length=1024, packing=True, attention="flash_attention_2"))
     assert "packed attention mask" not in [p.name for p in flash.parts]
+
+
+def test_the_fused_blocks_count_for_llama_bases_only():
+    """quant.fused_blocks patches Llama's MLP and attention; a Qwen2 base keeps the plain path, so its plan too."""
+    qwen = load_shapes("Qwen/Qwen2.5-Coder-7B")
+    assert not qwen.llama and load_shapes("codellama/CodeLlama-7b-hf").llama
+    assert plan(qwen, Settings(fused=True)).total == plan(qwen, Settings(fused=False)).total
+
+
+LLAMA_31_8B = Shapes(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
+LONGEST_ROWS = {  # README's "Will it fit" table: the row's start -> (shapes, settings at batch 1)
+    "| Llama 3.1 8B shapes, batch 1, r32 all-linear: longest": (LLAMA_31_8B, Settings(micro_batch=1, lora_r=32)),
+    "| the same, fused blocks (": (LLAMA_31_8B, Settings(micro_batch=1, lora_r=32, fused=True)),
+    "| the same, fused blocks + `train.offload_activations`": (LLAMA_31_8B, Settings(micro_batch=1, lora_r=32, fused=True, offload=True)),
+    "| CodeLlama-7B, batch 1, r16 all-linear, fused blocks + offloading": (None, Settings(micro_batch=1, fused=True, offload=True)),
+}
+
+
+@pytest.mark.parametrize("row", list(LONGEST_ROWS))
+def test_readme_longest_rows_are_the_plans(row):
+    """README's longest sequences on 12 / 16 / 24 / 40 / 80 GiB are `longest`'s, and CodeLlama-7B's
+    on 24 GiB meets issue 23's 80,000 tokens (planned; the tiled MLP is what gets it there)."""
+    from dataclasses import replace
+
+    from qlcode.plan import longest
+
+    shapes, s = LONGEST_ROWS[row]
+    shapes = shapes or load_shapes("codellama/CodeLlama-7b-hf")
+    line = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(row))
+    written = [int(n.replace(",", "")) for n in line.split("|")[2].split("/")]
+    planned = [longest(shapes, s, gib * GiB) for gib in (12, 16, 24, 40, 80)]
+    assert written == planned, f"README.md: {row}...: rerun the plan ({planned})"
+    if "CodeLlama" in row:
+        assert planned[2] >= 80_000 > longest(shapes, replace(s, mlp_tiled_above=1 << 30), 24 * GiB)
