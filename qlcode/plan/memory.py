@@ -251,15 +251,16 @@ def layer_backward_bytes(shapes: Shapes, s: Settings, per_layer: int) -> int:
 
     With the fused blocks the widest part is the larger of two phases. The MLP's: its output's
     gradient cast to c and its backward's own peak (fused_mlp_backward_bytes, exact on CPU). The
-    attention's (an estimate from torch's flash-attention backward): the gradients of q, k, v and
-    of the attention's output, a contiguous copy of the latter, and the fp32 accumulator of q's.
+    attention's (an estimate from torch's flash-attention backward): the gradients of q, k, v (of
+    k and v also at every query head under grouped-query attention, before they are summed), of
+    the attention's output and a contiguous copy of it, and the fp32 accumulator of q's.
     """
     dequantized = max(o * i for o, i in shapes.linears().values()) * s.compute_bytes if s.bits else 0
     residual = s.tokens * 2 * s.upcast_bytes * shapes.hidden
     if s.fused and s.bits == 4:
         c, q, kv = s.compute_bytes, shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
         mlp = s.tokens * c * shapes.hidden + fused_mlp_backward_bytes(shapes, s)
-        attention = s.tokens * (c * (3 * q + 2 * kv) + 4 * q)
+        attention = s.tokens * (c * (3 * q + 2 * kv + (2 * q if kv < q else 0)) + 4 * q)
         in_flight = residual + max(mlp, attention)
     else:
         in_flight = residual + s.tokens * 2 * s.compute_bytes * shapes.intermediate
