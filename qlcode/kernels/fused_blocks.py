@@ -114,7 +114,8 @@ def swiglu_backward(e: torch.Tensor, g: torch.Tensor, dh: torch.Tensor) -> tuple
     de = dh g sigmoid(e) (1 + e (1 - sigmoid(e))), dg = dh e sigmoid(e). The order of operations is
     that of those expressions (so the values are theirs, bit for bit), but in place where it can be
     and with e, g in their own dtype where a product with an fp32 operand widens them exactly: at
-    most three fp32 arrays of e's size exist at once, not six."""
+    most four fp32 arrays of e's size exist at once, not six (one of the four is the copy of e
+    that CPU's mixed-dtype multiply makes)."""
     sig = torch.sigmoid(wide(e))
     t = (wide(dh) * g).mul_(sig)
     u = torch.rsub(sig, 1).mul_(e).add_(1)
@@ -157,6 +158,7 @@ def gate_up_masks(x: torch.Tensor, gate: Projection, up: Projection, lora) -> li
 
 
 def gate_up(x: torch.Tensor, gate: Projection, up: Projection, lora, kernels: Kernels, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """gate(x) and up(x) with their drawn masks: forward's, and a tile's again in backward."""
     return project(x, gate, lora[0], lora[1], kernels, masks[0]), project(x, up, lora[2], lora[3], kernels, masks[1])
 
 
