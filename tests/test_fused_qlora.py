@@ -196,7 +196,7 @@ DENSE = Kernels(lambda packed, state, dtype: packed.to(dtype), None)  # "packed"
 
 
 def _peak_bytes(run) -> int:
-    """The most bytes `run` holds allocated at once beyond what existed before it (CPU, torch's profiler)."""
+X
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action, MemoryProfile
 
