@@ -196,7 +196,8 @@ DENSE = Kernels(lambda packed, state, dtype: packed.to(dtype), None)  # "packed"
 
 
 def _peak_bytes(run) -> int:
-X
+    """The most bytes `run` holds allocated at once beyond what existed before it (CPU; the memory
+    timeline of torch's profiler, a private module of torch 2.13)."""
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action, MemoryProfile
 
