@@ -82,13 +82,15 @@ step() {  # step SECONDS FILE COMMAND...: the command's output to the screen and
 # kernel-level tests on CUDA tensors (the model-level ones compare at CPU fp32 precision: CI runs them)
 step 120 kernel-tests.txt python3 -m pytest -p no:cacheprovider tests/test_kernels.py tests/test_fused_qlora.py -q \
   -k "not patched and not autocast and not training_through and not peft and not plain_path"
+step 60 offload-tests.txt python3 -m pytest -p no:cacheprovider tests/test_train_speed.py -q -k "on_cuda"
 step 100 model.txt python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness; print(harness.random_codellama('7B'))"
 step 45 dequant.md python3 benchmarks/dequant.py
 step 240 train_step.md python3 benchmarks/train_step.py --repeats 3 --steps 5
-# the planned longest sequence for CodeLlama-7B on 24 GiB (qlcode plan --longest, fused blocks and offloading), one step under the cap
+# the planned longest sequence for CodeLlama-7B on 24 GiB (qlcode plan --longest, fused blocks and offloading: 84,992
+# tokens, so the MLP runs in tiles and offloading prefetches), one step under the cap
 longest=$(python3 -m qlcode.cli plan recipes/python-sft.yaml --gpu 24GB --longest train.micro_batch_size=1 data.packing=false \
   train.offload_activations=true 2>/dev/null | sed -n 's/.*: \([0-9,]*\) tokens.*/\1/p' | tr -d ,)
-step 150 longest_24gb.md python3 benchmarks/train_step.py --batch 1 --seq-len "${longest:-65536}" --memory-cap 24 --repeats 1 \
+step 200 longest_24gb.md python3 benchmarks/train_step.py --batch 1 --seq-len "${longest:-65536}" --memory-cap 24 --repeats 1 \
   --steps 1 --warmup 1 --only "qlcode, train.offload_activations=true"
 step 150 train_24gb.txt python3 benchmarks/train_capped.py --memory-cap 24
 step 180 decode.md python3 benchmarks/decode.py --new-tokens 32 --iters 1

@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py                                   # on a GPU (random weights, no download)
     python benchmarks/train_step.py --unsloth                         # unsloth alone, in its own process
-    python benchmarks/train_step.py --batch 1 --seq-len 75264 --memory-cap 24 --repeats 1 --steps 1 --warmup 1 \
+    python benchmarks/train_step.py --batch 1 --seq-len 84992 --memory-cap 24 --repeats 1 --steps 1 --warmup 1 \
         --only "qlcode, train.offload_activations=true"              # the planned longest on a 24 GB card
     python benchmarks/train_step.py --scale 32 --layers 2 --seq-len 64 --steps 1 --warmup 1   # without a GPU
 

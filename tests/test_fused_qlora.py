@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from qlcode.kernels.fused_blocks import LoRAMLP, LoRAProjections, Projection, patch_blocks
-from qlcode.kernels.qlora_linear import REFERENCE, TRITON, patch_model
+from qlcode.kernels.qlora_linear import REFERENCE, TRITON, Kernels, patch_model
 
 
 def _tiny(tmp_path, **extra):
@@ -82,17 +82,61 @@ def _projection(out_f, in_f, dropout, seed, lora=True, r=3):
     return Projection(packed, state, 0.7 if lora else 0.0, dropout if lora else 0.0), a, b
 
 
-def test_mlp_function_gradcheck_with_dropout_and_a_bare_projection():
-    """float64, the torch reference's dequantization: forward's dropout masks drawn again in backward."""
+@pytest.mark.parametrize("tile", [10, 4], ids=["one-pass", "tiles-of-4"])
+def test_mlp_function_gradcheck_with_dropout_and_a_bare_projection(tile):
+    """float64, the torch reference's dequantization: forward's dropout masks drawn again in backward;
+    10 tokens in one pass, or in tiles of 4, 4 and 2 (each recomputed in backward)."""
     projections = [_projection(64, 32, 0.3, 0), _projection(64, 32, 0.0, 1, lora=False), _projection(32, 64, 0.3, 2)]
     lora = [t for _, a, b in projections for t in (a, b)]
     x = torch.randn(2, 5, 32, dtype=torch.float64, requires_grad=True)
 
     def f(x, *weights):
         torch.manual_seed(7)  # every evaluation draws the same masks
-        return LoRAMLP.apply(x, tuple(p for p, _, _ in projections), REFERENCE, *weights)
+        return LoRAMLP.apply(x, tuple(p for p, _, _ in projections), REFERENCE, tile, *weights)
 
     assert torch.autograd.gradcheck(f, (x, *lora), eps=1e-6, atol=1e-6)
+
+
+def _mlp_run(x, projections, lora, tile: int, seed: int = 7):
+    """(output, gradient of x, LoRA gradients) of the MLP function on x, for a fixed output gradient."""
+    x = x.detach().requires_grad_()
+    torch.manual_seed(seed)
+    y = LoRAMLP.apply(x, projections, REFERENCE, tile, *lora)
+    grads = torch.autograd.grad(y, [x, *[t for t in lora if t is not None]], torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
+    return y, grads[0], grads[1:]
+
+
+def test_the_tiled_mlp_equals_one_pass_without_dropout():
+    """float64: 21 tokens in tiles of 8, 8 and 5 against one pass: output and input gradient bit for
+    bit, LoRA gradients up to the order of the sums over tiles."""
+    projections = [_projection(64, 32, 0.0, 0), _projection(64, 32, 0.0, 1), _projection(32, 64, 0.0, 2)]
+    lora = [t for _, a, b in projections for t in (a, b)]
+    x = torch.randn(3, 7, 32, dtype=torch.float64)
+    one, tiled = (_mlp_run(x, tuple(p for p, _, _ in projections), lora, tile) for tile in (21, 8))
+    assert torch.equal(tiled[0], one[0]) and torch.equal(tiled[1], one[1])
+    for got, want in zip(tiled[2], one[2]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_tiles_draw_dropout_tile_by_tile():
+    """With dropout, tiles of 8 draw what the one-pass function draws on each tile in turn (tile 0's
+    gate, up, down masks, then tile 1's): output and input gradient equal the concatenation of
+    those runs, LoRA gradients their sum; and they are not the one-pass function's draw."""
+    built = [_projection(64, 32, 0.3, 0), _projection(64, 32, 0.3, 1), _projection(32, 64, 0.3, 2)]
+    projections, lora = tuple(p for p, _, _ in built), [t for _, a, b in built for t in (a, b)]
+    x = torch.randn(20, 32, dtype=torch.float64)
+    y, grad_x, grads = _mlp_run(x, projections, lora, 8)
+    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    torch.manual_seed(7)
+    parts = []
+    for rows in (slice(0, 8), slice(8, 16), slice(16, 20)):
+        xt = x[rows].clone().requires_grad_()
+        yt = LoRAMLP.apply(xt, projections, REFERENCE, 8, *lora)
+        parts.append((yt, *torch.autograd.grad(yt, [xt, *lora], g[rows])))
+    assert torch.equal(y, torch.cat([p[0] for p in parts])) and torch.equal(grad_x, torch.cat([p[1] for p in parts]))
+    for i, got in enumerate(grads):
+        torch.testing.assert_close(got, sum(p[2 + i] for p in parts), rtol=1e-12, atol=0)
+    assert not torch.equal(y, _mlp_run(x, projections, lora, 20)[0])
 
 
 def test_projections_function_gradcheck_with_dropout_and_an_unused_output():
@@ -146,3 +190,71 @@ def test_other_families_keep_the_plain_path_and_say_so(tmp_path, capsys):
     model = load_base(str(tmp_path / "mistral"))
     assert patch_blocks(model, TRITON) == 0
     assert "quant.fused_blocks: mistral keeps the plain path (the fused QLoRA blocks are Llama's)" in capsys.readouterr().err
+
+
+DENSE = Kernels(lambda packed, state, dtype: packed.to(dtype), None)  # "packed" is the weight in the compute dtype: no copy
+
+
+def _peak_bytes(run) -> int:
+    """The most bytes `run` holds allocated at once beyond what existed before it (CPU; the memory
+    timeline of torch's profiler, a private module of torch 2.13)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        run()
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, live)
+    return peak
+
+
+ALL_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+@pytest.mark.parametrize(("tokens", "tile", "hidden", "inter", "r", "dropout", "targets", "dtype"), [
+    (96, 96, 128, 344, 4, 0.05, ALL_MLP, torch.bfloat16),  # one pass, 7B's intermediate/hidden ratio
+    (192, 64, 128, 344, 4, 0.05, ALL_MLP, torch.bfloat16),  # tiles
+    (384, 64, 128, 344, 8, 0.05, ALL_MLP, torch.bfloat16),  # more tokens, the same tile
+    (192, 64, 128, 344, 4, 0.0, ALL_MLP, torch.bfloat16),
+    (192, 64, 64, 176, 4, 0.1, ("up_proj", "down_proj"), torch.bfloat16),  # gate bare
+    (192, 64, 128, 344, 4, 0.05, ALL_MLP, torch.float16),
+], ids=["one-pass", "tiled", "longer", "no-dropout", "gate-bare", "fp16"])
+def test_the_mlp_backwards_peak_is_the_plans(tokens, tile, hidden, inter, r, dropout, targets, dtype):
+    """The peak bytes of the fused MLP's backward in bf16 or fp16 (the GPU's dtypes, on CPU), beyond
+    what forward saved and the gradient it receives, are qlcode plan's count
+    (fused_mlp_backward_bytes) exactly; 4-bit dequantization is left out (dense weights given to
+    the function as they are), since the plan counts it apart."""
+    from qlcode.plan import Settings, Shapes
+    from qlcode.plan.memory import fused_mlp_backward_bytes
+
+    torch.manual_seed(0)
+    projections, lora = [], []
+    for name, (out_f, in_f) in zip(("gate_proj", "up_proj", "down_proj"), ((inter, hidden), (inter, hidden), (hidden, inter))):
+        trained = name in targets
+        projections.append(Projection(torch.randn(out_f, in_f, dtype=dtype) * 0.05, None, 2.0 if trained else 0.0,
+                                      dropout if trained else 0.0))
+        lora += [torch.randn(r, in_f, requires_grad=True), torch.randn(out_f, r, requires_grad=True)] if trained else [None, None]
+    x = torch.randn(tokens, hidden, dtype=dtype, requires_grad=True)
+    y = LoRAMLP.apply(x, tuple(projections), DENSE, tile, *lora)
+    grad = torch.randn_like(y)
+    measured = _peak_bytes(lambda: y.backward(grad))
+    shapes = Shapes(hidden=hidden, intermediate=inter, layers=1, heads=4, kv_heads=4, head_dim=hidden // 4, vocab=100)
+    planned = fused_mlp_backward_bytes(shapes, Settings(compute_bytes=dtype.itemsize, lora_r=r, dropout=dropout, targets=targets,
+                                                        micro_batch=1, max_length=tokens, fused=True, mlp_tile=tile,
+                                                        mlp_tiled_above=tile))
+    assert measured == planned
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_swiglu_backward_is_its_formula_bit_for_bit(dtype):
+    """The in-place, fewer-temporaries form gives the plain expressions' values exactly (widened to fp32)."""
+    from qlcode.kernels.fused_blocks import swiglu_backward, wide
+
+    e, g, dh = (torch.randn(300, 517, generator=torch.Generator().manual_seed(i)).mul(3).to(dtype) for i in range(3))
+    ef, dhf = wide(e), wide(dh)
+    sig = torch.sigmoid(ef)
+    de, dg = swiglu_backward(e, g, dh)
+    assert torch.equal(de, (dhf * wide(g) * sig * (1 + ef * (1 - sig))).to(dtype))
+    assert torch.equal(dg, (dhf * ef * sig).to(dtype))

@@ -83,6 +83,27 @@ def _saved_bytes(base: Path, overrides: list[str], tokens: torch.Tensor) -> int:
 def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
     """One layer more adds exactly the planned per-layer bytes (CPU: fp32, dropout masks in fp32);
     quant.kernels=triton trains through the fused blocks (Triton interpreted)."""
+    measured, planned = _one_layers_saved_bytes(tmp_path, overrides)
+    assert measured == planned
+
+
+def test_a_tiled_mlp_saves_only_its_input(tmp_path, monkeypatch):
+    """Above the tile (here 32 of the 96 tokens) the fused MLP saves its input alone: gate's and up's
+    outputs (2 x intermediate per token) are no longer saved, and the plan says so."""
+    from qlcode.kernels import fused_blocks
+
+    overrides = ["lora.dropout=0.05", "quant.kernels=triton"]
+    one_pass = _one_layers_saved_bytes(tmp_path / "one", overrides)
+    monkeypatch.setattr(fused_blocks, "MLP_TILE", 32)
+    monkeypatch.setattr(fused_blocks, "MLP_TILED_ABOVE", 32)
+    measured, planned = _one_layers_saved_bytes(tmp_path / "tiled", overrides, mlp_tile=32)
+    assert measured == planned == one_pass[0] - 96 * 4 * 2 * 344
+
+
+def _one_layers_saved_bytes(tmp_path, overrides: list[str], mlp_tile: int | None = None) -> tuple[int, int]:
+    """(bytes autograd saves for one decoder layer more, the plan's count) over 2 x 48 tokens."""
+    from dataclasses import replace
+
     tokens = torch.randint(3, 500, (2, 48), generator=torch.Generator().manual_seed(0))
     overrides = [*overrides, "data.max_length=48"]
     measured = []
@@ -94,7 +115,9 @@ def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
     recipe = load_recipe(REPO / "recipes" / "python-sft.yaml", [f"model.base={tmp_path / 'l1'}", *overrides])
     shapes = load_shapes(str(tmp_path / "l1"))
     assert (shapes.kv_heads, shapes.head_dim) == (2, 32)
-    assert measured[1] - measured[0] == tokens.numel() * layer_activation_bytes(shapes, settings(recipe, "cpu"))
+    s = settings(recipe, "cpu")
+    s = replace(s, mlp_tile=mlp_tile, mlp_tiled_above=mlp_tile) if mlp_tile else s
+    return measured[1] - measured[0], tokens.numel() * layer_activation_bytes(shapes, s)
 
 
 def test_under_autocast_a_4bit_layers_mlp_saves_fp32(tmp_path):
@@ -309,3 +332,37 @@ def test_packing_counts_the_block_mask_transformers_builds():
     assert packed.part("packed attention mask") == (2 * 1024) ** 2
     flash = plan(shapes, Settings(micro_batch=2, max_length=1024, packing=True, attention="flash_attention_2"))
     assert "packed attention mask" not in [p.name for p in flash.parts]
+
+
+def test_the_fused_blocks_count_for_llama_bases_only():
+    """quant.fused_blocks patches Llama's MLP and attention; a Qwen2 base keeps the plain path, so its plan too."""
+    qwen = load_shapes("Qwen/Qwen2.5-Coder-7B")
+    assert not qwen.llama and load_shapes("codellama/CodeLlama-7b-hf").llama
+    assert plan(qwen, Settings(fused=True)).total == plan(qwen, Settings(fused=False)).total
+
+
+LLAMA_31_8B = Shapes(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
+LONGEST_ROWS = {  # README's "Will it fit" table: the row's start -> (shapes, settings at batch 1)
+    "| Llama 3.1 8B shapes, batch 1, r32 all-linear: longest": (LLAMA_31_8B, Settings(micro_batch=1, lora_r=32)),
+    "| the same, fused blocks (": (LLAMA_31_8B, Settings(micro_batch=1, lora_r=32, fused=True)),
+    "| the same, fused blocks + `train.offload_activations`": (LLAMA_31_8B, Settings(micro_batch=1, lora_r=32, fused=True, offload=True)),
+    "| CodeLlama-7B, batch 1, r16 all-linear, fused blocks + offloading": (None, Settings(micro_batch=1, fused=True, offload=True)),
+}
+
+
+@pytest.mark.parametrize("row", list(LONGEST_ROWS))
+def test_readme_longest_rows_are_the_plans(row):
+    """README's longest sequences on 12 / 16 / 24 / 40 / 80 GiB are `longest`'s, and CodeLlama-7B's
+    on 24 GiB meets issue 23's 80,000 tokens (planned; the tiled MLP is what gets it there)."""
+    from dataclasses import replace
+
+    from qlcode.plan import longest
+
+    shapes, s = LONGEST_ROWS[row]
+    shapes = shapes or load_shapes("codellama/CodeLlama-7b-hf")
+    line = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(row))
+    written = [int(n.replace(",", "")) for n in line.split("|")[2].split("/")]
+    planned = [longest(shapes, s, gib * GiB) for gib in (12, 16, 24, 40, 80)]
+    assert written == planned, f"README.md: {row}...: rerun the plan ({planned})"
+    if "CodeLlama" in row:
+        assert planned[2] >= 80_000 > longest(shapes, replace(s, mlp_tiled_above=1 << 30), 24 * GiB)

@@ -134,6 +134,42 @@ def test_offloaded_activations_give_the_same_losses_and_gradients(tmp_path, tiny
     assert len(layer_inputs) >= 2 * 2, "each step moved both layers' inputs"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream and the prefetch are CUDA's")
+def test_offloaded_activations_on_cuda_prefetch_and_train_alike(tmp_path, tiny_base, alpaca_file, monkeypatch):
+    """On a GPU (benchmarks/gpu_session.sh runs it): each layer's input leaves through pinned memory
+    and comes back, every one but the first taken back by a prefetch started when backward took
+    the one after it; two steps' losses and LoRA gradients equal the path without offloading to
+    the order of CUDA's sums (1e-6)."""
+    from conftest import make_recipe
+
+    from qlcode.kernels import offload
+    from qlcode.train import trainable_model
+
+    ids = torch.randint(3, 4000, (2, 40), generator=torch.Generator().manual_seed(1)).cuda()
+    monkeypatch.setattr(offload, "MIN_BYTES", ids.numel() * 64 * 4)
+    runs = {}
+    for on in (False, True):
+        recipe = make_recipe(tmp_path / str(on), tiny_base, alpaca_file, quant={"kernels": "bitsandbytes"},
+                             train={"gradient_checkpointing": True, "offload_activations": on})
+        torch.manual_seed(0)
+        model = trainable_model(recipe).train()  # placed on the GPU by qlcode.placement
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses, grads = [], {}
+        for _ in range(2):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        runs[on] = losses, grads, getattr(model, "offloaded", None)
+    hooks = runs[True][2]
+    assert len(hooks.moved) >= 2 * 2 and hooks.prefetched == len(hooks.moved) - 2  # each step's first needs no prefetch
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
+    for name, want in runs[False][1].items():
+        assert (runs[True][1][name] - want).norm() <= 1e-6 * want.norm() + 1e-12, name
+
+
 def test_liger_without_a_gpu_is_a_recipe_level_error(tmp_path, tiny_base, alpaca_file):
     from conftest import make_recipe
 
@@ -197,3 +233,48 @@ def test_liger_patches_rope_norms_and_the_loss_and_leaves_a_fused_mlp_alone(tiny
     assert out.returncode == 0, out.stderr[-3000:]
     ops = ["rope", "rms_norm", "fused_linear_cross_entropy"] if blocks == "fused" else ["rope", "rms_norm", "swiglu", "fused_linear_cross_entropy"]
     assert out.stdout.splitlines()[-2:] == [str(ops), "ok"]
+
+
+def test_a_tiled_mlp_trains_as_the_one_pass_mlp(tmp_path, tiny_base, alpaca_file, monkeypatch):
+    """The fused MLP in tiles of 32 of the batch's 80 tokens (3 tiles), under checkpointing, against
+    one pass, without dropout (with it, tiles draw their own masks: tests/test_fused_qlora.py): two
+    optimizer steps' losses and LoRA gradients agree to fp32 rounding (the tiles' LoRA gradients
+    are summed in another order)."""
+    from conftest import make_recipe
+
+    from qlcode.kernels import fused_blocks
+    from qlcode.train import trainable_model
+
+    ids = torch.randint(3, 4000, (2, 40), generator=torch.Generator().manual_seed(1))
+    apply, calls = fused_blocks.LoRAMLP.apply, []
+
+    def counted(x, projections, kernels, tile, *lora):
+        calls.append((x.shape[:-1].numel(), tile))
+        return apply(x, projections, kernels, tile, *lora)
+
+    monkeypatch.setattr(fused_blocks.LoRAMLP, "apply", counted)
+    runs = {}
+    for tile in (80, 32):
+        if tile == 32:
+            monkeypatch.setattr(fused_blocks, "MLP_TILE", 32)
+            monkeypatch.setattr(fused_blocks, "MLP_TILED_ABOVE", 32)
+        recipe = make_recipe(tmp_path / str(tile), tiny_base, alpaca_file, quant={"kernels": "triton"},
+                             train={"gradient_checkpointing": True})
+        torch.manual_seed(0)
+        model = trainable_model(recipe).train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses, grads = [], {}
+        for _ in range(2):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        runs[tile] = losses, grads
+    # 2 layers x 2 steps x (forward, checkpointing's recompute), each over all 80 tokens
+    assert calls == [(80, 80)] * 8 + [(80, 32)] * 8
+    assert runs[32][0] == pytest.approx(runs[80][0], rel=1e-6)
+    assert runs[32][1].keys() == runs[80][1].keys()
+    for name, want in runs[80][1].items():
+        assert (runs[32][1][name] - want).norm() <= 1e-5 * want.norm(), name

@@ -1,1 +1,10 @@
 """4-bit kernels: a torch reference of bitsandbytes' format and Triton kernels, one op per file."""
+
+# The fused MLP (fused_blocks.LoRAMLP) runs a micro batch of more than MLP_TILED_ABOVE tokens in
+# tiles of MLP_TILE: its intermediate-wide tensors then exist for one tile at a time. Constants, not
+# recipe keys: up to 8192 tokens (every shipped recipe: at most 4 x 2048) the MLP is the one-pass
+# function as before; above, tiling costs gate's and up's matmuls once more per tile in backward
+# and each weight dequantized once per tile, and saves memory that grows with the sequence (qlcode
+# plan counts both sides; tiles of 2048 plan longer sequences than 4096 or 8192 on every GPU size).
+MLP_TILE = 2048
+MLP_TILED_ABOVE = 8192

@@ -8,7 +8,9 @@ applied in the same pass. What autograd keeps, per token of one layer, in the co
     attention q, k, v   the block's input once (c x hidden), for all three projections
     o                   its input (already saved by SDPA: the same storage under sdpa)
     MLP                 the block's input, gate and up (c x (hidden + 2 x intermediate));
-                        SwiGLU's output and everything LoRA needs are recomputed in backward
+                        SwiGLU's output and everything LoRA needs are recomputed in backward;
+                        above MLP_TILED_ABOVE tokens only the input (c x hidden): gate and
+                        up are recomputed tile by tile (LoRAMLP)
 
 where PEFT over bitsandbytes keeps, behind PEFT's fp32 upcast, gate, silu(gate) and up in fp32,
 and for each LoRA module its dropped-out input and its dropout mask. unsloth runs only without
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE
 from qlcode.kernels.qlora_linear import Kernels, compute_dtype, linear_4bit
 
 
@@ -70,12 +73,13 @@ def apply_mask(x: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Te
     return x if mask is None else torch.ops.aten.native_dropout_backward(x, mask, 1.0 / (1.0 - p))
 
 
-def project(x: torch.Tensor, proj: Projection, a: torch.Tensor | None, b: torch.Tensor | None, kernels: Kernels) -> torch.Tensor:
-    """x W^T + s (dropout(x) A^T) B^T for 2-d x, in x's dtype; draws the dropout mask."""
+def project(x: torch.Tensor, proj: Projection, a: torch.Tensor | None, b: torch.Tensor | None, kernels: Kernels,
+            mask: torch.Tensor | None) -> torch.Tensor:
+    """x W^T + s (dropout(x) A^T) B^T for 2-d x, in x's dtype, with the dropout mask drawn for it."""
     y = linear_4bit(x, proj.packed, proj.state, kernels)
     if a is None:
         return y
-    xd = apply_mask(x, draw_mask(x, proj.dropout, True), proj.dropout)
+    xd = apply_mask(x, mask, proj.dropout)
     return torch.addmm(y, xd @ a.to(x.dtype).t(), b.to(x.dtype).t(), alpha=proj.scale)
 
 
@@ -105,6 +109,21 @@ def swiglu(e: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (F.silu(wide(e)) * wide(g)).to(e.dtype)
 
 
+def swiglu_backward(e: torch.Tensor, g: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of swiglu(e, g) for its gradient dh, in e's dtype, computed in at least fp32:
+    de = dh g sigmoid(e) (1 + e (1 - sigmoid(e))), dg = dh e sigmoid(e). The order of operations is
+    that of those expressions (so the values are theirs, bit for bit), but in place where it can be
+    and with e, g in their own dtype where a product with an fp32 operand widens them exactly: at
+    most four fp32 arrays of e's size exist at once, not six (one of the four is the copy of e
+    that CPU's mixed-dtype multiply makes)."""
+    sig = torch.sigmoid(wide(e))
+    t = (wide(dh) * g).mul_(sig)
+    u = torch.rsub(sig, 1).mul_(e).add_(1)
+    de = t.mul_(u).to(e.dtype)
+    del t, u
+    return de, (wide(dh) * e).mul_(sig).to(e.dtype)
+
+
 class LoRAProjections(torch.autograd.Function):
     """Several 4-bit projections (each with or without LoRA) of one input, saved once: q, k and v.
     `lora` holds A and B of each projection in turn (None, None for a bare one)."""
@@ -114,7 +133,8 @@ class LoRAProjections(torch.autograd.Function):
         ctx.projections, ctx.kernels, ctx.rng = projections, kernels, rng_state(x.device)
         ctx.save_for_backward(x, *lora)
         x2 = x.reshape(-1, x.shape[-1])
-        outs = [project(x2, p, lora[2 * i], lora[2 * i + 1], kernels) for i, p in enumerate(projections)]
+        outs = [project(x2, p, lora[2 * i], lora[2 * i + 1], kernels, draw_mask(x2, p.dropout, lora[2 * i] is not None))
+                for i, p in enumerate(projections)]
         return tuple(o.reshape(*x.shape[:-1], o.shape[-1]) for o in outs)
 
     @staticmethod
@@ -132,38 +152,84 @@ class LoRAProjections(torch.autograd.Function):
         return grad_x.reshape(x.shape), None, None, *lora_grads
 
 
+def gate_up_masks(x: torch.Tensor, gate: Projection, up: Projection, lora) -> list[torch.Tensor | None]:
+    """gate's dropout mask for 2-d x, then up's, drawn in that order."""
+    return [draw_mask(x, p.dropout, lora[2 * i] is not None) for i, p in enumerate((gate, up))]
+
+
+def gate_up(x: torch.Tensor, gate: Projection, up: Projection, lora, kernels: Kernels, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """gate(x) and up(x) with their drawn masks: forward's, and a tile's again in backward."""
+    return project(x, gate, lora[0], lora[1], kernels, masks[0]), project(x, up, lora[2], lora[3], kernels, masks[1])
+
+
 class LoRAMLP(torch.autograd.Function):
-    """down(silu(gate(x)) * up(x)) with 4-bit weights and LoRA; saves x, gate's and up's outputs.
-    `lora`: A and B of gate, up and down (None, None for a bare one)."""
+    """down(silu(gate(x)) * up(x)) with 4-bit weights and LoRA. `lora`: A and B of gate, up and down
+    (None, None for a bare one).
+
+    Up to `tile` tokens it runs in one pass and saves x, gate's and up's outputs. More tokens run
+    in tiles of `tile` (the MLP works token by token: TiledMLP, from Snowflake's ALST and unsloth):
+    forward keeps only x and each tile's generator state, backward computes each tile's gate and
+    up again, so the intermediate-wide tensors (gate, up, SwiGLU and their gradients, in fp32 for
+    the SwiGLU's math) exist for one tile at a time instead of the whole sequence. Dropout is drawn
+    tile by tile (tile 0's gate, up and down masks, then tile 1's, ...): the draws of this function
+    applied to each tile in turn, the same distribution as one pass but not the same draw.
+    """
 
     @staticmethod
-    def forward(ctx, x, projections: tuple[Projection, Projection, Projection], kernels: Kernels, *lora):
+    def forward(ctx, x, projections: tuple[Projection, Projection, Projection], kernels: Kernels, tile: int, *lora):
         gate, up, down = projections
-        ctx.projections, ctx.kernels, ctx.rng = projections, kernels, rng_state(x.device)
         x2 = x.reshape(-1, x.shape[-1])
-        e = project(x2, gate, lora[0], lora[1], kernels)
-        g = project(x2, up, lora[2], lora[3], kernels)
-        y = project(swiglu(e, g), down, lora[4], lora[5], kernels)
-        ctx.save_for_backward(x, e, g, *lora)
+        ctx.projections, ctx.kernels, ctx.tile, ctx.rng = projections, kernels, tile, []
+        y = None
+        for start in range(0, max(x2.shape[0], 1), tile):
+            ctx.rng.append(rng_state(x.device))
+            x_tile = x2[start:start + tile]
+            e, g = gate_up(x_tile, gate, up, lora, kernels, gate_up_masks(x_tile, gate, up, lora))
+            h = swiglu(e, g)
+            y_tile = project(h, down, lora[4], lora[5], kernels, draw_mask(h, down.dropout, lora[4] is not None))
+            if start == 0 and x2.shape[0] <= tile:
+                y = y_tile
+            else:
+                y = x2.new_empty(x2.shape[0], y_tile.shape[1]) if y is None else y
+                y[start:start + tile] = y_tile
+        one_pass = len(ctx.rng) == 1
+        ctx.save_for_backward(x, e if one_pass else None, g if one_pass else None, *lora)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
         x, e, g, *lora = ctx.saved_tensors
-        gate, up, down = ctx.projections
-        x2 = x.reshape(-1, x.shape[-1])
+        tile, x2 = ctx.tile, x.reshape(-1, x.shape[-1])
+        grad2 = grad.reshape(-1, grad.shape[-1]).to(x.dtype)
+        grad_x, lora_grads = None, [None] * 6
+        for i, state in enumerate(ctx.rng):
+            rows = slice(i * tile, (i + 1) * tile)
+            tile_grads = _mlp_tile_backward(x2[rows], e, g, grad2[rows], ctx.projections, lora, ctx.kernels, state)
+            if len(ctx.rng) == 1:
+                grad_x = tile_grads[0]
+            else:
+                grad_x = x2.new_empty(x2.shape) if grad_x is None else grad_x
+                grad_x[rows] = tile_grads[0]
+            lora_grads = [t if total is None else total + t for total, t in zip(lora_grads, tile_grads[1:])]
+            del tile_grads  # before the next tile's
+        return grad_x.reshape(x.shape), None, None, None, *lora_grads
+
+
+def _mlp_tile_backward(x, e, g, grad, projections, lora, kernels: Kernels, state):
+    """(grad x, and gate's, up's and down's grad A, grad B) for one tile of 2-d x and grad; e and g
+    are gate's and up's saved outputs, or None to compute them again (tiles)."""
+    gate, up, down = projections
+    with replayed_rng(x.device, state):  # gate's mask, up's, then down's, as forward drew them
+        masks = gate_up_masks(x, gate, up, lora)
+        if e is None:
+            e, g = gate_up(x, gate, up, lora, kernels, masks)
         h = swiglu(e, g)
-        with replayed_rng(x.device, ctx.rng):  # gate's mask, up's, then down's, as forward drew them
-            masks = [draw_mask(t, p.dropout, lora[2 * i] is not None) for i, (t, p) in enumerate(((x2, gate), (x2, up), (h, down)))]
-        dh, grad_ad, grad_bd = project_backward(h, grad.reshape(-1, grad.shape[-1]).to(x.dtype), down, lora[4], lora[5],
-                                                masks[2], ctx.kernels, None)
-        ef, dhf = wide(e), wide(dh)
-        sig = torch.sigmoid(ef)
-        de = (dhf * wide(g) * sig * (1 + ef * (1 - sig))).to(x.dtype)  # silu'(e) = sigmoid(e) (1 + e (1 - sigmoid(e)))
-        dg = (dhf * ef * sig).to(x.dtype)
-        grad_x, grad_ag, grad_bg = project_backward(x2, de, gate, lora[0], lora[1], masks[0], ctx.kernels, None)
-        grad_x, grad_au, grad_bu = project_backward(x2, dg, up, lora[2], lora[3], masks[1], ctx.kernels, grad_x)
-        return grad_x.reshape(x.shape), None, None, grad_ag, grad_bg, grad_au, grad_bu, grad_ad, grad_bd
+        masks.append(draw_mask(h, down.dropout, lora[4] is not None))
+    dh, grad_ad, grad_bd = project_backward(h, grad, down, lora[4], lora[5], masks[2], kernels, None)
+    de, dg = swiglu_backward(e, g, dh)
+    grad_x, grad_ag, grad_bg = project_backward(x, de, gate, lora[0], lora[1], masks[0], kernels, None)
+    grad_x, grad_au, grad_bu = project_backward(x, dg, up, lora[2], lora[3], masks[1], kernels, grad_x)
+    return grad_x, grad_ag, grad_bg, grad_au, grad_bu, grad_ad, grad_bd
 
 
 def block_projections(block: torch.nn.Module, names: tuple[str, ...]) -> tuple[tuple[Projection, ...], list, torch.dtype] | None:
@@ -207,8 +273,10 @@ def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     if found is None:
         return self._qlcode_original_forward(x)
     projections, lora, dtype = found
+    tokens = max(x.numel() // x.shape[-1], 1)
     with torch.autocast(x.device.type, enabled=False):  # the function casts for itself
-        y = LoRAMLP.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, self._qlcode_kernels, *lora)
+        y = LoRAMLP.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, self._qlcode_kernels,
+                          MLP_TILE if tokens > MLP_TILED_ABOVE else tokens, *lora)
     return y.to(x.dtype)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE
 from qlcode.plan.shapes import Shapes
 
 GiB = 2**30
@@ -58,6 +59,8 @@ class Settings:
     attention: str = "sdpa"
     method: str = "sft"
     fused: bool = False  # Llama's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
+    mlp_tile: int = MLP_TILE  # the fused MLP's tile, in tokens ...
+    mlp_tiled_above: int = MLP_TILED_ABOVE  # ... for micro batches of more tokens than this
     offload: bool = False  # train.offload_activations
     packing: bool = False  # data.packing: one padding-free row per micro batch
     vllm_share: float = 0.0  # of the GPU's memory, held by vLLM colocated for GRPO's generation (train.grpo.vllm)
@@ -70,6 +73,10 @@ class Settings:
     @property
     def tokens(self) -> int:
         return self.sequences * self.max_length
+
+    @property
+    def mlp_tiled(self) -> bool:
+        return self.fused and self.bits == 4 and self.tokens > self.mlp_tiled_above
 
     @property
     def upcast_bytes(self) -> int:
@@ -156,8 +163,9 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
     input (bitsandbytes dequantizes the weight again in backward); a LoRA module saves its
     (dropped-out) input in c and its rank-r hidden; modules sharing an input share one saved copy
     when no dropout or cast separates them. DoRA's per-forward weight norms are not counted.
-    The fused blocks (s.fused) keep each block's input once in c, and the MLP's gate and up in c;
-    LoRA's products and dropout masks are recomputed in backward.
+    The fused blocks (s.fused) keep each block's input once in c, and the MLP's gate and up in c
+    (only its input above s.mlp_tiled_above tokens: tiles recompute them); LoRA's products and dropout
+    masks are recomputed in backward.
     """
     h, f, p, c = shapes.hidden, shapes.intermediate, s.upcast_bytes, s.compute_bytes
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
@@ -182,8 +190,8 @@ def layer_activation_bytes(shapes: Shapes, s: Settings) -> int:
         total += 3 * c * q + (4 + (c if c != 4 else 0)) * shapes.heads * s.max_length
     else:  # SDPA / flash: q, k, v, the output and the log-sum-exp, no sequence-squared matrix
         total += c * (2 * q + 2 * kv) + 4 * shapes.heads
-    if s.fused and s.bits == 4:  # qlcode.kernels.fused_blocks: each block's input, gate and up, in c
-        return total + c * (2 * h + 2 * f) + (c * q if s.attention == "eager" else 0)  # o's input: SDPA's output
+    if s.fused and s.bits == 4:  # qlcode.kernels.fused_blocks: each block's input, gate and up (untiled), in c
+        return total + c * (2 * h + (0 if s.mlp_tiled else 2 * f)) + (c * q if s.attention == "eager" else 0)  # o's input: SDPA's output
     # gate, silu(gate), up: in p behind quantized linears, in c behind torch's under autocast. They
     # were counted in c until the first GPU measurement (H100, 2026-11-26,
     # benchmarks/results/2026-11-26-h100/plan_memory.md: CodeLlama-7B, r16 all-linear) found the
@@ -213,18 +221,58 @@ def lm_head_bytes(shapes: Shapes, s: Settings) -> int:
     return rows * LOGPROB_TILE[1] * s.compute_bytes + cast + s.tokens * shapes.hidden * 4 + fallback
 
 
+def fused_mlp_backward_bytes(shapes: Shapes, s: Settings) -> int:
+    """The fused MLP's backward (fused_blocks.LoRAMLP) at its peak, beyond what it saved and the
+    gradient it receives: the SwiGLU gradient (fused_blocks.swiglu_backward) of one tile (s.mlp_tile
+    tokens; untiled, all of them). Live there, per token of the tile: gate's and up's outputs when
+    tiled (recomputed; untiled they are saved, counted as activations), SwiGLU's output, its
+    gradient and gate's gradient in c; four fp32 arrays of the intermediate width (the gradient
+    widened, sigmoid(gate), the product, and gate's output widened: CPU's mixed-dtype multiply
+    makes that one, a CUDA kernel may not); the bool dropout masks of gate's and up's input and of
+    down's. Beside the tile: down's LoRA gradients (fp32) and, when tiled, the whole input
+    gradient (c x hidden per token) and the sums of the earlier tiles' LoRA gradients. Exact in
+    bf16 and fp16 against what a CPU run allocates (tests/test_fused_qlora.py); in fp32 (CPU
+    plans) an estimate, with two fp32 arrays (nothing is widened)."""
+    h, f, c, r = shapes.hidden, shapes.intermediate, s.compute_bytes, s.lora_r
+    lora = {m: m in s.targets for m in ("gate_proj", "up_proj", "down_proj")}
+    drop = s.dropout > 0
+    per_tile_token = (c * f * (5 if s.mlp_tiled else 3) + 4 * f * (4 if c < 4 else 2)
+                      + drop * (h * (lora["gate_proj"] + lora["up_proj"]) + f * lora["down_proj"]))
+    lora_grads = 4 * r * (h + f)  # one projection's A (r x in) and B (out x r) in fp32: gate, up and down alike
+    total = (s.mlp_tile if s.mlp_tiled else s.tokens) * per_tile_token + lora["down_proj"] * lora_grads
+    if s.mlp_tiled:
+        total += s.tokens * c * h + sum(lora.values()) * lora_grads
+    return total
+
+
 def layer_backward_bytes(shapes: Shapes, s: Settings, per_layer: int) -> int:
     """One decoder layer's backward: its activations recomputed (under checkpointing), the
     gradients in flight (the hidden state's in and out, the MLP's widest two), and the largest
     base weight dequantized for the input gradient. An estimate, checked on GPUs by
-    benchmarks/plan_memory.py."""
-    in_flight = s.tokens * (2 * s.upcast_bytes * shapes.hidden + 2 * s.compute_bytes * shapes.intermediate)
+    benchmarks/plan_memory.py.
+
+    With the fused blocks the widest part is the larger of two phases. The MLP's: its output's
+    gradient cast to c and its backward's own peak (fused_mlp_backward_bytes, exact on CPU). The
+    attention's (an estimate from torch's flash-attention backward): the gradients of q, k, v (of
+    k and v also at every query head under grouped-query attention, before they are summed), of
+    the attention's output and a contiguous copy of it, and the fp32 accumulator of q's.
+    """
     dequantized = max(o * i for o, i in shapes.linears().values()) * s.compute_bytes if s.bits else 0
+    residual = s.tokens * 2 * s.upcast_bytes * shapes.hidden
+    if s.fused and s.bits == 4:
+        c, q, kv = s.compute_bytes, shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
+        mlp = s.tokens * c * shapes.hidden + fused_mlp_backward_bytes(shapes, s)
+        attention = s.tokens * (c * (3 * q + 2 * kv + (2 * q if kv < q else 0)) + 4 * q)
+        in_flight = residual + max(mlp, attention)
+    else:
+        in_flight = residual + s.tokens * 2 * s.compute_bytes * shapes.intermediate
     return (s.tokens * per_layer if s.checkpointing else 0) + in_flight + dequantized
 
 
 def plan(shapes: Shapes, s: Settings) -> Plan:
     """Every part of a run's memory on one device."""
+    if s.fused and not shapes.llama:  # fused_blocks patches Llama's MLP and attention only
+        s = replace(s, fused=False)
     out = Plan(shapes, s)
     add = lambda name, n, detail: out.parts.append(Part(name, int(n), detail))  # noqa: E731
     linears = shapes.linears()

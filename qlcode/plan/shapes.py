@@ -27,6 +27,7 @@ class Shapes:
     vocab: int
     tied_embeddings: bool = False
     gated: bool = True
+    llama: bool = True  # Llama's own blocks, which quant.fused_blocks fuses (other families keep the plain path)
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(out, in) of each linear layer of one decoder layer, by PEFT's module name."""
@@ -50,6 +51,7 @@ class Shapes:
             vocab=config.vocab_size,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             gated=config.model_type != "starcoder2",
+            llama=config.model_type == "llama",
         )
 
 
