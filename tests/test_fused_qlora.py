@@ -1,25 +1,36 @@
-"""Fused QLoRA blocks (qlcode.kernels.fused_blocks) against PEFT over bitsandbytes: outputs, LoRA and
-input gradients with the recipes' LoRA dropout, the gradcheck of each function, the plain path kept
-where the blocks do not apply. The bytes they save are checked in tests/test_plan.py."""
+"""Fused QLoRA blocks (qlcode.kernels.fused_blocks) against PEFT over bitsandbytes, on Llama and Qwen2
+(q, k, v biases, a sliding-window layer): outputs, LoRA and input gradients with the recipes' LoRA
+dropout, a short training run, the gradcheck of each function, the plain path kept where the blocks
+do not apply. The bytes they save are checked in tests/test_plan.py."""
 
 from __future__ import annotations
 
 import bitsandbytes.functional as BF
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Starcoder2Config, Starcoder2ForCausalLM
 
 from qlcode.kernels.fused_blocks import LoRAMLP, LoRAProjections, Projection, patch_blocks
 from qlcode.kernels.qlora_linear import REFERENCE, TRITON, Kernels, patch_model
 
 
-def _tiny(tmp_path, **extra):
+def _tiny(tmp_path, family: str = "llama", **extra):
+    """A 2-layer model saved to disk. Qwen2: q, k and v biased (drawn at random: the zeros transformers
+    initialises them to would hide a missing bias), layer 1 in a sliding window of 8 tokens."""
     # widths that are multiples of 64: bitsandbytes 0.50's CPU dequantization (the reference path) is
     # wrong for rows of other lengths (tests/test_kernels.py)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, tie_word_embeddings=False, **extra)
+    common = dict(vocab_size=300, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=False, **extra)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    if family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=8, max_window_layers=1))
+        assert [layer.self_attn.sliding_window for layer in model.model.layers] == [None, 8]
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            torch.nn.init.normal_(p, std=0.5)
+    model.save_pretrained(tmp_path / "tiny")
     return tmp_path / "tiny"
 
 
@@ -44,12 +55,15 @@ def _step(path, patched: bool, dropout: float, targets, autocast: bool = False):
     return loss.item(), embeddings.grad, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize(("dropout", "targets"), [(0.05, "all-linear"), (0.0, "all-linear"), (0.1, ["q_proj", "v_proj", "down_proj"])],
-                         ids=["recipes-dropout", "no-dropout", "some-targets"])
-def test_fused_blocks_equal_peft_over_bitsandbytes(tmp_path, dropout, targets):
-    """fp32 on CPU: the same masks drawn in PEFT's order, the same 4-bit weights; only the order of
-    the sums differs (measured 6e-7 relative; 1e-5 leaves room for other CPUs' blocking)."""
-    path = _tiny(tmp_path)
+@pytest.mark.parametrize(("family", "dropout", "targets"), [
+    ("llama", 0.05, "all-linear"), ("llama", 0.0, "all-linear"), ("llama", 0.1, ["q_proj", "v_proj", "down_proj"]),
+    ("qwen2", 0.05, "all-linear"), ("qwen2", 0.1, ["q_proj", "v_proj", "down_proj"]),
+], ids=["recipes-dropout", "no-dropout", "some-targets", "qwen2-recipes-dropout", "qwen2-some-targets"])
+def test_fused_blocks_equal_peft_over_bitsandbytes(tmp_path, family, dropout, targets):
+    """fp32 on CPU: the same masks drawn in PEFT's order, the same 4-bit weights and biases; only the
+    order of the sums differs (measured 6e-7 relative; 1e-5 leaves room for other CPUs' blocking).
+    Qwen2's k bias is bare where k_proj is not a target."""
+    path = _tiny(tmp_path, family)
     want_loss, want_x, want = _step(path, False, dropout, targets)
     loss, got_x, got = _step(path, True, dropout, targets)
     assert loss == pytest.approx(want_loss, rel=1e-5)
@@ -59,10 +73,11 @@ def test_fused_blocks_equal_peft_over_bitsandbytes(tmp_path, dropout, targets):
         assert (got[name] - want[name]).norm() <= 1e-5 * want[name].norm(), name
 
 
-def test_fused_blocks_under_bf16_autocast_are_as_close_to_fp32_as_peft(tmp_path):
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_blocks_under_bf16_autocast_are_as_close_to_fp32_as_peft(tmp_path, family):
     """The GPU recipes' precision: against the fp32 gradients, the fused blocks' error is within 1.5x
     PEFT's own bf16 error (they round in other places, not more)."""
-    path = _tiny(tmp_path)
+    path = _tiny(tmp_path, family)
     exact_loss, exact_x, exact = _step(path, False, 0.05, "all-linear")
     peft_loss, peft_x, peft = _step(path, False, 0.05, "all-linear", autocast=True)
     loss, got_x, got = _step(path, True, 0.05, "all-linear", autocast=True)
@@ -152,44 +167,82 @@ def test_projections_function_gradcheck_with_dropout_and_an_unused_output():
     assert torch.autograd.gradcheck(f, (x, *lora), eps=1e-6, atol=1e-6)
 
 
-def test_a_biased_or_disabled_projection_keeps_the_plain_path(tmp_path):
-    """Llama with attention biases: attention stays plain, the MLP is fused, the result PEFT's;
-    with the adapter disabled every block takes the plain path and gives the base's output."""
+@pytest.mark.filterwarnings("ignore:Careful, disabling adapter layers with bias:UserWarning")  # the biases are not trained yet
+def test_a_trained_bias_or_disabled_adapter_keeps_the_plain_path(tmp_path):
+    """Qwen2 with PEFT's bias="all" (q, k, v biases trained): attention stays plain, the MLP (no bias)
+    is fused, the result PEFT's; with the adapter disabled every block takes the plain path and
+    gives the base's output."""
     from peft import LoraConfig, get_peft_model
 
     from qlcode.models import load_base
 
-    path = _tiny(tmp_path, attention_bias=True)
+    path = _tiny(tmp_path, "qwen2")
     torch.manual_seed(0)
     model = get_peft_model(load_base(str(path)), LoraConfig(r=4, lora_dropout=0.0, init_lora_weights=False,
-                                                            target_modules="all-linear")).train()
+                                                            target_modules="all-linear", bias="all")).train()
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.bias.requires_grad
     ids = torch.randint(3, 300, (1, 20), generator=torch.Generator().manual_seed(1))
     want = model(input_ids=ids).logits
     with model.disable_adapter():
         base = model(input_ids=ids).logits
     patch_model(model, TRITON)
-    patch_blocks(model, TRITON)
+    assert patch_blocks(model, TRITON) == 4
     calls = []
-    LoRAProjections_apply = LoRAProjections.apply
+    apply = {LoRAProjections: LoRAProjections.apply, LoRAMLP: LoRAMLP.apply}
     try:
-        LoRAProjections.apply = lambda *a: calls.append(1) or LoRAProjections_apply(*a)
+        for function, original in apply.items():
+            function.apply = lambda *a, f=function, o=original: calls.append(f.__name__) or o(*a)
         torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+        assert calls == ["LoRAMLP"] * 2, "trained q, k, v biases: the attention blocks took the plain path"
         with model.disable_adapter():
             torch.testing.assert_close(model(input_ids=ids).logits, base, rtol=1e-5, atol=1e-5)
+        assert calls == ["LoRAMLP"] * 2
     finally:
-        LoRAProjections.apply = LoRAProjections_apply
-    assert calls == [], "biased q, k, v: the attention block took the plain path"
+        for function, original in apply.items():
+            function.apply = original
 
 
-def test_other_families_keep_the_plain_path_and_say_so(tmp_path, capsys):
-    config = MistralConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                           num_attention_heads=4, num_key_value_heads=2)
-    MistralForCausalLM(config).save_pretrained(tmp_path / "mistral")
+def test_starcoder2_keeps_the_plain_path_and_says_so(tmp_path, capsys):
+    config = Starcoder2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2)
+    Starcoder2ForCausalLM(config).save_pretrained(tmp_path / "starcoder2")
     from qlcode.models import load_base
 
-    model = load_base(str(tmp_path / "mistral"))
+    model = load_base(str(tmp_path / "starcoder2"))
     assert patch_blocks(model, TRITON) == 0
-    assert "quant.fused_blocks: mistral keeps the plain path (the fused QLoRA blocks are Llama's)" in capsys.readouterr().err
+    assert ("quant.fused_blocks: starcoder2 keeps the plain path (the fused QLoRA blocks are Llama's and Qwen2's)"
+            in capsys.readouterr().err)
+
+
+def test_a_qwen2_training_run_through_the_fused_blocks_is_peft_s(tmp_path):
+    """Four AdamW steps on one batch of the tiny Qwen2 with the recipes' dropout (0.05), each step
+    drawing the same masks on both paths: every loss equals PEFT + bitsandbytes' to 1e-5 relative
+    (fp32; the sums' order differs, and the steps carry it on), and the loss falls."""
+    from peft import LoraConfig, get_peft_model
+
+    from qlcode.models import load_base
+
+    path = _tiny(tmp_path, "qwen2")
+    ids = torch.randint(3, 300, (2, 24), generator=torch.Generator().manual_seed(1))
+    runs = []
+    for patched in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(load_base(str(path)), LoraConfig(r=4, lora_dropout=0.05, target_modules="all-linear")).train()
+        if patched:
+            patch_model(model, TRITON)
+            assert patch_blocks(model, TRITON) == 4
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses = []
+        for step in range(4):
+            torch.manual_seed(10 + step)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        runs.append(losses)
+    assert runs[1] == pytest.approx(runs[0], rel=1e-5)
+    assert runs[1][-1] < runs[1][0]
 
 
 DENSE = Kernels(lambda packed, state, dtype: packed.to(dtype), None)  # "packed" is the weight in the compute dtype: no copy

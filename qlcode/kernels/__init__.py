@@ -8,3 +8,7 @@
 # plan counts both sides; tiles of 2048 plan longer sequences than 4096 or 8192 on every GPU size).
 MLP_TILE = 2048
 MLP_TILED_ABOVE = 8192
+
+# The model types whose MLP and attention blocks fused_blocks.patch_blocks routes through the fused
+# functions (their classes are listed there); qlcode plan counts the fused blocks for these only.
+FUSED_MODEL_TYPES = ("llama", "qwen2")

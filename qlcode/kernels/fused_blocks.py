@@ -1,5 +1,5 @@
-"""Fused QLoRA blocks for Llama: the MLP (gate, up, SwiGLU, down) and the attention's q, k, v
-projections as autograd functions that keep only what backward needs.
+"""Fused QLoRA blocks for Llama and Qwen2: the MLP (gate, up, SwiGLU, down) and the attention's q,
+k, v and o projections as autograd functions that keep only what backward needs.
 
 unsloth's `fast_lora` is the design followed (and beaten on one point): each 4-bit weight is
 dequantized when it is needed, in forward and again in backward, and the LoRA products are
@@ -18,8 +18,12 @@ LoRA dropout; here the recipes' dropout (0.05) is applied as PEFT applies it, on
 drawn in PEFT's order from the same generator (so a run equals PEFT's draw for draw), and backward
 draws the masks again from the generator state saved in forward instead of keeping them.
 
-A block whose projections are not all 4-bit (LoRA-wrapped with one plain adapter, or bare), has
-biases, or is not Llama's keeps the plain path (qlora_linear's per-layer functions).
+Qwen2's blocks are Llama's computation with frozen biases on q, k and v: each projection adds its
+bias after the 4-bit matmul, as bitsandbytes does, and backward needs nothing for it. Both attention
+classes run transformers' own forward (RoPE, the cache, Qwen2's sliding window, the attention
+kernel) with only the projections' calls routed here. A block whose projections are not all 4-bit
+(LoRA-wrapped with one plain adapter, or bare), has a trained bias, or is another family's
+(StarCoder2's GELU MLP) keeps the plain path (qlora_linear's per-layer functions).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Projection:
     state: object  # bitsandbytes QuantState
     scale: float = 0.0  # LoRA's scaling; 0 and no A/B for a bare 4-bit layer
     dropout: float = 0.0  # LoRA dropout probability, 0 outside training
+    bias: torch.Tensor | None = None  # frozen: added to the output, nothing for backward
 
 
 def rng_state(device: torch.device) -> torch.Tensor:
@@ -75,8 +80,11 @@ def apply_mask(x: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Te
 
 def project(x: torch.Tensor, proj: Projection, a: torch.Tensor | None, b: torch.Tensor | None, kernels: Kernels,
             mask: torch.Tensor | None) -> torch.Tensor:
-    """x W^T + s (dropout(x) A^T) B^T for 2-d x, in x's dtype, with the dropout mask drawn for it."""
+    """x W^T + bias + s (dropout(x) A^T) B^T for 2-d x, in x's dtype, with the dropout mask drawn
+    for it; in bitsandbytes' and PEFT's order (the biased 4-bit product, then LoRA's)."""
     y = linear_4bit(x, proj.packed, proj.state, kernels)
+    if proj.bias is not None:
+        y.add_(proj.bias.to(y.dtype))
     if a is None:
         return y
     xd = apply_mask(x, mask, proj.dropout)
@@ -235,7 +243,7 @@ def _mlp_tile_backward(x, e, g, grad, projections, lora, kernels: Kernels, state
 def block_projections(block: torch.nn.Module, names: tuple[str, ...]) -> tuple[tuple[Projection, ...], list, torch.dtype] | None:
     """The block's projections as the functions take them, their LoRA weights (A, B per projection)
     and the compute dtype outside autocast; None where any projection needs the plain path: not
-    4-bit, a bias, hooks (PEFT's mixed-adapter batches), or a LoRA that is disabled, merged, DoRA
+    4-bit, a trained bias (PEFT's bias="all" or "lora_only"), hooks (PEFT's mixed-adapter batches), or a LoRA that is disabled, merged, DoRA
     or several adapters."""
     import bitsandbytes as bnb
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
@@ -252,23 +260,27 @@ def block_projections(block: torch.nn.Module, names: tuple[str, ...]) -> tuple[t
             adapter, base = active[0], m.base_layer
             drop = m.lora_dropout[adapter]
             p = drop.p if isinstance(drop, torch.nn.Dropout) and drop.training else 0.0
-            projections.append(Projection(base.weight.data, base.weight.quant_state, m.scaling[adapter], p))
+            projections.append(Projection(base.weight.data, base.weight.quant_state, m.scaling[adapter], p, frozen_bias(base)))
             lora += [m.lora_A[adapter].weight, m.lora_B[adapter].weight]
             dtype = dtype or m.lora_A[adapter].weight.dtype
         elif isinstance(m, bnb.nn.Linear4bit):
             base = m
-            projections.append(Projection(m.weight.data, m.weight.quant_state))
+            projections.append(Projection(m.weight.data, m.weight.quant_state, bias=frozen_bias(m)))
             lora += [None, None]
         else:
             return None
-        if base.bias is not None:
+        if base.bias is not None and base.bias.requires_grad:
             return None
         dtype = dtype or base.compute_dtype
     return tuple(projections), lora, dtype
 
 
+def frozen_bias(layer: torch.nn.Module) -> torch.Tensor | None:
+    return None if layer.bias is None else layer.bias.detach()
+
+
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """Replacement forward of LlamaMLP."""
+    """Replacement forward of LlamaMLP and Qwen2MLP."""
     found = block_projections(self, ("gate_proj", "up_proj", "down_proj"))
     if found is None:
         return self._qlcode_original_forward(x)
@@ -297,8 +309,9 @@ def _calls_returning(modules: dict[torch.nn.Module, object]) -> Iterator[None]:
 
 
 def _attention_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-    """Replacement forward of LlamaAttention: q, k, v (and o) through the fused functions, the rest
-    (RoPE, the cache, the attention kernel) transformers' own forward."""
+    """Replacement forward of LlamaAttention and Qwen2Attention: q, k, v (and o) through the fused
+    functions, the rest (RoPE, the cache, the sliding window, the attention kernel) transformers'
+    own forward."""
     qkv = block_projections(self, ("q_proj", "k_proj", "v_proj"))
     o = block_projections(self, ("o_proj",))
     if qkv is None or o is None:
@@ -320,14 +333,16 @@ def _attention_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
 
 
 def patch_blocks(model: torch.nn.Module, kernels: Kernels) -> int:
-    """Route Llama's MLP and attention blocks through the fused functions (in place, as
+    """Route Llama's and Qwen2's MLP and attention blocks through the fused functions (in place, as
     qlora_linear.patch_model does for single layers); returns how many blocks. Other families'
     blocks are left to the plain path, with one line saying so."""
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP
 
     from qlcode.progress import console
 
-    forwards = {LlamaMLP: _mlp_forward, LlamaAttention: _attention_forward}
+    forwards = {LlamaMLP: _mlp_forward, Qwen2MLP: _mlp_forward, LlamaAttention: _attention_forward,
+                Qwen2Attention: _attention_forward}
     count = 0
     for module in model.modules():
         forward = forwards.get(type(module))
@@ -340,5 +355,5 @@ def patch_blocks(model: torch.nn.Module, kernels: Kernels) -> int:
             count += 1
     if count == 0:
         kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        console.print(f"quant.fused_blocks: {kind} keeps the plain path (the fused QLoRA blocks are Llama's)", soft_wrap=True)
+        console.print(f"quant.fused_blocks: {kind} keeps the plain path (the fused QLoRA blocks are Llama's and Qwen2's)", soft_wrap=True)
     return count

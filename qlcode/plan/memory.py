@@ -58,7 +58,7 @@ class Settings:
     checkpointing: bool = True
     attention: str = "sdpa"
     method: str = "sft"
-    fused: bool = False  # Llama's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
+    fused: bool = False  # Llama's and Qwen2's MLP and q/k/v/o as fused QLoRA blocks (quant.fused_blocks with qlcode's kernels)
     mlp_tile: int = MLP_TILE  # the fused MLP's tile, in tokens ...
     mlp_tiled_above: int = MLP_TILED_ABOVE  # ... for micro batches of more tokens than this
     offload: bool = False  # train.offload_activations
@@ -271,7 +271,7 @@ def layer_backward_bytes(shapes: Shapes, s: Settings, per_layer: int) -> int:
 
 def plan(shapes: Shapes, s: Settings) -> Plan:
     """Every part of a run's memory on one device."""
-    if s.fused and not shapes.llama:  # fused_blocks patches Llama's MLP and attention only
+    if s.fused and not shapes.fusable:  # fused_blocks patches Llama's and Qwen2's MLP and attention only
         s = replace(s, fused=False)
     out = Plan(shapes, s)
     add = lambda name, n, detail: out.parts.append(Part(name, int(n), detail))  # noqa: E731

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlcode.errors import ModelError
+from qlcode.kernels import FUSED_MODEL_TYPES
 
 SHIPPED = Path(__file__).resolve().parent.parent / "builtin" / "configs"
 
@@ -27,7 +28,7 @@ class Shapes:
     vocab: int
     tied_embeddings: bool = False
     gated: bool = True
-    llama: bool = True  # Llama's own blocks, which quant.fused_blocks fuses (other families keep the plain path)
+    fusable: bool = True  # Llama's or Qwen2's blocks, which quant.fused_blocks fuses (StarCoder2 keeps the plain path)
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(out, in) of each linear layer of one decoder layer, by PEFT's module name."""
@@ -51,7 +52,7 @@ class Shapes:
             vocab=config.vocab_size,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             gated=config.model_type != "starcoder2",
-            llama=config.model_type == "llama",
+            fusable=config.model_type in FUSED_MODEL_TYPES,
         )
 
 
