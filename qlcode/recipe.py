@@ -69,8 +69,8 @@ class QuantSection(Section):
                             "for decoding's few rows) or bitsandbytes' own; auto = triton on CUDA."
     )
     fused_blocks: bool = Field(
-        True, description="With qlcode's kernels (quant.kernels: triton, or auto on CUDA): Llama's MLP and attention "
-                          "projections as fused QLoRA blocks that save less for backward; other families keep the plain path."
+        True, description="With qlcode's kernels (quant.kernels: triton, or auto on CUDA): Llama's and Qwen2's MLP and "
+                          "attention projections as fused QLoRA blocks that save less for backward; StarCoder2 keeps the plain path."
     )
 
     @field_validator("bits", mode="before")

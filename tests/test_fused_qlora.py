@@ -8,8 +8,9 @@ from __future__ import annotations
 import bitsandbytes.functional as BF
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Starcoder2Config, Starcoder2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from qlcode.kernels import FUSED_MODEL_TYPES
 from qlcode.kernels.fused_blocks import LoRAMLP, LoRAProjections, Projection, patch_blocks
 from qlcode.kernels.qlora_linear import REFERENCE, TRITON, Kernels, patch_model
 
@@ -202,16 +203,21 @@ def test_a_trained_bias_or_disabled_adapter_keeps_the_plain_path(tmp_path):
             function.apply = original
 
 
-def test_starcoder2_keeps_the_plain_path_and_says_so(tmp_path, capsys):
-    config = Starcoder2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                              num_attention_heads=4, num_key_value_heads=2)
-    Starcoder2ForCausalLM(config).save_pretrained(tmp_path / "starcoder2")
-    from qlcode.models import load_base
+@pytest.mark.parametrize("model_type", [*FUSED_MODEL_TYPES, "starcoder2"])
+def test_the_planned_families_are_the_patched_ones_and_starcoder2_says_so(model_type, capsys):
+    """patch_blocks fuses both blocks of every layer of each model type qlcode plan counts fused
+    (FUSED_MODEL_TYPES), and none of StarCoder2's, with the one line the user sees."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = load_base(str(tmp_path / "starcoder2"))
-    assert patch_blocks(model, TRITON) == 0
-    assert ("quant.fused_blocks: starcoder2 keeps the plain path (the fused QLoRA blocks are Llama's and Qwen2's)"
-            in capsys.readouterr().err)
+    config = AutoConfig.for_model(model_type, vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2)
+    patched = patch_blocks(AutoModelForCausalLM.from_config(config), TRITON)
+    err = capsys.readouterr().err
+    if model_type in FUSED_MODEL_TYPES:
+        assert patched == 4 and err == ""
+    else:
+        assert patched == 0
+        assert "quant.fused_blocks: starcoder2 keeps the plain path (the fused QLoRA blocks are Llama's and Qwen2's)" in err
 
 
 def test_a_qwen2_training_run_through_the_fused_blocks_is_peft_s(tmp_path):

@@ -12,7 +12,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from conftest import REPO, make_recipe
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from qlcode.errors import QlcodeError
 from qlcode.plan import GiB, PlanError, Settings, Shapes, gpu_bytes, load_shapes, plan, plan_recipe, preflight, settings
@@ -87,6 +87,18 @@ def test_a_layers_activations_are_what_autograd_saves(tmp_path, overrides):
     assert measured == planned
 
 
+@pytest.mark.parametrize("overrides", [
+    ["lora.dropout=0.05"],
+    ["lora.dropout=0.05", "quant.kernels=triton"],
+    ["lora.dropout=0", "quant.kernels=triton", "lora.target_modules=[q_proj,v_proj,down_proj]"],
+], ids=["plain", "fused", "fused-some"])
+def test_a_qwen2_layers_activations_are_what_autograd_saves(tmp_path, overrides):
+    """Qwen2 (q, k, v biased): the same count as Llama's, fused or not; the fused blocks' biases are
+    frozen and save nothing."""
+    measured, planned = _one_layers_saved_bytes(tmp_path, overrides, family="qwen2")
+    assert measured == planned
+
+
 def test_a_tiled_mlp_saves_only_its_input(tmp_path, monkeypatch):
     """Above the tile (here 32 of the 96 tokens) the fused MLP saves its input alone: gate's and up's
     outputs (2 x intermediate per token) are no longer saved, and the plan says so."""
@@ -100,17 +112,19 @@ def test_a_tiled_mlp_saves_only_its_input(tmp_path, monkeypatch):
     assert measured == planned == one_pass[0] - 96 * 4 * 2 * 344
 
 
-def _one_layers_saved_bytes(tmp_path, overrides: list[str], mlp_tile: int | None = None) -> tuple[int, int]:
-    """(bytes autograd saves for one decoder layer more, the plan's count) over 2 x 48 tokens."""
+def _one_layers_saved_bytes(tmp_path, overrides: list[str], mlp_tile: int | None = None, family: str = "llama") -> tuple[int, int]:
+    """(bytes autograd saves for one decoder layer more, the plan's count) over 2 x 48 tokens, for a
+    Llama or Qwen2 base."""
     from dataclasses import replace
 
     tokens = torch.randint(3, 500, (2, 48), generator=torch.Generator().manual_seed(0))
     overrides = [*overrides, "data.max_length=48"]
     measured = []
     for layers in (1, 2):
-        config = LlamaConfig(vocab_size=500, hidden_size=128, intermediate_size=344, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-        LlamaForCausalLM(config).save_pretrained(tmp_path / f"l{layers}")
+        config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+        config = config_class(vocab_size=500, hidden_size=128, intermediate_size=344, num_hidden_layers=layers,
+                              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+        model_class(config).save_pretrained(tmp_path / f"l{layers}")
         measured.append(_saved_bytes(tmp_path / f"l{layers}", overrides, tokens))
     recipe = load_recipe(REPO / "recipes" / "python-sft.yaml", [f"model.base={tmp_path / 'l1'}", *overrides])
     shapes = load_shapes(str(tmp_path / "l1"))
@@ -334,11 +348,17 @@ def test_packing_counts_the_block_mask_transformers_builds():
     assert "packed attention mask" not in [p.name for p in flash.parts]
 
 
-def test_the_fused_blocks_count_for_llama_bases_only():
-    """quant.fused_blocks patches Llama's MLP and attention; a Qwen2 base keeps the plain path, so its plan too."""
-    qwen = load_shapes("Qwen/Qwen2.5-Coder-7B")
-    assert not qwen.llama and load_shapes("codellama/CodeLlama-7b-hf").llama
-    assert plan(qwen, Settings(fused=True)).total == plan(qwen, Settings(fused=False)).total
+def test_the_fused_blocks_count_for_llama_and_qwen2_bases_only():
+    """quant.fused_blocks patches Llama's and Qwen2's MLP and attention (Code Llama, DeepSeek-Coder,
+    Qwen2.5-Coder); a StarCoder2 base keeps the plain path, so its plan too."""
+    for base in ("codellama/CodeLlama-7b-hf", "deepseek-ai/deepseek-coder-6.7b-base", "Qwen/Qwen2.5-Coder-7B"):
+        shapes = load_shapes(base)
+        assert shapes.fusable, base
+        fused, plain = (plan(shapes, Settings(fused=f, checkpointing=False)) for f in (True, False))
+        assert fused.part("activations") < plain.part("activations"), base
+    starcoder = load_shapes("bigcode/starcoder2-7b")
+    assert not starcoder.fusable
+    assert plan(starcoder, Settings(fused=True)).total == plan(starcoder, Settings(fused=False)).total
 
 
 LLAMA_31_8B = Shapes(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
