@@ -38,7 +38,7 @@ class Quantization:
     compute_dtype: str = "auto"
     storage_dtype: str = "uint8"
     kernels: str = "auto"  # triton | bitsandbytes | auto (triton on CUDA)
-    fused_blocks: bool = True  # with the Triton kernels: Llama's MLP and q/k/v/o as fused QLoRA blocks
+    fused_blocks: bool = True  # with the Triton kernels: Llama's and Qwen2's MLP and q/k/v/o as fused QLoRA blocks
 
 
 def base_path(spec: str) -> str:
@@ -260,8 +260,8 @@ def keep_dtypes(base: PreTrainedModel, frozen: dict[torch.nn.Parameter, torch.dt
 def use_kernels(model: M, quant: Quantization) -> M:
     """Route 4-bit layers (LoRA-wrapped or bare) through qlcode's kernels when quant.kernels asks
     (auto: on CUDA, once they check out there): Triton dequantization + matmul for training and
-    prefill, bitsandbytes' own matmul_4bit for decoding's few rows; with quant.fused_blocks, Llama's MLP
-    and attention projections as fused blocks (qlcode.kernels.fused_blocks)."""
+    prefill, bitsandbytes' own matmul_4bit for decoding's few rows; with quant.fused_blocks, Llama's and
+    Qwen2's MLP and attention projections as fused blocks (qlcode.kernels.fused_blocks)."""
     from qlcode.kernels.selfcheck import auto_kernels
 
     if quant.bits != 4 or (auto_kernels(model) if quant.kernels == "auto" else quant.kernels) != "triton":

@@ -251,6 +251,32 @@ def test_a_qwen2_training_run_through_the_fused_blocks_is_peft_s(tmp_path):
     assert runs[1][-1] < runs[1][0]
 
 
+def test_a_patched_qwen2_decodes_like_peft_over_bitsandbytes(tmp_path):
+    """Generation through the fused blocks on the tiny Qwen2: a 20-token prefill (dequantize +
+    matmul) then 8 new tokens through bitsandbytes' matmul (decoding's few rows), each adding the
+    q, k, v biases, across the sliding-window layer: the same tokens, logits to 1e-4."""
+    from peft import LoraConfig, get_peft_model
+
+    from qlcode.models import load_base
+
+    prompt = torch.randint(3, 300, (1, 20), generator=torch.Generator().manual_seed(2))
+    model = get_peft_model(load_base(str(_tiny(tmp_path, "qwen2"))),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+
+    def run():
+        with torch.no_grad():
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
+        return out.sequences, torch.stack(out.logits)
+
+    want = run()
+    patch_model(model, TRITON)
+    assert patch_blocks(model, TRITON) == 4
+    got = run()
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
+
+
 DENSE = Kernels(lambda packed, state, dtype: packed.to(dtype), None)  # "packed" is the weight in the compute dtype: no copy
 
 
