@@ -243,8 +243,8 @@ def _mlp_tile_backward(x, e, g, grad, projections, lora, kernels: Kernels, state
 def block_projections(block: torch.nn.Module, names: tuple[str, ...]) -> tuple[tuple[Projection, ...], list, torch.dtype] | None:
     """The block's projections as the functions take them, their LoRA weights (A, B per projection)
     and the compute dtype outside autocast; None where any projection needs the plain path: not
-    4-bit, a trained bias (PEFT's bias="all" or "lora_only"), hooks (PEFT's mixed-adapter batches), or a LoRA that is disabled, merged, DoRA
-    or several adapters."""
+    4-bit, a trained bias (PEFT's bias="all" or "lora_only"), hooks (PEFT's mixed-adapter
+    batches), or a LoRA that is disabled, merged, DoRA or several adapters."""
     import bitsandbytes as bnb
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 
@@ -276,6 +276,7 @@ def block_projections(block: torch.nn.Module, names: tuple[str, ...]) -> tuple[t
 
 
 def frozen_bias(layer: torch.nn.Module) -> torch.Tensor | None:
+    """The layer's bias as a plain tensor: the functions add it without autograd tracking it."""
     return None if layer.bias is None else layer.bias.detach()
 
 
