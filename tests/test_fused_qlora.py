@@ -5,6 +5,8 @@ do not apply. The bytes they save are checked in tests/test_plan.py."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import bitsandbytes.functional as BF
 import pytest
 import torch
@@ -155,10 +157,15 @@ def test_tiles_draw_dropout_tile_by_tile():
     assert not torch.equal(y, _mlp_run(x, projections, lora, 20)[0])
 
 
-def test_projections_function_gradcheck_with_dropout_and_an_unused_output():
+def test_projections_function_gradcheck_with_dropout_biases_and_an_unused_output():
+    """q and k with Qwen2's frozen biases: forward adds them, backward owes them nothing."""
     projections = [_projection(32, 32, 0.2, 0), _projection(16, 32, 0.2, 1), _projection(16, 32, 0.0, 2, lora=False)]
+    projections[:2] = [(replace(p, bias=torch.randn(p.state.shape[0], dtype=torch.float64)), a, b) for p, a, b in projections[:2]]
     lora = [t for _, a, b in projections for t in (a, b)]
     x = torch.randn(3, 32, dtype=torch.float64, requires_grad=True)
+    without = LoRAProjections.apply(x, tuple(replace(p, dropout=0.0, bias=None) for p, _, _ in projections), REFERENCE, *lora)
+    with_bias = LoRAProjections.apply(x, tuple(replace(p, dropout=0.0) for p, _, _ in projections), REFERENCE, *lora)
+    torch.testing.assert_close(with_bias[0] - without[0], projections[0][0].bias.expand(3, -1), rtol=0, atol=1e-12)
 
     def f(x, *weights):
         torch.manual_seed(7)
