@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE
 from qlcode.plan.shapes import Shapes
+from qlcode.plan.startup import RESIDENT, startup_line
 
 GiB = 2**30
 # The CUDA context (about 0.5 GiB with torch's kernels loaded) and the caching allocator's
@@ -320,9 +321,8 @@ def plan(shapes: Shapes, s: Settings) -> Plan:
     if s.device == "cuda":
         add("CUDA context + allocator", CUDA_OVERHEAD, "stated constant")
     if s.init != "default":
-        from qlcode.plan.startup import startup_part
-
-        out.startup = startup_part(out)
+        resident = sum(part.bytes for part in out.parts if part.name in RESIDENT)
+        out.startup = Part(f"lora.init: {s.init}", *startup_line(shapes, s.targets, s.init, s.weight_bytes, resident))
     return out
 
 

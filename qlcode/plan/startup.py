@@ -13,12 +13,7 @@ gradients, optimizer state or activations exist, so this adds to the weights alo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from qlcode.plan.shapes import Shapes
-
-if TYPE_CHECKING:
-    from qlcode.plan.memory import Part, Plan
 
 FP32 = 4
 # the parts of a plan that exist while lora.init runs: no gradients, optimizer state or activations yet
@@ -46,13 +41,10 @@ def largest_target(shapes: Shapes, targets: tuple[str, ...], init: str, weight_b
     return name, size
 
 
-def startup_part(p: Plan) -> Part:
-    """The plan's lora.init line: the transient, and the start-up peak it makes beside the resident parts."""
-    from qlcode.plan.memory import GiB, Part
-
-    s = p.settings
-    name, size = largest_target(p.shapes, s.targets, s.init, s.weight_bytes)
-    o, i = p.shapes.linears()[name]
-    resident = sum(part.bytes for part in p.parts if part.name in RESIDENT)
-    return Part(f"lora.init: {s.init}", size, f"at start-up, one layer at a time: {name} ({o} x {i}) in fp32 and its "
-                f"{'QR' if s.init == 'olora' else 'SVD'}; with the weights {(resident + size) / GiB:.2f} GiB, before training")
+def startup_line(shapes: Shapes, targets: tuple[str, ...], init: str, weight_bytes: int, resident: int) -> tuple[int, str]:
+    """The plan's lora.init line (bytes, detail): the transient, and the start-up peak it makes beside the
+    `resident` parts (RESIDENT)."""
+    name, size = largest_target(shapes, targets, init, weight_bytes)
+    o, i = shapes.linears()[name]
+    return size, (f"at start-up, one layer at a time: {name} ({o} x {i}) in fp32 and its "
+                  f"{'QR' if init == 'olora' else 'SVD'}; with the weights {(resident + size) / 2**30:.2f} GiB, before training")
