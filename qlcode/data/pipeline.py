@@ -15,6 +15,7 @@ from datasets import Dataset, List, Sequence, concatenate_datasets
 
 from qlcode.data.formats import FORMATS
 from qlcode.errors import DataError
+from qlcode.families import Family, family_of_tokenizer
 from qlcode.recipe import DataSection
 from qlcode.schema import LOCAL_DATA_SUFFIXES
 
@@ -26,14 +27,15 @@ def render(row: dict, fmt: str, template: str) -> dict:
     return FORMATS[fmt].render(row, template)
 
 
-def prepared(data: DataSection, i: int, split: str, limit: int | None = None) -> Dataset:
-    """One split of data.datasets[i], checked and rendered, in its own row order (its first `limit` rows if given)."""
+def prepared(data: DataSection, i: int, split: str, limit: int | None = None, family: Family | None = None) -> Dataset:
+    """One split of data.datasets[i], checked and rendered, in its own row order (its first `limit` rows if given);
+    `family` is the base's (repository rows take its layout; None: Code Llama's)."""
     spec, key = data.datasets[i], f"data.datasets[{i}]"
     fmt = FORMATS[spec.format]
     problem = fmt.template_problem(data.template)
     if problem:
         raise DataError(f"{key}: {problem}")
-    ds, rows = fmt.load(spec, split, key, data.seed, limit)
+    ds, rows = fmt.load(spec, split, key, data.seed, limit, family)
     ds = fmt.canonical(ds, spec.columns, key, spec.source, data.template, rows)
     if fmt.useless is not None:
         ds = _teaching(ds, fmt, key, split, spec.source)
@@ -82,13 +84,13 @@ def _concat(parts: list[Dataset], data: DataSection, what: str) -> Dataset:
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def rendered(data: DataSection) -> tuple[Dataset, Dataset | None]:
-    """(train, eval) rendered, with the hidden columns; eval is None when data.validation is 0."""
+def rendered(data: DataSection, family: Family | None = None) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) rendered for `family`'s base, with the hidden columns; eval is None when data.validation is 0."""
     train_parts, eval_parts = [], []
     for i, spec in enumerate(data.datasets):
-        ds = prepared(data, i, spec.split)
+        ds = prepared(data, i, spec.split, family=family)
         if isinstance(data.validation, str):
-            eval_parts.append(prepared(data, i, data.validation))
+            eval_parts.append(prepared(data, i, data.validation, family=family))
         elif data.validation > 0:
             if len(ds) < 2:
                 raise DataError(f"data.datasets[{i}]: {len(ds)} row(s) cannot be split for validation; set data.validation: 0")
@@ -109,12 +111,13 @@ def build(data: DataSection, tokenizer=None) -> tuple[Dataset, Dataset | None]:
 
     Decontamination drops training rows sharing a 13-gram with data.decontaminate's benchmarks;
     with data.fim, a share of the training rows become infilling examples and every training row
-    is tokenized (so the tokenizer is needed then, and only then). Writes nothing.
+    is tokenized (so the tokenizer is needed then, and only then). Repository rows take the layout of
+    the tokenizer's family (Code Llama's without a tokenizer). Writes nothing.
     """
     from qlcode.progress import console
     from qlcode.data.decontaminate import drop_overlapping, index
 
-    train, held = rendered(data)
+    train, held = rendered(data, None if tokenizer is None else family_of_tokenizer(tokenizer))
     if data.decontaminate:
         train, dropped = drop_overlapping(train, index(data.decontaminate))
         console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "
