@@ -117,59 +117,32 @@ def test_eval_gguf_answers_as_transformers_does(exported, tmp_path):
 
 
 # --- every family's export, run by llama.cpp -------------------------------------------------------
-# A tiny model of each family's architecture (conftest.family_config; Code Llama's as conftest.tiny_base) with
-# the family's real tokenizer (tests/data: llama.cpp checks a vocabulary against its pre-tokenizer name) and its
-# Hub config's vocab_size, which Qwen2.5-Coder and DeepSeek-Coder pad past the tokenizer (151936 rows for
-# 151665 tokens, 32256 for 32022), and Qwen2.5-Coder-1.5B's and StarCoder2-3B/7B's tied output embedding.
-# Weights drawn with std 0.2 give logits of order 1, so the tolerance below means something. StarCoder2 keeps
-# its Hub window (4096): llama.cpp runs starcoder2 with full attention (it reads no sliding window for it), so
-# past the window its logits leave transformers' (a llama.cpp limitation, README: GGUF); the prompt is shorter.
-# The prompt has no symbol between a space and a digit (" < 2"): there llama.cpp's deepseek-coder pre-tokenizer
-# (without GPT-2's split) and tests/data's DeepSeek-Coder tokenizer part ways (" <", " " vs " < ").
-REAL = {"codellama": (32016, False), "qwen2-coder": (151936, True), "deepseek-coder": (32256, False),
-        "starcoder2": (49152, True)}  # family -> (vocab_size, tie_word_embeddings)
+# A tiny model of each family with its real tokenizer (llama.cpp tokenizes by the file's pre-tokenizer name)
+# and its Hub vocab_size and tying (conftest.real_vocab_model). StarCoder2's window is 4096 as on the Hub:
+# llama.cpp runs starcoder2 with full attention (it reads no sliding window for it), so past the window its
+# logits leave transformers' (README: GGUF); the prompt is shorter. It has no symbol between a space and a digit
+# (" < 2"): there llama.cpp's deepseek-coder pre-tokenizer (without GPT-2's split) and tests/data's DeepSeek-Coder
+# tokenizer part ways (" <", " " vs " < ").
 PROMPT = "def fibonacci(n: int) -> int:\n    if n in (0, 1):\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"
 # against transformers in fp32: (max |logit difference|, mean |logit difference|, top-1 agreement). f16 rounds
 # every weight (relative 2^-11); q8_0 rounds each block of 32 weights to 8 bits and llama.cpp rounds the
-# activations it multiplies them with to 8 bits too. Measured (BENCHMARKS.md): f16 max 0.021-0.027, q8_0 max
-# 0.47-0.75, mean 0.05, top-1 77-90%, on logits of standard deviation 1.6.
+# activations it multiplies them with to 8 bits too. Measured (benchmarks/gguf_llama_cpp.py --families, in
+# BENCHMARKS.md): f16 max 0.018-0.028, mean 0.002, top-1 100%; q8_0 max 0.47-0.57, mean 0.04-0.05, top-1
+# 84-95%; on logits of standard deviation 1.6.
 TOLERANCE = {"f16": (0.05, 0.005, 0.95), "q8_0": (1.0, 0.1, 0.7)}
 
 
 @pytest.fixture(scope="module")
-def real_vocab_models(tmp_path_factory, tokenizer_dirs, codellama_tokenizer_dir):
-    """family -> a model directory: random weights of the family's architecture, its real tokenizer, fp32."""
-    import shutil
+def real_vocab_models(tmp_path_factory) -> dict:
+    from conftest import REAL_VOCAB, real_vocab_model
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from conftest import family_config
-
-    out = {}
-    for family, (vocab, tied) in REAL.items():
-        path = tmp_path_factory.mktemp(f"real-{family}")
-        shutil.copytree(codellama_tokenizer_dir if family == "codellama" else tokenizer_dirs[family], path, dirs_exist_ok=True)
-        tok = AutoTokenizer.from_pretrained(path)
-        if family == "codellama":
-            config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                                 rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-        else:
-            config = family_config(family, tok)
-        config.vocab_size, config.tie_word_embeddings, config.initializer_range = vocab, tied, 0.2
-        if family == "starcoder2":
-            config.sliding_window = 4096
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(path)
-        out[family] = path
-    return out
+    return {family: real_vocab_model(family, tmp_path_factory.mktemp(f"real-{family}")) for family in REAL_VOCAB}
 
 
 @needs_llama_cpp
-@pytest.mark.parametrize("family", list(REAL))
+@pytest.mark.parametrize("family", ["codellama", "qwen2-coder", "deepseek-coder", "starcoder2"])
 def test_llama_cpp_runs_every_familys_export_as_transformers_does(family, real_vocab_models, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from qlcode.execution.engines.llama_cpp import load_gguf
 
@@ -183,7 +156,7 @@ def test_llama_cpp_runs_every_familys_export_as_transformers_does(family, real_v
         res = _cli("export", str(model_dir), "--type", kind, "--out", str(path))
         assert res.exit_code == 0, res.output
         llm = load_gguf(path, n_ctx=128, logits_all=True)
-        assert llm.n_vocab() == REAL[family][0]
+        assert llm.n_vocab() == AutoConfig.from_pretrained(model_dir).vocab_size  # every row a token
         assert llm.tokenize(PROMPT.encode()) == ids  # llama.cpp's tokens (and bos policy) from the file's vocabulary
         # and llama.cpp's own 46 tokenizer tests of the family's vocabulary (shipped beside the tokenizer)
         tests = next(model_dir.glob("ggml-vocab-*.gguf.inp"))
