@@ -125,8 +125,8 @@ def _merge_scores(model_dir: Path, tokens: list[bytes], scores: list[float]) -> 
     """SentencePiece scores for a Llama tokenizer.json: llama.cpp's "llama" tokenizer merges the adjacent pair
     whose joined piece scores highest, so a piece scores minus the rank of the first BPE merge that makes it
     (transformers ranked the merges by the SentencePiece scores). gguf's LlamaHfVocab gives every piece
-    -1000, with which llama.cpp merges left to right and tokenizes "fibonacci" as "ona", "cci" instead of
-    "on", "acci". Pieces no merge makes (characters, bytes, special tokens) keep their score."""
+    -1000, with which llama.cpp tokenizes code unlike the model's tokenizer ("fibonacci" with "ona" where
+    Code Llama has "on", "acci"). Pieces no merge makes (characters, bytes, special tokens) keep their score."""
     merges = read_json(model_dir / "tokenizer.json", "export a model directory with its tokenizer")["model"]["merges"]
     rank: dict[str, int] = {}
     for r, merge in enumerate(merges):
