@@ -179,17 +179,51 @@ def family_bases(tmp_path_factory, tiny_base) -> dict[str, Path]:
     return out
 
 
+def unpack_tokenizer(family: str, dst: Path) -> Path:
+    """The family's real tokenizer folder (tests/data, rebuilt offline by build_family_tokenizers.py or, for
+    Code Llama, build_codellama_tokenizer.py) copied into dst, tokenizer.json unpacked where stored xz-compressed."""
+    for f in (REPO / "tests" / "data" / f"{family}-tokenizer").iterdir():
+        if f.name == "tokenizer.json.xz":
+            (dst / "tokenizer.json").write_bytes(lzma.decompress(f.read_bytes()))
+        else:
+            shutil.copyfile(f, dst / f.name)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
-    """The real tokenizer folders of Qwen2.5-Coder, DeepSeek-Coder and StarCoder2 (tests/data, rebuilt offline
-    by build_family_tokenizers.py) with tokenizer.json unpacked (it is stored xz-compressed)."""
-    out = {}
-    for family in ("qwen2-coder", "deepseek-coder", "starcoder2"):
-        src, dst = REPO / "tests" / "data" / f"{family}-tokenizer", tmp_path_factory.mktemp(family)
-        for f in src.iterdir():
-            if f.name == "tokenizer.json.xz":
-                (dst / "tokenizer.json").write_bytes(lzma.decompress(f.read_bytes()))
-            else:
-                shutil.copyfile(f, dst / f.name)
-        out[family] = dst
-    return out
+    """The real tokenizer folders of Qwen2.5-Coder, DeepSeek-Coder and StarCoder2 (`unpack_tokenizer`)."""
+    return {family: unpack_tokenizer(family, tmp_path_factory.mktemp(family))
+            for family in ("qwen2-coder", "deepseek-coder", "starcoder2")}
+
+
+# family -> (vocab_size, tie_word_embeddings) of its Hub configs: Qwen2.5-Coder's and DeepSeek-Coder's vocab_size
+# is padded past the tokenizer (151936 rows for 151665 tokens, 32256 for 32022); Qwen2.5-Coder-1.5B and
+# StarCoder2-3B/7B tie the output embedding to the input one
+REAL_VOCAB = {"codellama": (32016, False), "qwen2-coder": (151936, True), "deepseek-coder": (32256, False),
+              "starcoder2": (49152, True)}
+
+
+def real_vocab_model(family: str, path: Path) -> Path:
+    """A tiny model of the family's architecture (family_config; Code Llama's as tiny_base) with its real
+    tokenizer and its Hub config's vocab_size and tying, fp32, saved at path: what llama.cpp needs to load a
+    family's GGUF export and tokenize as the family does. Weights drawn with std 0.2 give logits of order 1.
+    StarCoder2 keeps its Hub window, 4096."""
+    from transformers import AutoModelForCausalLM
+
+    unpack_tokenizer(family, path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if family == "codellama":
+        config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=1024,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    else:
+        config = family_config(family, tok)
+    config.vocab_size, config.tie_word_embeddings = REAL_VOCAB[family]
+    config.initializer_range = 0.2
+    if family == "starcoder2":
+        config.sliding_window = 4096
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path

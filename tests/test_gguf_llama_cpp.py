@@ -114,3 +114,57 @@ def test_eval_gguf_answers_as_transformers_does(exported, tmp_path):
     assert sum(a == b for a, b in zip(gguf_answers, hf_answers)) >= 5, (gguf_answers, hf_answers)
     summary = json.loads((tmp_path / "gguf" / "summary.json").read_text())
     assert summary["model"] == str(exported / "micro-f16.gguf") and summary["label"] == "gguf" and summary["problems"] == 6
+
+
+# --- every family's export, run by llama.cpp -------------------------------------------------------
+# A tiny model of each family with its real tokenizer (llama.cpp tokenizes by the file's pre-tokenizer name)
+# and its Hub vocab_size and tying (conftest.real_vocab_model). StarCoder2's window is 4096 as on the Hub:
+# llama.cpp runs starcoder2 with full attention (it reads no sliding window for it), so past the window its
+# logits leave transformers' (README: GGUF); the prompt is shorter. It has no " < " before a digit (" < 2"):
+# there llama.cpp's deepseek-coder pre-tokenizer (DeepSeek's split list alone) makes one token and tests/data's
+# rebuilt DeepSeek-Coder tokenizer (digits, then GPT-2's split) two; llama.cpp's 46 tests pass with both.
+PROMPT = "def fibonacci(n: int) -> int:\n    if n in (0, 1):\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"
+# against transformers in fp32: (max |logit difference|, mean |logit difference|, top-1 agreement). f16 rounds
+# every weight (relative 2^-11); q8_0 rounds each block of 32 weights to 8 bits and llama.cpp rounds the
+# activations it multiplies them with to 8 bits too. Measured (benchmarks/gguf_llama_cpp.py --families, in
+# BENCHMARKS.md): f16 max 0.018-0.028, mean 0.002, top-1 100%; q8_0 max 0.47-0.57, mean 0.04-0.05, top-1
+# 84-95%; on logits of standard deviation 1.6.
+TOLERANCE = {"f16": (0.05, 0.005, 0.95), "q8_0": (1.0, 0.1, 0.7)}
+
+
+@pytest.fixture(scope="module")
+def real_vocab_models(tmp_path_factory) -> dict:
+    from conftest import REAL_VOCAB, real_vocab_model
+
+    return {family: real_vocab_model(family, tmp_path_factory.mktemp(f"real-{family}")) for family in REAL_VOCAB}
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("family", ["codellama", "qwen2-coder", "deepseek-coder", "starcoder2"])
+def test_llama_cpp_runs_every_familys_export_as_transformers_does(family, real_vocab_models, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from qlcode.execution.engines.llama_cpp import load_gguf
+
+    model_dir = real_vocab_models[family]
+    ids = AutoTokenizer.from_pretrained(model_dir)(PROMPT)["input_ids"]  # with bos where the family adds it
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(want).max() > 1.0  # logits large enough for the tolerance to bite
+    for kind, (most, mean, top1) in TOLERANCE.items():
+        path = tmp_path / f"{family}-{kind}.gguf"
+        res = _cli("export", str(model_dir), "--type", kind, "--out", str(path))
+        assert res.exit_code == 0, res.output
+        llm = load_gguf(path, n_ctx=128, logits_all=True)
+        assert llm.n_vocab() == AutoConfig.from_pretrained(model_dir).vocab_size  # every row a token
+        assert llm.tokenize(PROMPT.encode()) == ids  # llama.cpp's tokens (and bos policy) from the file's vocabulary
+        # and llama.cpp's own 46 tokenizer tests of the family's vocabulary (shipped beside the tokenizer)
+        tests = next(model_dir.glob("ggml-vocab-*.gguf.inp"))
+        texts = tests.read_text().split("\n__ggml_vocab_test__\n")[:-1]
+        expected = [[int(t) for t in line.split()] for line in tests.with_suffix(".out").read_text().splitlines()]
+        assert [llm.tokenize(t.encode(), add_bos=False) for t in texts] == expected
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)])
+        diff = np.abs(got - want)
+        assert diff.max() < most and diff.mean() < mean, (kind, diff.max(), diff.mean())
+        assert (got.argmax(-1) == want.argmax(-1)).mean() >= top1

@@ -60,14 +60,27 @@ def fim_ids(tokenizer, family: Family | None = None) -> FimIds:
                   sentencepiece=fim.sentencepiece)
 
 
-def split_points(text: str, rng: random.Random, unit: str) -> tuple[str, str, str]:
-    """Two random cut points, between characters or between lines: (prefix, middle, suffix)."""
+def split_points(text: str, rng: random.Random, unit: str, keep: tuple[str, ...] = ()) -> tuple[str, str, str]:
+    """Two random cut points, between characters or between lines: (prefix, middle, suffix).
+
+    A character cut strictly inside one of the `keep` strings (a repository row's <file_sep>...) moves to
+    its start, so the token stays whole (a cut between lines cannot fall inside one: they hold no newline).
+    """
     if unit == "line":
         lines = text.splitlines(keepends=True)
         i, j = sorted(rng.randint(0, len(lines)) for _ in range(2))
         return "".join(lines[:i]), "".join(lines[i:j]), "".join(lines[j:])
-    i, j = sorted(rng.randint(0, len(text)) for _ in range(2))
+    i, j = sorted(_outside(text, rng.randint(0, len(text)), keep) for _ in range(2))
     return text[:i], text[i:j], text[j:]
+
+
+def _outside(text: str, i: int, keep: tuple[str, ...]) -> int:
+    """Cut point i, or the start of the `keep` string it falls strictly inside."""
+    for token in keep:
+        start = text.find(token, max(0, i - len(token) + 1))
+        if -1 < start < i:
+            return start
+    return i
 
 
 MARK = "☺"  # the reference's marker for encode_infilling: a piece of its own in Llama's vocabulary
@@ -136,7 +149,8 @@ def with_infilling(ds: Dataset, tokenizer, fim: FimSection, seed: int) -> Datase
     (1 = trained when train_on_completions_only): for an infilling example, the middle and <EOT>.
     Rows are qlcode.data.pipeline's rendered rows, whose `_code` is the code their format infills.
     """
-    ids = fim_ids(tokenizer)
+    family = family_of_tokenizer(tokenizer)
+    ids = fim_ids(tokenizer, family)
     if fim.spm_rate > 0 and not ids.spm:
         raise DataError(f"data.fim.spm_rate: {ids.title} was trained with prefix-suffix-middle infilling only; "
                         "set data.fim.spm_rate: 0")
@@ -145,7 +159,8 @@ def with_infilling(ds: Dataset, tokenizer, fim: FimSection, seed: int) -> Datase
     def convert(row: dict) -> dict:
         code = row["_code"]
         if rng.random() < fim.rate and code.strip():
-            tokens, n = fim_example(tokenizer, ids, *split_points(code, rng, fim.unit), spm=rng.random() < fim.spm_rate)
+            pieces = split_points(code, rng, fim.unit, family.infilling.repo_tokens)
+            tokens, n = fim_example(tokenizer, ids, *pieces, spm=rng.random() < fim.spm_rate)
             return {"input_ids": tokens, "completion_mask": [0] * n + [1] * (len(tokens) - n)}
         tokens, mask = _plain(tokenizer, row)
         return {"input_ids": tokens, "completion_mask": mask}

@@ -15,6 +15,7 @@ from datasets import Dataset, List, Sequence, concatenate_datasets
 
 from qlcode.data.formats import FORMATS
 from qlcode.errors import DataError
+from qlcode.families import Family, family_of_tokenizer
 from qlcode.recipe import DataSection
 from qlcode.schema import LOCAL_DATA_SUFFIXES
 
@@ -26,15 +27,17 @@ def render(row: dict, fmt: str, template: str) -> dict:
     return FORMATS[fmt].render(row, template)
 
 
-def prepared(data: DataSection, i: int, split: str, limit: int | None = None, unpaired: bool = False) -> Dataset:
+def prepared(data: DataSection, i: int, split: str, limit: int | None = None, unpaired: bool = False,
+             family: Family | None = None) -> Dataset:
     """One split of data.datasets[i], checked and rendered, in its own row order (its first `limit` rows if given);
-    `unpaired`: for a method that trains unpaired rows (KTO, qlcode.methods)."""
+    `unpaired`: for a method that trains unpaired rows (KTO, qlcode.methods); `family` is the base's (repository
+    rows take its layout; None: Code Llama's)."""
     spec, key = data.datasets[i], f"data.datasets[{i}]"
     fmt = FORMATS[spec.format]
     problem = fmt.template_problem(data.template)
     if problem:
         raise DataError(f"{key}: {problem}")
-    ds, rows = fmt.load(spec, split, key, data.seed, limit)
+    ds, rows = fmt.load(spec, split, key, data.seed, limit, family)
     ds = fmt.canonical(ds, spec.columns, key, spec.source, data.template, rows)
     if fmt.useless is not None:
         ds = _teaching(ds, fmt, key, split, spec.source)
@@ -94,14 +97,14 @@ def _as_trained(ds: Dataset, unpaired: bool) -> Dataset:
     return ds
 
 
-def rendered(data: DataSection, unpaired: bool = False) -> tuple[Dataset, Dataset | None]:
-    """(train, eval) rendered, with the hidden columns; eval is None when data.validation is 0;
+def rendered(data: DataSection, unpaired: bool = False, family: Family | None = None) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) rendered for `family`'s base, with the hidden columns; eval is None when data.validation is 0;
     `unpaired` for a method that trains unpaired rows (KTO)."""
     train_parts, eval_parts = [], []
     for i, spec in enumerate(data.datasets):
-        ds = prepared(data, i, spec.split, unpaired=unpaired)
+        ds = prepared(data, i, spec.split, unpaired=unpaired, family=family)
         if isinstance(data.validation, str):
-            eval_parts.append(_as_trained(prepared(data, i, data.validation, unpaired=unpaired), unpaired))
+            eval_parts.append(_as_trained(prepared(data, i, data.validation, unpaired=unpaired, family=family), unpaired))
         elif data.validation > 0:
             if len(ds) < 2:
                 raise DataError(f"data.datasets[{i}]: {len(ds)} row(s) cannot be split for validation; set data.validation: 0")
@@ -122,12 +125,13 @@ def build(data: DataSection, tokenizer=None, unpaired: bool = False) -> tuple[Da
 
     Decontamination drops training rows sharing a 13-gram with data.decontaminate's benchmarks;
     with data.fim, a share of the training rows become infilling examples and every training row
-    is tokenized (so the tokenizer is needed then, and only then). Writes nothing.
+    is tokenized (so the tokenizer is needed then, and only then). Repository rows take the layout of
+    the tokenizer's family (Code Llama's without a tokenizer). Writes nothing.
     """
     from qlcode.progress import console
     from qlcode.data.decontaminate import drop_overlapping, index
 
-    train, held = rendered(data, unpaired)
+    train, held = rendered(data, unpaired, None if tokenizer is None else family_of_tokenizer(tokenizer))
     if data.decontaminate:
         train, dropped = drop_overlapping(train, index(data.decontaminate))
         console.print(f"decontamination: dropped {len(dropped)} training rows sharing a 13-gram with "

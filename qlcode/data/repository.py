@@ -1,9 +1,10 @@
 """Repository-level sequences for long-context fine-tuning (Code Llama section 2.4).
 
-A repository becomes one text: its Python files, each under a `# file: PATH` header, ordered so
-that a file comes after the files of the same repository it imports (found with `ast`; cycles
-fall back to path order). With packing, the text is cut into consecutive max_length pieces, so a
-16k-token sequence holds a stretch of one project in dependency order.
+A repository becomes one text: its Python files ordered so that a file comes after the files of
+the same repository it imports (found with `ast`; cycles fall back to path order), laid out as the
+base's family was trained (`Infilling.repository`: Qwen2.5-Coder's and StarCoder2's repository
+tokens, else a `# file: PATH` header per file). With packing, the text is cut into consecutive
+max_length pieces, so a 16k-token sequence holds a stretch of one project in dependency order.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datasets import Dataset
 from qlcode.builtin import HELD_OUT_MODULES
 from qlcode.builtin.stdlib_corpus import SKIP_PARTS, stdlib_root
 from qlcode.errors import DataError
+from qlcode.families import DEFAULT, Family
 
 
 def _module(path: Path, root: Path) -> str:
@@ -73,9 +75,10 @@ def import_order(root: Path) -> list[Path]:
     return order
 
 
-def repository_text(root: Path) -> str:
-    return "".join(f"# file: {p.relative_to(root.parent)}\n{p.read_text(encoding='utf-8', errors='replace')}\n"
-                   for p in import_order(root))
+def repository_text(root: Path, family: Family = DEFAULT) -> str:
+    """The repository at `root` (named by its directory) in `family`'s layout, paths relative to `root`."""
+    files = [(p.relative_to(root).as_posix(), p.read_text(encoding="utf-8", errors="replace")) for p in import_order(root)]
+    return family.infilling.repository(root.name, files)
 
 
 def stdlib_packages() -> list[Path]:
@@ -85,8 +88,8 @@ def stdlib_packages() -> list[Path]:
                   if p.parent.name not in SKIP_PARTS and p.parent.name not in HELD_OUT_MODULES)
 
 
-def repository_dataset(source: str, key: str) -> Dataset:
-    """One text row per repository: each subdirectory of `source`, or builtin:stdlib-packages."""
+def repository_dataset(source: str, key: str, family: Family = DEFAULT) -> Dataset:
+    """One text row per repository in `family`'s layout: each subdirectory of `source`, or builtin:stdlib-packages."""
     if source == "builtin:stdlib-packages":
         roots = stdlib_packages()
     else:
@@ -94,7 +97,7 @@ def repository_dataset(source: str, key: str) -> Dataset:
         if not base.is_dir():
             raise DataError(f"{key}.source: repository data is a directory with one subdirectory per repository; {source!r} is not a directory")
         roots = sorted(p for p in base.iterdir() if p.is_dir() and any(p.rglob("*.py")))
-    rows = [{"text": repository_text(r)} for r in roots]
+    rows = [{"text": repository_text(r, family)} for r in roots]
     if not rows:
         raise DataError(f"{key}.source: {source} holds no repository with Python files")
     return Dataset.from_list(rows)

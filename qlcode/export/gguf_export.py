@@ -52,7 +52,8 @@ def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-REQUIRED_CONFIG = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
+REQUIRED_CONFIG = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
+                   "vocab_size")
 
 
 def _config(model_dir: Path) -> tuple[dict, Family]:
@@ -104,7 +105,36 @@ def _converted(data: np.ndarray, kind: str):
     return data.astype(np.float16), gguf.GGMLQuantizationType.F16
 
 
-def _add_tokenizer(writer, model_dir: Path, family: Family) -> None:
+def _token_rows(vocab, rows: int) -> tuple[list, list, list]:
+    """(tokens, scores, types): one per embedding row, as llama.cpp requires (it sizes token_embd by the token list).
+
+    Rows the tokenizer has no token for (Qwen2.5-Coder's and DeepSeek-Coder's vocab_size is padded past it:
+    151936 rows for 151665 tokens, 32256 for 32022) get unused [PADn] tokens, as llama.cpp's converter writes;
+    tokens past the rows (Code Llama's <FILL_ME>, 32016, a placeholder transformers splits on, never fed to the
+    model) are left out.
+    """
+    import gguf
+
+    tokens, scores, types = (list(x) for x in zip(*vocab.all_tokens()))
+    missing = range(len(tokens), rows)
+    return ([*tokens[:rows], *(f"[PAD{i}]".encode() for i in missing)], [*scores[:rows], *(-1000.0 for _ in missing)],
+            [*types[:rows], *(gguf.TokenType.UNUSED for _ in missing)])
+
+
+def _merge_scores(model_dir: Path, tokens: list[bytes], scores: list[float]) -> list[float]:
+    """SentencePiece scores for a Llama tokenizer.json: llama.cpp's "llama" tokenizer merges the adjacent pair
+    whose joined piece scores highest, so a piece scores minus the rank of the first BPE merge that makes it
+    (transformers ranked the merges by the SentencePiece scores). gguf's LlamaHfVocab gives every piece
+    -1000, with which llama.cpp tokenizes code unlike the model's tokenizer ("fibonacci" with "ona" where
+    Code Llama has "on", "acci"). Pieces no merge makes (characters, bytes, special tokens) keep their score."""
+    merges = read_json(model_dir / "tokenizer.json", "export a model directory with its tokenizer")["model"]["merges"]
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(merges):
+        rank.setdefault("".join(merge.split(" ") if isinstance(merge, str) else merge), r)
+    return [float(-rank[t.decode()]) if t.decode() in rank else s for t, s in zip(tokens, scores)]
+
+
+def _add_tokenizer(writer, model_dir: Path, family: Family, rows: int) -> None:
     import logging
 
     import gguf
@@ -118,12 +148,14 @@ def _add_tokenizer(writer, model_dir: Path, family: Family) -> None:
     except FileNotFoundError:
         vocab = gguf.vocab.BpeVocab(model_dir)  # byte-level BPE (the micro model, Qwen, DeepSeek-Coder, StarCoder2)
         pre = family.gguf.pre
-    tokens, scores, types = zip(*vocab.all_tokens())
+    tokens, scores, types = _token_rows(vocab, rows)
+    if vocab.tokenizer_model == "llama":
+        scores = _merge_scores(model_dir, tokens, scores)
     writer.add_tokenizer_model(vocab.tokenizer_model)
     writer.add_tokenizer_pre(pre)
-    writer.add_token_list(list(tokens))
-    writer.add_token_scores(list(scores))
-    writer.add_token_types(list(types))
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
     gguf.SpecialVocab(model_dir, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=len(tokens)).add_to_gguf(writer)
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = fim_ids(tok, family)
@@ -178,7 +210,7 @@ def _write(model_dir: Path, out: Path, tmp: Path, kind: str, cfg: dict, family: 
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["factor"])
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if kind == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    _add_tokenizer(writer, model_dir, family)
+    _add_tokenizer(writer, model_dir, family, cfg["vocab_size"])
 
     # pass 1: shapes only, for the header
     order: list[tuple[str, str]] = []
@@ -218,6 +250,8 @@ def verify(path: Path, model_dir: Path, kind: str) -> GgufReport:
     for key, value in expect.items():
         if field(key) != value:
             raise QlcodeError(f"GGUF check failed: {key} is {field(key)!r}, expected {value!r}")
+    if (n := len(reader.fields["tokenizer.ggml.tokens"].data)) != cfg["vocab_size"]:  # llama.cpp would refuse the file
+        raise QlcodeError(f"GGUF check failed: {n} tokens for {cfg['vocab_size']} embedding rows")
     tensors = {t.name: t for t in reader.tensors}
     worst, total = 0.0, 0
     for shard in safetensors_shards(model_dir):

@@ -33,12 +33,19 @@ class Infilling:
     repo_layout: tuple[str, str] = ("{name}\n", "{path}\n{text}\n")  # after repo_name, after each file_sep
 
     def repository(self, name: str, files: list[tuple[str, str]]) -> str:
-        """A repository as one training text in the family's repository-level format."""
+        """A repository (its name, then (path in it, text) per file) as one training text, laid out as the
+        family was trained: with its repository-level tokens where it has them, else each file under a
+        `# file: NAME/PATH` comment (Code Llama's long-context data; DeepSeek-Coder has no such tokens either)."""
         if self.repo_name is None or self.file_sep is None:
-            raise ValueError("this family has no repository-level tokens")
+            return "".join(f"# file: {name}/{path}\n{text}\n" for path, text in files)
         head, each = self.repo_layout
         return self.repo_name + head.format(name=name) + "".join(
             self.file_sep + each.format(path=path, text=text) for path, text in files)
+
+    @property
+    def repo_tokens(self) -> tuple[str, ...]:
+        """The repository-level tokens (none for Code Llama, DeepSeek-Coder): infilling never cuts one in two."""
+        return tuple(t for t in (self.repo_name, self.file_sep) if t)
 
 
 @dataclass(frozen=True)
@@ -106,5 +113,5 @@ class Family:
     def special_tokens(self) -> list[str]:
         """Every token text this family's templates and infilling use."""
         i = self.infilling
-        found = [i.prefix, i.suffix, i.middle, i.end, self.pad, *(t for t in (i.repo_name, i.file_sep, self.turn_end) if t)]
+        found = [i.prefix, i.suffix, i.middle, i.end, self.pad, *i.repo_tokens, *([self.turn_end] if self.turn_end else [])]
         return list(dict.fromkeys(found))

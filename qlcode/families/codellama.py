@@ -5,7 +5,8 @@ Instruct format: `<s>[INST] {user} [/INST] {answer} </s>` per turn (a system pro
 copy marks the answers with `{% generation %}` so TRL trains on exactly the answer tokens and eos.
 Infilling (Rozière et al. 2023, section 2.3; the reference's `infilling_prompt_tokens`):
 PSM `<s> <PRE> prefix <SUF> suffix <MID>` and SPM `<s> <PRE> <SUF> suffix <MID> prefix`, the middle
-ending with <EOT>; SentencePiece's "▁" stays on the prefix only. No repository-level tokens.
+ending with <EOT>; SentencePiece's "▁" stays on the prefix only. No repository-level tokens: repository
+rows put each file under a `# file: NAME/PATH` comment (Infilling.repository), as qlcode always has.
 The tokenizers have no pad token: we pad with <unk>, which the model never has to predict.
 """
 

@@ -10,7 +10,7 @@ Instruct tokenizers' eos is <|EOT|>, the bases' <｜end▁of▁sentence｜>; bot
 <｜begin▁of▁sentence｜>. Pad: the vocabulary's own <pad> (id 32018).
 Infilling (the DeepSeek-Coder README's "code insertion" example and paper, section 3.1): PSM only,
 `<｜begin▁of▁sentence｜><｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>{middle}<｜end▁of▁sentence｜>`.
-No repository-level tokens (its repository data puts each file's path in a comment).
+No repository-level tokens: repository rows put each file under a `# file: NAME/PATH` comment, as Code Llama's.
 """
 
 from qlcode.families.base import LLAMA_LAYERS, Family, Gguf, Infilling

@@ -14,6 +14,7 @@ from qlcode.errors import DataError
 if TYPE_CHECKING:
     from datasets import Dataset
 
+    from qlcode.families import Family
     from qlcode.recipe import DatasetSpec
 
 TEMPLATES = ("instruct", "completion", "raw")
@@ -102,8 +103,10 @@ class DataFormat:
         """Why this format cannot render under the template, or None."""
         return None
 
-    def load(self, spec: DatasetSpec, split: str, key: str, seed: int, limit: int | None = None) -> tuple[Dataset, list[int] | None]:
-        """One split's rows: a seeded sample of max_rows, or the first `limit`; with their source row numbers if cut."""
+    def load(self, spec: DatasetSpec, split: str, key: str, seed: int, limit: int | None = None,
+             family: Family | None = None) -> tuple[Dataset, list[int] | None]:
+        """One split's rows: a seeded sample of max_rows, or the first `limit`; with their source row numbers if cut.
+        `family` (the base's) is for formats whose rows the loader lays out itself (repository)."""
         import numpy as np
 
         from qlcode.data.sources import load_source
