@@ -224,9 +224,9 @@ class TrainOptions(Section):
         False, description="Keep the tensors saved for backward (with checkpointing: each layer's input) in pinned CPU "
                            "memory until backward needs them; less GPU memory, more host traffic.")
     compile: bool = Field(
-        False, description="torch.compile the model (inductor, through TrainingArguments.torch_compile): the first steps, "
-                           "and each new sequence length's first, compile; the run summary reports the time it took. "
-                           "Not with offload_activations.")
+        False, description="torch.compile the model (inductor, through TrainingArguments.torch_compile): the first step "
+                           "compiles, the second sequence length seen recompiles once; the run summary reports the time it "
+                           "took. Not with offload_activations.")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (always before and after training).")
     pass_at_1: PassAt1Section | None = Field(
         None, description="Execution-grounded eval in the loop: {bench, problems, every}; the best adapter by it is kept in best/."
