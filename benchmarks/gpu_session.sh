@@ -5,6 +5,8 @@
 #   1. here, once:  echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_session.sh --fetch-wheels
 #   2. device run:  bash benchmarks/gpu_session.sh     (carry: [".whl"], timeout_s 600)
 #      a rerun of some steps: bash benchmarks/gpu_session.sh kernel-tests dequant decode
+#      the steps' time limits add up to more than one call's 600 s: when they run to their limits, a
+#      second call takes the rest by name, e.g. bash benchmarks/gpu_session.sh train_step_compile train_24gb
 #   3. unsloth, if the time allows (a call of its own: unsloth patches transformers on import):
 #      here:        echo /.whl-unsloth/ >> .git/info/exclude && bash benchmarks/gpu_session.sh --fetch-wheels unsloth
 #      device run:  bash benchmarks/gpu_session.sh unsloth     (carry: [".whl", ".whl-unsloth"], timeout_s 600)
@@ -84,8 +86,10 @@ step 120 kernel-tests.txt python3 -m pytest -p no:cacheprovider tests/test_kerne
   -k "not patched and not autocast and not training_through and not peft and not plain_path"
 step 60 offload-tests.txt python3 -m pytest -p no:cacheprovider tests/test_train_speed.py -q -k "on_cuda"
 step 100 model.txt python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness; print(harness.random_codellama('7B'))"
-step 45 dequant.md python3 benchmarks/dequant.py
+step 90 dequant.md python3 benchmarks/dequant.py --repeats 5
 step 240 train_step.md python3 benchmarks/train_step.py --repeats 3 --steps 5
+# train.compile against qlcode's default (inductor's compile of the 7B: minutes, hence a step of its own)
+step 240 train_step_compile.md python3 benchmarks/train_step.py --repeats 3 --steps 5 --only qlcode "qlcode, train.compile=true"
 # the planned longest sequence for CodeLlama-7B on 24 GiB (qlcode plan --longest, fused blocks and offloading: 84,992
 # tokens, so the MLP runs in tiles and offloading prefetches), one step under the cap
 longest=$(python3 -m qlcode.cli plan recipes/python-sft.yaml --gpu 24GB --longest train.micro_batch_size=1 data.packing=false \

@@ -8,8 +8,9 @@ paged AdamW, checkpointing, quant.kernels auto: the kernel self-check, the fused
 three changes so that it runs offline and briefly: the base is the random-weight CodeLlama-7B
 architecture (harness.random_codellama, the micro model's tokenizer beside it), the data the
 built-in stdlib-python-instruct rows, and 4 steps with a checkpoint at step 2 and the final save.
-The cap is torch.cuda.set_per_process_memory_fraction, set before anything is loaded; the
-preflight still sees the whole GPU. Prints the run's summary.json and the files it wrote.
+The cap is qlcode train's own --memory-cap: the preflight plans against the capped size, and the
+process is capped there (torch.cuda.set_per_process_memory_fraction) before anything is loaded.
+Prints the run's summary.json and the files it wrote.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None, help="default: the architecture's 32")
     ap.add_argument("--steps", type=int, default=4)
     args = ap.parse_args()
-    if harness.GPU:
-        torch.cuda.set_per_process_memory_fraction(args.memory_cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
 
     from transformers import AutoTokenizer
 
@@ -57,7 +56,7 @@ def main() -> None:
         cap = f"GPU memory capped at {args.memory_cap:g} GiB" if harness.GPU else "no cap"
         print(harness.header(f"qlcode train: python-sft.yaml's shapes, random weights, {args.steps} steps, {cap}"))
         try:
-            app(["train", str(path)], standalone_mode=False)
+            app(["train", str(path), *(["--memory-cap", f"{args.memory_cap:g}GiB"] if harness.GPU else [])], standalone_mode=False)
         finally:
             summary = run / "summary.json"
             print(json.dumps(json.loads(summary.read_text()), indent=1) if summary.is_file() else "no summary.json: the run did not finish")

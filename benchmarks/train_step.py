@@ -13,7 +13,8 @@ every linear layer, gradient checkpointing. Configurations:
     peft + bitsandbytes   the plain stack: PEFT's k-bit preparation and LoRA over bitsandbytes
     qlcode                qlcode's loading path as `qlcode train` runs it (quant.kernels, fused blocks,
                           frozen embeddings in bf16)
-    qlcode, <override>    the same with one recipe option changed
+    qlcode, <override>    the same with one recipe option changed; train.compile=true compiles the model
+                          as the Trainer does (inductor), and its compile time is the last column
 
 One step is forward, backward and an 8-bit AdamW update (learning rate 0, so every repeat steps the
 same weights) of micro batch 2 x seq-len tokens under bf16 autocast. All configurations are loaded
@@ -39,7 +40,10 @@ CONFIGS: dict[str, list[str] | None] = {
     "qlcode, quant.fused_blocks=false": ["quant.fused_blocks=false"],
     "qlcode, train.offload_activations=true": ["train.offload_activations=true"],
     "qlcode, train.liger=true": ["train.liger=true"],  # GPU only (liger's kernels): left out on CPU
+    # compiling the 7B takes minutes: run with --only (a step of its own in gpu_session.sh), not by default
+    "qlcode, train.compile=true": ["train.compile=true"],
 }
+DEFAULT = [n for n in CONFIGS if "compile" not in n and (harness.GPU or "liger" not in n)]
 
 
 def recipe_for(model_dir, overrides: list[str]):
@@ -47,6 +51,16 @@ def recipe_for(model_dir, overrides: list[str]):
 
     kernels = [] if harness.GPU else ["quant.kernels=triton"]  # auto: triton on a GPU; the interpreter on CPU
     return load_recipe(harness.REPO / "recipes" / "python-sft.yaml", [f"model.base={model_dir}", *kernels, *overrides])
+
+
+def qlcode_model(model_dir, overrides: list[str]):
+    """qlcode's model as `qlcode train` trains it; with train.compile, compiled as the Trainer does for
+    TrainingArguments.torch_compile (accelerate: torch.compile(model, backend=...), default mode)."""
+    from qlcode.train import COMPILE_BACKEND, trainable_model
+
+    recipe = recipe_for(model_dir, overrides)
+    model = trainable_model(recipe)
+    return torch.compile(model, backend=COMPILE_BACKEND) if recipe.train.compile else model
 
 
 def plain_stack(model_dir, recipe):
@@ -108,10 +122,14 @@ class Configuration:
         return loss.item()
 
     def warm_up(self, ids: torch.Tensor, steps: int) -> None:
+        from qlcode.train import compile_seconds
+
+        compiled = compile_seconds()
         torch.manual_seed(0)  # the same dropout draws for every configuration's first step
         self.first_loss = self.step(ids)
         for _ in range(steps - 1):
             self.step(ids)
+        self.compile_seconds = compile_seconds() - compiled  # 0 unless compiled: torch's own count, as qlcode train's summary
         harness.free_memory()
         self.own = torch.cuda.memory_allocated() - self.build_bytes if harness.GPU else 0  # weights, LoRA, optimizer
 
@@ -137,15 +155,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps per repeat")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", nargs="*", default=None, help=f"configurations to run (default: all of {list(CONFIGS)})")
+    ap.add_argument("--only", nargs="*", default=None, help=f"configurations to run, of {list(CONFIGS)} (default: {DEFAULT})")
     ap.add_argument("--unsloth", action="store_true", help="measure unsloth alone (it patches transformers on import)")
     ap.add_argument("--memory-cap", type=float, default=None, metavar="GIB",
                     help="cap this process's GPU memory (a consumer GPU on a larger one)")
     args = ap.parse_args()
     if args.memory_cap and harness.GPU:
         torch.cuda.set_per_process_memory_fraction(args.memory_cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
-
-    from qlcode.train import trainable_model
 
     model_dir = harness.random_codellama("7B", args.scale, args.layers)
     recipe = recipe_for(model_dir, [])
@@ -154,9 +170,8 @@ def main() -> None:
 
         builds = {f"unsloth {unsloth.__version__}": lambda: unsloth_model(model_dir, recipe, args.seq_len)}
     else:
-        names = args.only or [n for n in CONFIGS if harness.GPU or "liger" not in n]
         builds = {n: (lambda: plain_stack(model_dir, recipe)) if CONFIGS[n] is None
-                  else (lambda o=CONFIGS[n]: trainable_model(recipe_for(model_dir, o))) for n in names}
+                  else (lambda o=CONFIGS[n]: qlcode_model(model_dir, o)) for n in args.only or DEFAULT}
     ids = torch.randint(3, harness.VOCAB, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(harness.DEVICE)
     configs = []
     for name, build in builds.items():
@@ -179,9 +194,10 @@ def main() -> None:
         peak = statistics.median(c.peaks) / 2**30 if c.peaks else None
         base_peak = statistics.median(base.peaks) / 2**30 if base.peaks else None
         rows.append([c.name, f"{rate:,.0f}", spread(c.rates), f"{rate / statistics.median(base.rates):.2f}x",
-                     f"{peak:.2f}" if peak else "-", f"{peak / base_peak:.2f}x" if peak else "-", f"{c.first_loss:.4f}"])
+                     f"{peak:.2f}" if peak else "-", f"{peak / base_peak:.2f}x" if peak else "-", f"{c.first_loss:.4f}",
+                     f"{c.compile_seconds:.1f}" if c.compile_seconds else "-"])
     harness.print_table(["configuration", "tokens/s (median)", "tokens/s (min-max)", f"vs {base.name}",
-                         "peak GiB (median)", f"peak vs {base.name}", "first-step loss"], rows)
+                         "peak GiB (median)", f"peak vs {base.name}", "first-step loss", "compile s (warmup)"], rows)
 
 
 if __name__ == "__main__":

@@ -128,16 +128,22 @@ def train(
     node_rank: Annotated[int, typer.Option("--node-rank", help="This machine's number, 0 to nnodes-1.")] = 0,
     master_addr: Annotated[str | None, typer.Option("--master-addr", help="Address of machine 0, where the processes meet.")] = None,
     master_port: Annotated[int | None, typer.Option("--master-port", help="A free port on machine 0 (default: any free port with one machine).")] = None,
+    memory_cap: Annotated[str | None, typer.Option("--memory-cap", help="Use at most this much of the GPU's memory (24GB, RTX4090, ...): a smaller card emulated on a larger one, or a shared GPU. The preflight plans against it.")] = None,
 ) -> None:
     """Train a LoRA adapter as the recipe says; the run lands in adapters/<name>/."""
     from qlcode.distributed.launch import Launch, launch, relaunch_command
     from qlcode.distributed.resume import check_resume
-    from qlcode.plan import preflight
+    from qlcode.placement import cap_gpu_memory
+    from qlcode.plan import gpu_bytes, preflight
     from qlcode.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
+    try:
+        cap = gpu_bytes(memory_cap) if memory_cap else None
+    except QlcodeError as e:  # gpu_bytes speaks of qlcode plan's --gpu
+        raise QlcodeError(str(e).replace("--gpu", "--memory-cap", 1)) from None
     # the plan counts one GPU's whole model: it speaks for DDP (and one process), not for sharded strategies
-    preflight(loaded, skip=no_preflight or loaded.distributed.strategy != "ddp" or not is_main_process())
+    preflight(loaded, capacity=cap, skip=no_preflight or loaded.distributed.strategy != "ddp" or not is_main_process())
     spec = Launch(gpus, nnodes, node_rank, master_addr, master_port)
     spec.check()
     again = shlex.join(["qlcode", "train", str(recipe), *(overrides or []), *spec.options(), "--resume"]
@@ -157,6 +163,8 @@ def train(
     from qlcode.train import train as run  # heavy imports after the recipe is known to be valid
 
     quiet_libraries()
+    if cap is not None:
+        cap_gpu_memory(cap)
     if is_main_process():
         err.print(f"[bold]qlcode train[/] {escape(str(recipe))} -> {escape(str(loaded.output.run_dir))}")
     if world_size() == 1:  # under a launcher, the launcher stops its processes and says so
@@ -177,6 +185,7 @@ def train(
         ("time", f"{result.seconds:.1f} s"),
         ("tokens/s", f"{result.tokens_per_s:,.0f}" if result.tokens_per_s else "-"),
         ("peak memory", f"{result.peak_memory_gb:.2f} GB"),
+        *([("compile time", f"{result.compile_seconds:.1f} s of the time above")] if result.compile_seconds is not None else []),
         ("eval loss before", f"{result.eval_loss_before:.4f}" if result.eval_loss_before is not None else "-"),
         ("eval loss after", f"{result.eval_loss_after:.4f}" if result.eval_loss_after is not None else "-"),
         ("adapter", result.run_dir),

@@ -37,3 +37,17 @@ def placement(dtype: str = "auto", compute_dtype: str = "auto") -> Placement:
         device, auto = torch.device("cpu"), torch.float32
     weights = auto if dtype == "auto" else DTYPES[dtype]
     return Placement(device, weights, weights if compute_dtype == "auto" else DTYPES[compute_dtype])
+
+
+def cap_gpu_memory(capacity: int) -> None:
+    """Cap this process's allocations on its GPU at `capacity` bytes (torch's per-process memory
+    fraction), so that a run on a large GPU fails where the smaller card would. No GPU: nothing to cap."""
+    if not torch.cuda.is_available():
+        return
+    device = placement().device
+    total = torch.cuda.get_device_properties(device).total_memory
+    if capacity > total:
+        from qlcode.errors import QlcodeError
+
+        raise QlcodeError(f"--memory-cap: {capacity / 2**30:.1f} GiB is more than this GPU's {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(capacity / total, device)

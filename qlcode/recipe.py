@@ -223,6 +223,10 @@ class TrainOptions(Section):
     offload_activations: bool = Field(
         False, description="Keep the tensors saved for backward (with checkpointing: each layer's input) in pinned CPU "
                            "memory until backward needs them; less GPU memory, more host traffic.")
+    compile: bool = Field(
+        False, description="torch.compile the model (inductor, through TrainingArguments.torch_compile): the first step "
+                           "compiles, the second sequence length seen recompiles once; the run summary reports the time it "
+                           "took. Not with offload_activations.")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (always before and after training).")
     pass_at_1: PassAt1Section | None = Field(
         None, description="Execution-grounded eval in the loop: {bench, problems, every}; the best adapter by it is kept in best/."
@@ -591,6 +595,9 @@ def _check_consistency(recipe: Recipe, where) -> None:
     if recipe.quant.kernels == "triton" and recipe.quant.bits != 4:
         problems.append((("quant", "kernels"), f"qlcode's Triton kernels run 4-bit weights; with quant.bits {recipe.quant.bits} "
                                                "use quant.kernels: auto or bitsandbytes"))
+    if recipe.train.compile and recipe.train.offload_activations:
+        problems.append((("train", "compile"), "torch.compile cannot trace train.offload_activations' saved-tensor hooks (the "
+                                               "first step fails): set train.compile: false or train.offload_activations: false"))
     if recipe.output.dir is not None and Path(recipe.output.dir).exists() and not Path(recipe.output.dir).is_dir():
         problems.append((("output", "dir"), f"{recipe.output.dir} is a file; name a directory (or unset output.dir for adapters/<name>)"))
     if recipe.hub.push and not recipe.hub.repo_id:

@@ -10,7 +10,7 @@
       diverged/            checkpoints written after the last finite loss of a run that diverged
       adapter_config.json  the final PEFT adapter, tokenizer and README.md model card, moved in
       adapter_model.safetensors   from a temporary directory when training ends, weights last
-      summary.json         steps, time, tokens/s, peak memory, eval loss before and after
+      summary.json         steps, time, tokens/s, peak memory, eval loss before and after, compile time
       .qlcode.lock         held (flock) by the process training in it
 
 Every module that reads or writes a run asks this one: a directory is finished exactly when its

@@ -50,6 +50,10 @@ class RunResult:
     eval_loss_before: float | None
     eval_loss_after: float | None
     train_loss: float | None
+    compile_seconds: float | None = None  # with train.compile: see compile_seconds()
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's own default; the tests patch in aot_eager, which compiles no C++
 
 
 def _precision(recipe: Recipe) -> dict:
@@ -83,6 +87,8 @@ def common_args(recipe: Recipe) -> dict:
         max_grad_norm=t.max_grad_norm,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        torch_compile=t.compile,
+        torch_compile_backend=COMPILE_BACKEND if t.compile else None,
         eval_strategy="steps" if t.eval_steps else "no",
         eval_steps=t.eval_steps,
         save_strategy="steps",
@@ -175,6 +181,17 @@ def restore_trainable(model: torch.nn.Module, saved: dict[str, torch.Tensor]) ->
             p.data = saved[name]
 
 
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process so far, as torch itself counts them
+    (torch._dynamo.utils.calculate_time_spent: tracing, AOTAutograd and the backend for every forward
+    frame, plus each backward graph compiled lazily on its first backward). Timed around the compiler,
+    not inferred from step times, so it holds when later steps recompile (a new sequence length, the
+    evaluation's no-grad graphs) and does not count a slow first step's data loading."""
+    from torch._dynamo.utils import calculate_time_spent
+
+    return calculate_time_spent()["total_wall_time"]
+
+
 def _eval_loss(trainer) -> float | None:
     if trainer.eval_dataset is None:
         return None
@@ -252,7 +269,7 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
         trainer, throughput = build_trainer(recipe, extra_callbacks)  # bad data stops here, before the run is written
         if main:
             run.start(recipe, checkpoint)
-        start = time.perf_counter()
+        start, compiled = time.perf_counter(), compile_seconds()
         before = next((r["eval_loss"] for r in run.metrics() if r["step"] == 0 and "eval_loss" in r), None)
         if checkpoint is None:
             before = _eval_loss(trainer) if can_evaluate_before_training(trainer) else None  # logged to metrics.jsonl as step 0
@@ -280,6 +297,7 @@ def train(recipe: Recipe, resume: bool = False, extra_callbacks: list[TrainerCal
                 eval_loss_before=before,
                 eval_loss_after=after,
                 train_loss=train_loss,
+                compile_seconds=compile_seconds() - compiled if recipe.train.compile else None,
             )
             adapter = gathered_adapter(trainer.model)  # every rank: FSDP and ZeRO-3 gather the adapter's shards
             if main:

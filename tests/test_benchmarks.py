@@ -21,11 +21,20 @@ def table(script: str, *args: str) -> list[dict[str, str]]:
     return [dict(zip(columns, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
 
 
+def _number(cell: str) -> float:
+    return float(cell.rstrip("%").replace(",", ""))
+
+
 def test_dequant_benchmark_covers_every_projection_and_agrees_with_bitsandbytes():
-    rows = table("dequant.py", "--arch", "7B", "--scale", "4", "--dtype", "fp16", "--iters", "1")
+    """Each shape measured --repeats times: each figure's median lies within its min-max."""
+    rows = table("dequant.py", "--arch", "7B", "--scale", "4", "--dtype", "fp16", "--iters", "1", "--repeats", "2")
     assert [r["weight"] for r in rows] == [f"7B {p}" for p in ("q", "k", "v", "o", "gate", "up", "down")]
     assert rows[4]["shape"] == "2752x1024" and rows[6]["shape"] == "1024x2752"
     assert all(r["bit-exact"] == "yes" for r in rows)
+    for r in rows:
+        for figure in ("qlcode GB/s", "bitsandbytes GB/s", "copy GB/s", "qlcode / copy"):
+            low, high = (_number(x) for x in r[f"{figure.removesuffix(' GB/s')} min-max"].split("-"))
+            assert low <= _number(r[figure]) <= high, (r["weight"], figure, r)
 
 
 def test_train_step_benchmark_runs_each_configuration_to_the_same_first_loss():

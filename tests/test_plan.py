@@ -300,6 +300,45 @@ def test_train_command_runs_the_preflight_on_a_gpu_before_loading_anything(impos
     assert not Path(impossible_34b.output.dir).exists()  # stopped before the run directory or any model
 
 
+def test_train_command_plans_against_its_memory_cap(impossible_34b, monkeypatch):
+    """`qlcode train --memory-cap 24GB` on a (simulated) 139 GiB H200, as benchmarks/train_capped.py
+    emulates a 24 GB card: the preflight plans against the cap, not the whole GPU."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from qlcode.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=139 * GiB))
+    recipe_file = Path(impossible_34b.output.dir).parent / "recipe.yaml"
+    res = CliRunner().invoke(app, ["train", str(recipe_file), "--memory-cap", "24GB"])
+    assert res.exit_code == 2, res.output
+    assert "and the GPU has 24.0 GiB" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["train", str(recipe_file), "--memory-cap", "24XB"])
+    assert res.exit_code == 2 and "--memory-cap '24XB': give a size such as 24GB" in " ".join(res.output.split())
+
+
+def test_memory_cap_sets_the_fraction_of_this_process_gpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from qlcode.errors import QlcodeError
+    from qlcode.placement import cap_gpu_memory
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=128 * GiB))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cap_gpu_memory(24 * GiB)
+    assert calls == [(24 / 128, torch.device("cuda", 1))]
+    with pytest.raises(QlcodeError, match=r"^--memory-cap: 200.0 GiB is more than this GPU's 128.0 GiB$"):
+        cap_gpu_memory(200 * GiB)
+
+
 def test_offloaded_activations_move_the_layer_inputs_to_cpu_memory():
     shapes = load_shapes("codellama/CodeLlama-7b-hf")
     kept, moved = (plan(shapes, Settings(max_length=4096, fused=True, offload=o)) for o in (False, True))

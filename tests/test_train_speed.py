@@ -278,3 +278,49 @@ def test_a_tiled_mlp_trains_as_the_one_pass_mlp(tmp_path, tiny_base, alpaca_file
     assert runs[32][1].keys() == runs[80][1].keys()
     for name, want in runs[80][1].items():
         assert (runs[32][1][name] - want).norm() <= 1e-5 * want.norm(), name
+
+
+def test_compile_trains_to_the_same_losses_and_reports_its_compile_time(tmp_path, tiny_base, alpaca_file, monkeypatch):
+    """train.compile through TrainingArguments.torch_compile, via `qlcode train`: three steps compiled and
+    three eager give the same losses, and the run summary has a compile time row (torch's own count).
+    The backend here is aot_eager: dynamo's capture and AOTAutograd's joint forward-backward graph as
+    with inductor, run by eager kernels, since inductor's C++ build of even this tiny model takes
+    minutes on 2 cores (users get inductor). Tolerance 1e-5 relative: fp32 throughout, and the
+    decomposed graph may order a reduction differently from eager (measured: equal to the last bit)."""
+    import json
+
+    from conftest import make_recipe
+    from typer.testing import CliRunner
+
+    from qlcode import train
+    from qlcode.cli import app
+
+    monkeypatch.setattr(train, "COMPILE_BACKEND", "aot_eager")
+    losses, outputs = {}, {}
+    for on in (True, False):
+        recipe = make_recipe(tmp_path / str(on), tiny_base, alpaca_file, data={"validation": 0},
+                             train={"compile": on, "max_steps": 3, "save_steps": 100})
+        res = CliRunner().invoke(app, ["train", str(tmp_path / str(on) / "recipe.yaml")])
+        assert res.exit_code == 0, res.output
+        run = tmp_path / str(on) / "run"
+        losses[on] = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        outputs[on] = res.output, json.loads((run / "summary.json").read_text())
+    assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=1e-5)
+    (shown, summary), (eager_shown, eager_summary) = outputs[True], outputs[False]
+    assert 0 < summary["compile_seconds"] < summary["seconds"]
+    assert f"│ compile time     │ {summary['compile_seconds']:.1f} s of the time above" in shown
+    assert eager_summary["compile_seconds"] is None and "compile time" not in eager_shown
+
+
+def test_compile_with_offloaded_activations_is_one_recipe_error(tmp_path, tiny_base, alpaca_file):
+    from conftest import make_recipe
+
+    from qlcode.errors import RecipeError
+
+    with pytest.raises(RecipeError) as e:
+        make_recipe(tmp_path, tiny_base, alpaca_file, train={"compile": True, "offload_activations": True})
+    lines = (tmp_path / "recipe.yaml").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip().startswith("compile:"))
+    assert str(e.value) == (f"{tmp_path / 'recipe.yaml'}:{line}: train.compile: torch.compile cannot trace "
+                            "train.offload_activations' saved-tensor hooks (the first step fails): set train.compile: "
+                            "false or train.offload_activations: false")
