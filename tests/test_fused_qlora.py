@@ -77,18 +77,31 @@ def test_fused_blocks_equal_peft_over_bitsandbytes(tmp_path, family, dropout, ta
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_fused_blocks_under_bf16_autocast_are_as_close_to_fp32_as_peft(tmp_path, family):
-    """The GPU recipes' precision: against the fp32 gradients, the fused blocks' error is within 1.5x
-    PEFT's own bf16 error (they round in other places, not more)."""
+def test_fused_blocks_under_bf16_autocast_compute_in_bf16_as_close_to_fp32_as_peft(tmp_path, family, monkeypatch):
+    """The GPU recipes' precision: every fused function computes in autocast's bf16 (until
+    2026-12-02 they asked for the dtype after turning autocast off and ran in fp32), and against
+    the fp32 gradients their error is PEFT's own bf16 error in size: over all LoRA gradients within
+    1.25x (measured 1.06x Llama, 1.01x Qwen2), each tensor within 2x (at most 1.40x, 1.57x: they
+    round in other places, gate and up in bf16 where PEFT keeps fp32), the input gradient within
+    1.5x (1.00x, 1.23x)."""
     path = _tiny(tmp_path, family)
     exact_loss, exact_x, exact = _step(path, False, 0.05, "all-linear")
     peft_loss, peft_x, peft = _step(path, False, 0.05, "all-linear", autocast=True)
+    dtypes = []
+    for function in (LoRAMLP, LoRAProjections):
+        monkeypatch.setattr(function, "apply", lambda x, *a, o=function.apply: dtypes.append(x.dtype) or o(x, *a))
     loss, got_x, got = _step(path, True, 0.05, "all-linear", autocast=True)
+    assert dtypes == [torch.bfloat16] * 6, "2 layers x (q/k/v, o, MLP)"
     assert abs(loss - exact_loss) <= 2 * abs(peft_loss - exact_loss) + 1e-3
     assert all(g.dtype == torch.float32 for g in got.values()), "gradients of the fp32 masters stay fp32"
     assert (got_x - exact_x).norm() <= 1.5 * (peft_x - exact_x).norm()
+
+    def error(grads):
+        return torch.stack([(grads[n] - exact[n]).norm() / exact[n].norm() for n in exact]).norm()
+
+    assert error(got) <= 1.25 * error(peft)
     for name in exact:
-        assert (got[name] - exact[name]).norm() <= 1.5 * (peft[name] - exact[name]).norm() + 1e-6 * exact[name].norm(), name
+        assert (got[name] - exact[name]).norm() <= 2 * (peft[name] - exact[name]).norm() + 1e-6 * exact[name].norm(), name
 
 
 def _projection(out_f, in_f, dropout, seed, lora=True, r=3):

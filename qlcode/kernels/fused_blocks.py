@@ -324,9 +324,9 @@ def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._qlcode_original_forward(x)
     projections, lora, dtype = found
     tokens = max(x.numel() // x.shape[-1], 1)
+    x_cast = x.to(compute_dtype(x, dtype or x.dtype))  # autocast's dtype: asked before it is turned off
     with torch.autocast(x.device.type, enabled=False):  # the function casts for itself
-        y = LoRAMLP.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, self._qlcode_kernels,
-                          MLP_TILE if tokens > MLP_TILED_ABOVE else tokens, *lora)
+        y = LoRAMLP.apply(x_cast, projections, self._qlcode_kernels, MLP_TILE if tokens > MLP_TILED_ABOVE else tokens, *lora)
     return y.to(x.dtype)
 
 
@@ -355,14 +355,15 @@ def _attention_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
     if qkv is None or o is None:
         return self._qlcode_original_forward(hidden_states, *args, **kwargs)
     (projections, lora, dtype), kernels = qkv, self._qlcode_kernels
-    x = hidden_states
+    x = hidden_states.to(compute_dtype(hidden_states, dtype or hidden_states.dtype))  # before autocast is off
     with torch.autocast(x.device.type, enabled=False):
-        q, k, v = LoRAProjections.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, kernels, *lora)
+        q, k, v = LoRAProjections.apply(x, projections, kernels, *lora)
 
     def o_forward(a: torch.Tensor) -> torch.Tensor:
         (o_projection,), o_lora, o_dtype = o
+        a = a.to(compute_dtype(a, o_dtype or a.dtype))
         with torch.autocast(a.device.type, enabled=False):
-            (y,) = LoRAProjections.apply(a.to(compute_dtype(a, o_dtype or a.dtype)), (o_projection,), kernels, *o_lora)
+            (y,) = LoRAProjections.apply(a, (o_projection,), kernels, *o_lora)
         return y.to(hidden_states.dtype)
 
     outputs = {self.q_proj: lambda _: q, self.k_proj: lambda _: k, self.v_proj: lambda _: v, self.o_proj: o_forward}
