@@ -99,8 +99,8 @@ def project_backward(x: torch.Tensor, grad: torch.Tensor, proj: Projection, a, b
 
 
 def lora_backward(x: torch.Tensor, grad: torch.Tensor, proj: Projection, a, b, mask) -> tuple:
-    """(grad B, grad A, grad B of LoRA) for 2-d x and grad: the part of the backward that needs x,
-    so a caller can free x before the input gradient exists; (None, None, None) for a bare layer."""
+    """(grad @ B, LoRA A's gradient, LoRA B's gradient) for 2-d x and grad: the part of the backward
+    that needs x, so a caller can free x before the input gradient exists; Nones for a bare layer."""
     if a is None:
         return None, None, None
     ac, bc = a.to(grad.dtype), b.to(grad.dtype)
@@ -113,7 +113,7 @@ def lora_backward(x: torch.Tensor, grad: torch.Tensor, proj: Projection, a, b, m
 
 def input_backward(grad: torch.Tensor, proj: Projection, a, mask, gb: torch.Tensor | None, kernels: Kernels,
                    grad_x: torch.Tensor | None) -> torch.Tensor:
-    """grad_x plus grad W + s dropout'((grad B) A), with lora_backward's grad B (None: a bare layer).
+    """grad_x plus grad W + s dropout'((grad B) A), with lora_backward's grad @ B (None: a bare layer).
     LoRA's term is made first: its temporaries are gone before the input gradient exists."""
     lora_x = None if gb is None else apply_mask(gb @ a.to(grad.dtype), mask, proj.dropout)
     grad_x = torch.addmm(grad_x, grad, kernels.dequantize(proj.packed, proj.state, grad.dtype)) if grad_x is not None \
@@ -208,8 +208,9 @@ class LoRAMLP(torch.autograd.Function):
     Up to `tile` tokens it runs in one pass and saves x, gate's and up's outputs. More tokens run
     in tiles of `tile` (the MLP works token by token: TiledMLP, from Snowflake's ALST and unsloth):
     forward keeps only x and each tile's generator state, backward computes each tile's gate and
-    up again, so the intermediate-wide tensors (gate, up, SwiGLU and their gradients, in fp32 for
-    the SwiGLU's math) exist for one tile at a time instead of the whole sequence. Dropout is drawn
+    up again, so the intermediate-wide tensors (gate, up, SwiGLU and their gradients) exist for one
+    tile at a time instead of the whole sequence; in either, the SwiGLU's fp32 arithmetic exists for
+    SWIGLU_ROWS tokens at a time (swiglu, swiglu_backward). Dropout is drawn
     tile by tile (tile 0's gate, up and down masks, then tile 1's, ...): the draws of this function
     applied to each tile in turn, the same distribution as one pass but not the same draw.
     """
