@@ -99,6 +99,7 @@ step 200 longest_24gb.md python3 benchmarks/train_step.py --batch 1 --seq-len "$
 step 150 train_24gb.txt python3 benchmarks/train_capped.py --memory-cap 24
 step 180 decode.md python3 benchmarks/decode.py --new-tokens 32 --iters 1
 step 140 plan_memory.md python3 benchmarks/plan_memory.py
+step 60 mlp_memory.md python3 benchmarks/mlp_memory.py
 
 # Generation (issue 24, benchmarks/generation.py): samples/s on the 7B architecture for transformers
 # one generate per problem, the batched engine, and vLLM; then GRPO steps/min without and with

@@ -77,18 +77,31 @@ def test_fused_blocks_equal_peft_over_bitsandbytes(tmp_path, family, dropout, ta
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_fused_blocks_under_bf16_autocast_are_as_close_to_fp32_as_peft(tmp_path, family):
-    """The GPU recipes' precision: against the fp32 gradients, the fused blocks' error is within 1.5x
-    PEFT's own bf16 error (they round in other places, not more)."""
+def test_fused_blocks_under_bf16_autocast_compute_in_bf16_as_close_to_fp32_as_peft(tmp_path, family, monkeypatch):
+    """The GPU recipes' precision: every fused function computes in autocast's bf16 (until
+    2026-12-02 they asked for the dtype after turning autocast off and ran in fp32), and against
+    the fp32 gradients their error is PEFT's own bf16 error in size: over all LoRA gradients within
+    1.25x (measured 1.06x Llama, 1.01x Qwen2), each tensor within 2x (at most 1.40x, 1.57x: they
+    round in other places, gate and up in bf16 where PEFT keeps fp32), the input gradient within
+    1.5x (1.00x, 1.23x)."""
     path = _tiny(tmp_path, family)
     exact_loss, exact_x, exact = _step(path, False, 0.05, "all-linear")
     peft_loss, peft_x, peft = _step(path, False, 0.05, "all-linear", autocast=True)
+    dtypes = []
+    for function in (LoRAMLP, LoRAProjections):
+        monkeypatch.setattr(function, "apply", lambda x, *a, o=function.apply: dtypes.append(x.dtype) or o(x, *a))
     loss, got_x, got = _step(path, True, 0.05, "all-linear", autocast=True)
+    assert dtypes == [torch.bfloat16] * 6, "2 layers x (q/k/v, o, MLP)"
     assert abs(loss - exact_loss) <= 2 * abs(peft_loss - exact_loss) + 1e-3
     assert all(g.dtype == torch.float32 for g in got.values()), "gradients of the fp32 masters stay fp32"
     assert (got_x - exact_x).norm() <= 1.5 * (peft_x - exact_x).norm()
+
+    def error(grads):
+        return torch.stack([(grads[n] - exact[n]).norm() / exact[n].norm() for n in exact]).norm()
+
+    assert error(got) <= 1.25 * error(peft)
     for name in exact:
-        assert (got[name] - exact[name]).norm() <= 1.5 * (peft[name] - exact[name]).norm() + 1e-6 * exact[name].norm(), name
+        assert (got[name] - exact[name]).norm() <= 2 * (peft[name] - exact[name]).norm() + 1e-6 * exact[name].norm(), name
 
 
 def _projection(out_f, in_f, dropout, seed, lora=True, r=3):
@@ -312,12 +325,20 @@ ALL_MLP = ("gate_proj", "up_proj", "down_proj")
     (192, 64, 128, 344, 4, 0.0, ALL_MLP, torch.bfloat16),
     (192, 64, 64, 176, 4, 0.1, ("up_proj", "down_proj"), torch.bfloat16),  # gate bare
     (192, 64, 128, 344, 4, 0.05, ALL_MLP, torch.float16),
-], ids=["one-pass", "tiled", "longer", "no-dropout", "gate-bare", "fp16"])
+    (192, 64, 128, 344, 4, 0.05, ALL_MLP, torch.float32),  # CPU plans' dtype: no widening copies
+    (640, 640, 128, 344, 4, 0.05, ALL_MLP, torch.bfloat16),  # SwiGLU in chunks of 256, 256 and 128 tokens
+    (1024, 512, 128, 344, 4, 0.05, ALL_MLP, torch.bfloat16),  # chunks inside tiles
+    (4352, 4352, 64, 176, 4, 0.05, ALL_MLP, torch.bfloat16),  # 17 chunks: down's input gradient is the peak
+    (4352, 4352, 64, 176, 4, 0.0, ALL_MLP, torch.bfloat16),  # ... the SwiGLU's without dropout's copy
+], ids=["one-pass", "tiled", "longer", "no-dropout", "gate-bare", "fp16", "fp32", "chunks", "tiled-chunks",
+        "down-input-peak", "long-no-dropout"])
 def test_the_mlp_backwards_peak_is_the_plans(tokens, tile, hidden, inter, r, dropout, targets, dtype):
-    """The peak bytes of the fused MLP's backward in bf16 or fp16 (the GPU's dtypes, on CPU), beyond
+    """The peak bytes of the fused MLP's backward in bf16, fp16 (the GPU's dtypes, on CPU) or fp32, beyond
     what forward saved and the gradient it receives, are qlcode plan's count
     (fused_mlp_backward_bytes) exactly; 4-bit dequantization is left out (dense weights given to
-    the function as they are), since the plan counts it apart."""
+    the function as they are), since the plan counts it apart. Where the peak falls on an op with a
+    Python number (dropout's scale, fp32's 1 - sigmoid), CPU holds it as a 0-dim tensor and its cast
+    as well: those few bytes (at most 16) are the only ones the plan leaves out."""
     from qlcode.plan import Settings, Shapes
     from qlcode.plan.memory import fused_mlp_backward_bytes
 
@@ -336,17 +357,29 @@ def test_the_mlp_backwards_peak_is_the_plans(tokens, tile, hidden, inter, r, dro
     planned = fused_mlp_backward_bytes(shapes, Settings(compute_bytes=dtype.itemsize, lora_r=r, dropout=dropout, targets=targets,
                                                         micro_batch=1, max_length=tokens, fused=True, mlp_tile=tile,
                                                         mlp_tiled_above=tile))
-    assert measured == planned
+    assert 0 <= measured - planned <= 16, (measured, planned)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_swiglu_backward_is_its_formula_bit_for_bit(dtype):
-    """The in-place, fewer-temporaries form gives the plain expressions' values exactly (widened to fp32)."""
-    from qlcode.kernels.fused_blocks import swiglu_backward, wide
+def test_the_chunked_swiglu_is_its_formula_bit_for_bit(dtype):
+    """Forward and gradient, in chunks of SWIGLU_ROWS tokens (600 rows: 256, 256, 88) with fewer
+    fp32 temporaries, give the whole-tensor expressions' values exactly (widened to fp32). One
+    thread: CPU's threads split a tensor where they like, and an element in a vectorised loop's
+    scalar tail can round its sigmoid differently, chunked or not."""
+    from qlcode.kernels import SWIGLU_ROWS
+    from qlcode.kernels.fused_blocks import swiglu, swiglu_backward, wide
 
-    e, g, dh = (torch.randn(300, 517, generator=torch.Generator().manual_seed(i)).mul(3).to(dtype) for i in range(3))
-    ef, dhf = wide(e), wide(dh)
-    sig = torch.sigmoid(ef)
-    de, dg = swiglu_backward(e, g, dh)
-    assert torch.equal(de, (dhf * wide(g) * sig * (1 + ef * (1 - sig))).to(dtype))
-    assert torch.equal(dg, (dhf * ef * sig).to(dtype))
+    e, g, dh = (torch.randn(600, 517, generator=torch.Generator().manual_seed(i)).mul(3).to(dtype) for i in range(3))
+    assert SWIGLU_ROWS < e.shape[0] and SWIGLU_ROWS % 64 == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ef, gf, dhf = wide(e), wide(g), wide(dh)
+        sig = torch.sigmoid(ef)
+        h = swiglu(e, g)
+        de, dg = swiglu_backward(e, g, dh)
+        assert torch.equal(h, (torch.nn.functional.silu(ef) * gf).to(dtype))
+        assert torch.equal(de, (dhf * gf * sig * (1 + ef * (1 - sig))).to(dtype))
+        assert torch.equal(dg, (dhf * ef * sig).to(dtype))
+    finally:
+        torch.set_num_threads(threads)

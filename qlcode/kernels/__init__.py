@@ -12,3 +12,9 @@ MLP_TILED_ABOVE = 8192
 # The model types whose MLP and attention blocks fused_blocks.patch_blocks routes through the fused
 # functions (their classes are listed there); qlcode plan counts the fused blocks for these only.
 FUSED_MODEL_TYPES = ("llama", "qwen2")
+
+# fused_blocks.swiglu and swiglu_backward compute in fp32 SWIGLU_ROWS rows (tokens) at a time and
+# write the compute dtype's outputs: their fp32 temporaries (four arrays at most) exist for one
+# chunk, not the whole tile. A multiple of 64, so that CPU's vectorised loops meet the same
+# elements in a chunk as in the whole tensor (bit-identical values).
+SWIGLU_ROWS = 256

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE
+from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE, SWIGLU_ROWS
 from qlcode.kernels.qlora_linear import Kernels, compute_dtype, linear_4bit
 
 
@@ -94,17 +94,31 @@ def project(x: torch.Tensor, proj: Projection, a: torch.Tensor | None, b: torch.
 def project_backward(x: torch.Tensor, grad: torch.Tensor, proj: Projection, a, b, mask, kernels: Kernels,
                      grad_x: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(grad_x plus this projection's part, grad A, grad B) for 2-d x and grad, with forward's mask."""
-    grad_x = torch.addmm(grad_x, grad, kernels.dequantize(proj.packed, proj.state, grad.dtype)) if grad_x is not None \
-        else grad @ kernels.dequantize(proj.packed, proj.state, grad.dtype)  # the weight recomputed, never stored
+    gb, grad_a, grad_b = lora_backward(x, grad, proj, a, b, mask)
+    return input_backward(grad, proj, a, mask, gb, kernels, grad_x), grad_a, grad_b
+
+
+def lora_backward(x: torch.Tensor, grad: torch.Tensor, proj: Projection, a, b, mask) -> tuple:
+    """(grad @ B, LoRA A's gradient, LoRA B's gradient) for 2-d x and grad: the part of the backward
+    that needs x, so a caller can free x before the input gradient exists; Nones for a bare layer."""
     if a is None:
-        return grad_x, None, None
+        return None, None, None
     ac, bc = a.to(grad.dtype), b.to(grad.dtype)
     xd = apply_mask(x, mask, proj.dropout)
     gb = grad @ bc  # (tokens, r)
-    grad_x.add_(apply_mask(gb @ ac, mask, proj.dropout), alpha=proj.scale)
     grad_a = (proj.scale * (gb.t() @ xd)).to(a.dtype)
     grad_b = (proj.scale * (grad.t() @ (xd @ ac.t()))).to(b.dtype)
-    return grad_x, grad_a, grad_b
+    return gb, grad_a, grad_b
+
+
+def input_backward(grad: torch.Tensor, proj: Projection, a, mask, gb: torch.Tensor | None, kernels: Kernels,
+                   grad_x: torch.Tensor | None) -> torch.Tensor:
+    """grad_x plus grad W + s dropout'((grad B) A), with lora_backward's grad @ B (None: a bare layer).
+    LoRA's term is made first: its temporaries are gone before the input gradient exists."""
+    lora_x = None if gb is None else apply_mask(gb @ a.to(grad.dtype), mask, proj.dropout)
+    grad_x = torch.addmm(grad_x, grad, kernels.dequantize(proj.packed, proj.state, grad.dtype)) if grad_x is not None \
+        else grad @ kernels.dequantize(proj.packed, proj.state, grad.dtype)  # the weight recomputed, never stored
+    return grad_x if lora_x is None else grad_x.add_(lora_x, alpha=proj.scale)
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:
@@ -112,24 +126,41 @@ def wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def row_chunks(rows: int) -> Iterator[slice]:
+    """SWIGLU_ROWS rows at a time: the SwiGLU's fp32 temporaries exist for one chunk only."""
+    return (slice(start, start + SWIGLU_ROWS) for start in range(0, rows, SWIGLU_ROWS))
+
+
 def swiglu(e: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """silu(e) * g computed in at least fp32, returned in e's dtype."""
-    return (F.silu(wide(e)) * wide(g)).to(e.dtype)
+    """silu(e) * g computed in at least fp32, returned in e's dtype (chunk by chunk)."""
+    h = torch.empty_like(e)
+    for rows in row_chunks(e.shape[0]):
+        h[rows] = F.silu(wide(e[rows])) * wide(g[rows])  # copy_ rounds as .to(e.dtype) does
+    return h
 
 
 def swiglu_backward(e: torch.Tensor, g: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of swiglu(e, g) for its gradient dh, in e's dtype, computed in at least fp32:
-    de = dh g sigmoid(e) (1 + e (1 - sigmoid(e))), dg = dh e sigmoid(e). The order of operations is
-    that of those expressions (so the values are theirs, bit for bit), but in place where it can be
-    and with e, g in their own dtype where a product with an fp32 operand widens them exactly: at
-    most four fp32 arrays of e's size exist at once, not six (one of the four is the copy of e
-    that CPU's mixed-dtype multiply makes)."""
+    de = dh g sigmoid(e) (1 + e (1 - sigmoid(e))), dg = dh e sigmoid(e), chunk by chunk into the
+    two outputs (_swiglu_backward_rows)."""
+    de, dg = torch.empty_like(e), torch.empty_like(e)
+    for rows in row_chunks(e.shape[0]):
+        _swiglu_backward_rows(e[rows], g[rows], dh[rows], de[rows], dg[rows])
+    return de, dg
+
+
+def _swiglu_backward_rows(e, g, dh, de, dg) -> None:
+    """One chunk of swiglu_backward, written into de and dg. The order of operations is that of
+    the expressions (so the values are theirs, bit for bit), in place where it can be and with e, g
+    in their own dtype where a product with an fp32 operand widens them exactly: at most four fp32
+    arrays of the chunk exist at once (one is the copy of e that CPU's mixed-dtype multiply
+    makes), and none outlives the call."""
     sig = torch.sigmoid(wide(e))
     t = (wide(dh) * g).mul_(sig)
     u = torch.rsub(sig, 1).mul_(e).add_(1)
-    de = t.mul_(u).to(e.dtype)
+    de.copy_(t.mul_(u))
     del t, u
-    return de, (wide(dh) * e).mul_(sig).to(e.dtype)
+    dg.copy_((wide(dh) * e).mul_(sig))
 
 
 class LoRAProjections(torch.autograd.Function):
@@ -177,8 +208,9 @@ class LoRAMLP(torch.autograd.Function):
     Up to `tile` tokens it runs in one pass and saves x, gate's and up's outputs. More tokens run
     in tiles of `tile` (the MLP works token by token: TiledMLP, from Snowflake's ALST and unsloth):
     forward keeps only x and each tile's generator state, backward computes each tile's gate and
-    up again, so the intermediate-wide tensors (gate, up, SwiGLU and their gradients, in fp32 for
-    the SwiGLU's math) exist for one tile at a time instead of the whole sequence. Dropout is drawn
+    up again, so the intermediate-wide tensors (gate, up, SwiGLU and their gradients) exist for one
+    tile at a time instead of the whole sequence; in either, the SwiGLU's fp32 arithmetic exists for
+    SWIGLU_ROWS tokens at a time (swiglu, swiglu_backward). Dropout is drawn
     tile by tile (tile 0's gate, up and down masks, then tile 1's, ...): the draws of this function
     applied to each tile in turn, the same distribution as one pass but not the same draw.
     """
@@ -232,10 +264,16 @@ def _mlp_tile_backward(x, e, g, grad, projections, lora, kernels: Kernels, state
         if e is None:
             e, g = gate_up(x, gate, up, lora, kernels, masks)
         h = swiglu(e, g)
-        masks.append(draw_mask(h, down.dropout, lora[4] is not None))
-    dh, grad_ad, grad_bd = project_backward(h, grad, down, lora[4], lora[5], masks[2], kernels, None)
+        down_mask = draw_mask(h, down.dropout, lora[4] is not None)
+    # each intermediate-wide tensor is dropped after its last use (e and g are only the tiles')
+    gb, grad_ad, grad_bd = lora_backward(h, grad, down, lora[4], lora[5], down_mask)
+    del h
+    dh = input_backward(grad, down, lora[4], down_mask, gb, kernels, None)
+    del gb, down_mask
     de, dg = swiglu_backward(e, g, dh)
+    del e, g, dh
     grad_x, grad_ag, grad_bg = project_backward(x, de, gate, lora[0], lora[1], masks[0], kernels, None)
+    del de
     grad_x, grad_au, grad_bu = project_backward(x, dg, up, lora[2], lora[3], masks[1], kernels, grad_x)
     return grad_x, grad_ag, grad_bg, grad_au, grad_bu, grad_ad, grad_bd
 
@@ -287,9 +325,9 @@ def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._qlcode_original_forward(x)
     projections, lora, dtype = found
     tokens = max(x.numel() // x.shape[-1], 1)
+    x_cast = x.to(compute_dtype(x, dtype or x.dtype))  # autocast's dtype: asked before it is turned off
     with torch.autocast(x.device.type, enabled=False):  # the function casts for itself
-        y = LoRAMLP.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, self._qlcode_kernels,
-                          MLP_TILE if tokens > MLP_TILED_ABOVE else tokens, *lora)
+        y = LoRAMLP.apply(x_cast, projections, self._qlcode_kernels, MLP_TILE if tokens > MLP_TILED_ABOVE else tokens, *lora)
     return y.to(x.dtype)
 
 
@@ -318,14 +356,15 @@ def _attention_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
     if qkv is None or o is None:
         return self._qlcode_original_forward(hidden_states, *args, **kwargs)
     (projections, lora, dtype), kernels = qkv, self._qlcode_kernels
-    x = hidden_states
+    x = hidden_states.to(compute_dtype(hidden_states, dtype or hidden_states.dtype))  # before autocast is off
     with torch.autocast(x.device.type, enabled=False):
-        q, k, v = LoRAProjections.apply(x.to(compute_dtype(x, dtype or x.dtype)), projections, kernels, *lora)
+        q, k, v = LoRAProjections.apply(x, projections, kernels, *lora)
 
     def o_forward(a: torch.Tensor) -> torch.Tensor:
         (o_projection,), o_lora, o_dtype = o
+        a = a.to(compute_dtype(a, o_dtype or a.dtype))
         with torch.autocast(a.device.type, enabled=False):
-            (y,) = LoRAProjections.apply(a.to(compute_dtype(a, o_dtype or a.dtype)), (o_projection,), kernels, *o_lora)
+            (y,) = LoRAProjections.apply(a, (o_projection,), kernels, *o_lora)
         return y.to(hidden_states.dtype)
 
     outputs = {self.q_proj: lambda _: q, self.k_proj: lambda _: k, self.v_proj: lambda _: v, self.o_proj: o_forward}

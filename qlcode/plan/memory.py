@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE
+from qlcode.kernels import MLP_TILE, MLP_TILED_ABOVE, SWIGLU_ROWS
 from qlcode.plan.shapes import Shapes
 from qlcode.plan.startup import RESIDENT, startup_line
 
@@ -224,23 +224,30 @@ def lm_head_bytes(shapes: Shapes, s: Settings) -> int:
 
 def fused_mlp_backward_bytes(shapes: Shapes, s: Settings) -> int:
     """The fused MLP's backward (fused_blocks.LoRAMLP) at its peak, beyond what it saved and the
-    gradient it receives: the SwiGLU gradient (fused_blocks.swiglu_backward) of one tile (s.mlp_tile
-    tokens; untiled, all of them). Live there, per token of the tile: gate's and up's outputs when
-    tiled (recomputed; untiled they are saved, counted as activations), SwiGLU's output, its
-    gradient and gate's gradient in c; four fp32 arrays of the intermediate width (the gradient
-    widened, sigmoid(gate), the product, and gate's output widened: CPU's mixed-dtype multiply
-    makes that one, a CUDA kernel may not); the bool dropout masks of gate's and up's input and of
-    down's. Beside the tile: down's LoRA gradients (fp32) and, when tiled, the whole input
-    gradient (c x hidden per token) and the sums of the earlier tiles' LoRA gradients. Exact in
-    bf16 and fp16 against what a CPU run allocates (tests/test_fused_qlora.py); in fp32 (CPU
-    plans) an estimate, with two fp32 arrays (nothing is widened)."""
+    gradient it receives, for one tile (s.mlp_tile tokens; untiled, all of them). Each
+    intermediate-wide tensor is dropped after its last use, so the peak is the larger of two
+    phases, per token of the tile in the compute dtype c:
+      the SwiGLU gradient (fused_blocks.swiglu_backward): down's output gradient and the two it
+        makes (3 c x intermediate), and the fp32 temporaries of one chunk of SWIGLU_ROWS tokens
+        (four arrays of the intermediate width in bf16/fp16, one of them the copy of gate's output
+        CPU's mixed-dtype multiply makes, which a CUDA kernel may not; three in fp32);
+      down's input gradient with LoRA: the gradient, (grad B) A and its dropped-out copy, down's
+        dropout mask (bool) and grad B (r wide).
+    Held through both: gate's and up's outputs when tiled (recomputed; untiled they are saved,
+    counted as activations), the bool dropout masks of gate's and up's input, down's LoRA gradients
+    (fp32) and, when tiled, the whole input gradient (c x hidden per token) and the sums of the
+    earlier tiles' LoRA gradients. Exact in bf16, fp16 and fp32 against what a CPU run allocates
+    (tests/test_fused_qlora.py), but for the 0-dim tensors CPU ops wrap Python numbers in (a few
+    bytes); on CUDA the dropout and the widening are single kernels, so the count is an upper bound."""
     h, f, c, r = shapes.hidden, shapes.intermediate, s.compute_bytes, s.lora_r
     lora = {m: m in s.targets for m in ("gate_proj", "up_proj", "down_proj")}
-    drop = s.dropout > 0
-    per_tile_token = (c * f * (5 if s.mlp_tiled else 3) + 4 * f * (4 if c < 4 else 2)
-                      + drop * (h * (lora["gate_proj"] + lora["up_proj"]) + f * lora["down_proj"]))
+    drop, down = s.dropout > 0, lora["down_proj"]
+    rows = s.mlp_tile if s.mlp_tiled else s.tokens
+    swiglu = rows * 3 * c * f + (4 if c < 4 else 3) * 4 * f * min(SWIGLU_ROWS, rows)
+    down_input = rows * (c * f * (1 + down * (1 + drop)) + down * (drop * f + c * r))
     lora_grads = 4 * r * (h + f)  # one projection's A (r x in) and B (out x r) in fp32: gate, up and down alike
-    total = (s.mlp_tile if s.mlp_tiled else s.tokens) * per_tile_token + lora["down_proj"] * lora_grads
+    held = rows * (2 * c * f * s.mlp_tiled + drop * h * (lora["gate_proj"] + lora["up_proj"])) + down * lora_grads
+    total = held + max(swiglu, down_input)
     if s.mlp_tiled:
         total += s.tokens * c * h + sum(lora.values()) * lora_grads
     return total
