@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU checks and measures, as one prepared run (a fresh H100 or
-# H200 of the device tool; budget about 9 minutes, most of it writing and loading the random 7B):
+# H200 of the device tool; one call stays within BUDGET, 480 s by default, the train-step race first):
 #
 #   1. here, once:  echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_session.sh --fetch-wheels
 #   2. device run:  bash benchmarks/gpu_session.sh     (carry: [".whl"], timeout_s 600)
 #      a rerun of some steps: bash benchmarks/gpu_session.sh kernel-tests dequant decode
-#      the steps' time limits add up to more than one call's 600 s: when they run to their limits, a
-#      second call takes the rest by name, e.g. bash benchmarks/gpu_session.sh train_step_compile train_24gb
+#      the steps run in order of importance (the train-step race first) inside BUDGET seconds (default
+#      480, so a call of timeout_s 600 returns): a step starts only with at least half its own limit left,
+#      runs for at most what is left, and one that does not start says "[FILE: not run, budget]"; a second
+#      call takes those by name, e.g. bash benchmarks/gpu_session.sh train_step_compile train_24gb
 #   3. unsloth, if the time allows (a call of its own: unsloth patches transformers on import):
 #      here:        echo /.whl-unsloth/ >> .git/info/exclude && bash benchmarks/gpu_session.sh --fetch-wheels unsloth
 #      device run:  bash benchmarks/gpu_session.sh unsloth     (carry: [".whl", ".whl-unsloth"], timeout_s 600)
@@ -75,19 +77,22 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "| triton", triton
       trl.__version__, "| datasets", datasets.__version__, "| accelerate", accelerate.__version__,
       "| liger-kernel", version("liger-kernel"))'; } 2>&1 | tee "$out/gpu.txt"
 only=" $* "  # step names given as arguments run only those (a rerun of what failed); none: every step
+deadline=$((SECONDS + ${BUDGET:-480}))
 step() {  # step SECONDS FILE COMMAND...: the command's output to the screen and $out/FILE, cut off after SECONDS
-  local seconds=$1 file=$2; shift 2
+  local seconds=$1 file=$2 left=$((deadline - SECONDS)); shift 2
   [[ "$only" == "  " || "$only" == *" ${file%.*} "* ]] || return 0
-  timeout "$seconds" "$@" 2>&1 | tee "$out/$file"
+  if (( left < seconds / 2 )); then echo "[$file: not run, budget]" | tee "$out/$file"; return 0; fi
+  timeout "$(( seconds < left ? seconds : left ))" "$@" 2>&1 | tee "$out/$file"
   echo "[$file: exit ${PIPESTATUS[0]}]" | tee -a "$out/$file"
 }
+step 100 model.txt python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness; print(harness.random_codellama('7B'))"
+step 240 train_step.md python3 benchmarks/train_step.py --repeats 3 --steps 5
 # kernel-level tests on CUDA tensors (the model-level ones compare at CPU fp32 precision: CI runs them)
 step 120 kernel-tests.txt python3 -m pytest -p no:cacheprovider tests/test_kernels.py tests/test_fused_qlora.py -q \
   -k "not patched and not autocast and not training_through and not peft and not plain_path"
-step 60 offload-tests.txt python3 -m pytest -p no:cacheprovider tests/test_train_speed.py -q -k "on_cuda"
-step 100 model.txt python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness; print(harness.random_codellama('7B'))"
 step 90 dequant.md python3 benchmarks/dequant.py --repeats 5
-step 240 train_step.md python3 benchmarks/train_step.py --repeats 3 --steps 5
+step 60 mlp_memory.md python3 benchmarks/mlp_memory.py
+step 60 offload-tests.txt python3 -m pytest -p no:cacheprovider tests/test_train_speed.py -q -k "on_cuda"
 # train.compile against qlcode's default (inductor's compile of the 7B: minutes, hence a step of its own)
 step 240 train_step_compile.md python3 benchmarks/train_step.py --repeats 3 --steps 5 --only qlcode "qlcode, train.compile=true"
 # the planned longest sequence for CodeLlama-7B on 24 GiB (qlcode plan --longest, fused blocks and offloading: 84,992
@@ -99,7 +104,6 @@ step 200 longest_24gb.md python3 benchmarks/train_step.py --batch 1 --seq-len "$
 step 150 train_24gb.txt python3 benchmarks/train_capped.py --memory-cap 24
 step 180 decode.md python3 benchmarks/decode.py --new-tokens 32 --iters 1
 step 140 plan_memory.md python3 benchmarks/plan_memory.py
-step 60 mlp_memory.md python3 benchmarks/mlp_memory.py
 
 # Generation (issue 24, benchmarks/generation.py): samples/s on the 7B architecture for transformers
 # one generate per problem, the batched engine, and vLLM; then GRPO steps/min without and with
