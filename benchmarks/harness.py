@@ -98,3 +98,18 @@ def free_memory() -> None:
     if GPU:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def cpu_peak_bytes(run: Callable[[], object]) -> int:
+    """The most bytes `run` holds allocated at once on the CPU beyond what existed before it: the memory
+    timeline of torch's profiler (a private module of torch 2.13), exact to the tensor."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        run()
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, live)
+    return peak

@@ -5,7 +5,9 @@ do not apply. The bytes they save are checked in tests/test_plan.py."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import bitsandbytes.functional as BF
 import pytest
@@ -301,18 +303,12 @@ DENSE = Kernels(lambda packed, state, dtype: packed.to(dtype), None)  # "packed"
 
 
 def _peak_bytes(run) -> int:
-    """The most bytes `run` holds allocated at once beyond what existed before it (CPU; the memory
-    timeline of torch's profiler, a private module of torch 2.13)."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
+    """The most bytes `run` holds allocated at once beyond what existed before it (CPU: the
+    benchmarks' profiler count, benchmarks/harness.py)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from harness import cpu_peak_bytes
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        run()
-    live = peak = 0
-    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
+    return cpu_peak_bytes(run)
 
 
 ALL_MLP = ("gate_proj", "up_proj", "down_proj")

@@ -100,6 +100,24 @@ def test_packed_sequences_each_keep_their_own_loss(tmp_path, tiny_base, alpaca_f
             assert loss_packed.item() == pytest.approx(loss_alone.item(), rel=1e-5)
 
 
+def _two_steps(recipe, ids: torch.Tensor) -> tuple[torch.nn.Module, list[float], dict[str, torch.Tensor]]:
+    """The recipe's trainable model, seeded, through two AdamW steps on `ids`: (model, losses, the last LoRA gradients)."""
+    from qlcode.train import trainable_model
+
+    torch.manual_seed(0)
+    model = trainable_model(recipe).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses, grads = [], {}
+    for _ in range(2):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return model, losses, grads
+
+
 def test_offloaded_activations_give_the_same_losses_and_gradients(tmp_path, tiny_base, alpaca_file, monkeypatch):
     """train.offload_activations with checkpointing: each layer's input leaves (on CPU: a plain copy,
     the same code path) and comes back; two optimizer steps' losses and LoRA gradients are equal
@@ -107,7 +125,6 @@ def test_offloaded_activations_give_the_same_losses_and_gradients(tmp_path, tiny
     from conftest import make_recipe
 
     from qlcode.kernels import offload
-    from qlcode.train import trainable_model
 
     ids = torch.randint(3, 4000, (2, 40), generator=torch.Generator().manual_seed(1))
     monkeypatch.setattr(offload, "MIN_BYTES", ids.numel() * 64 * 4)  # a layer input of the tiny model (fp32)
@@ -115,17 +132,7 @@ def test_offloaded_activations_give_the_same_losses_and_gradients(tmp_path, tiny
     for on in (False, True):
         recipe = make_recipe(tmp_path / str(on), tiny_base, alpaca_file, lora={"dropout": 0.05},
                              train={"gradient_checkpointing": True, "offload_activations": on})
-        torch.manual_seed(0)
-        model = trainable_model(recipe).train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        losses, grads = [], {}
-        for _ in range(2):
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
+        model, losses, grads = _two_steps(recipe, ids)
         runs[on] = losses, grads, getattr(model, "offloaded", None)
     assert runs[True][0] == runs[False][0]
     assert all(torch.equal(runs[True][1][n], g) for n, g in runs[False][1].items())
@@ -143,7 +150,6 @@ def test_offloaded_activations_on_cuda_prefetch_and_train_alike(tmp_path, tiny_b
     from conftest import make_recipe
 
     from qlcode.kernels import offload
-    from qlcode.train import trainable_model
 
     ids = torch.randint(3, 4000, (2, 40), generator=torch.Generator().manual_seed(1)).cuda()
     monkeypatch.setattr(offload, "MIN_BYTES", ids.numel() * 64 * 4)
@@ -151,17 +157,7 @@ def test_offloaded_activations_on_cuda_prefetch_and_train_alike(tmp_path, tiny_b
     for on in (False, True):
         recipe = make_recipe(tmp_path / str(on), tiny_base, alpaca_file, quant={"kernels": "bitsandbytes"},
                              train={"gradient_checkpointing": True, "offload_activations": on})
-        torch.manual_seed(0)
-        model = trainable_model(recipe).train()  # placed on the GPU by qlcode.placement
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        losses, grads = [], {}
-        for _ in range(2):
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
+        model, losses, grads = _two_steps(recipe, ids)  # placed on the GPU by qlcode.placement
         runs[on] = losses, grads, getattr(model, "offloaded", None)
     hooks = runs[True][2]
     assert len(hooks.moved) >= 2 * 2 and hooks.prefetched == len(hooks.moved) - 2  # each step's first needs no prefetch
@@ -243,7 +239,6 @@ def test_a_tiled_mlp_trains_as_the_one_pass_mlp(tmp_path, tiny_base, alpaca_file
     from conftest import make_recipe
 
     from qlcode.kernels import fused_blocks
-    from qlcode.train import trainable_model
 
     ids = torch.randint(3, 4000, (2, 40), generator=torch.Generator().manual_seed(1))
     apply, calls = fused_blocks.LoRAMLP.apply, []
@@ -260,18 +255,7 @@ def test_a_tiled_mlp_trains_as_the_one_pass_mlp(tmp_path, tiny_base, alpaca_file
             monkeypatch.setattr(fused_blocks, "MLP_TILED_ABOVE", 32)
         recipe = make_recipe(tmp_path / str(tile), tiny_base, alpaca_file, quant={"kernels": "triton"},
                              train={"gradient_checkpointing": True})
-        torch.manual_seed(0)
-        model = trainable_model(recipe).train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        losses, grads = [], {}
-        for _ in range(2):
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-        runs[tile] = losses, grads
+        runs[tile] = _two_steps(recipe, ids)[1:]
     # 2 layers x 2 steps x (forward, checkpointing's recompute), each over all 80 tokens
     assert calls == [(80, 80)] * 8 + [(80, 32)] * 8
     assert runs[32][0] == pytest.approx(runs[80][0], rel=1e-6)
