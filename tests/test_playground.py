@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -94,18 +96,27 @@ def test_both_panes_stream_at_the_same_time_with_their_speed(pool):
                             rf"{p.tokens} tokens · [0-9.]+ tokens/s", p.stats())
 
 
-def test_the_first_token_time_counts_the_wait_for_the_model(pool):
+@contextmanager
+def base_busy(pool, seconds: float) -> Iterator[None]:
+    """The base model's lock held by another thread for `seconds`, from the moment the block starts."""
     held = threading.Event()
 
     def hold():
         with pool.locks["base"]:
             held.set()
-            time.sleep(1.5)
+            time.sleep(seconds)
     holder = threading.Thread(target=hold)
     holder.start()
     held.wait()
-    *_, (pane,) = pool.stream(["base"], [COMPLETE], GREEDY)
-    holder.join()
+    try:
+        yield
+    finally:
+        holder.join()
+
+
+def test_the_first_token_time_counts_the_wait_for_the_model(pool):
+    with base_busy(pool, 1.5):
+        *_, (pane,) = pool.stream(["base"], [COMPLETE], GREEDY)
     assert pane.queued_s >= 1.5 and pane.first_token_s >= pane.queued_s, "the 1.5 s the model was busy count"
     assert f"first token {pane.first_token_s:.2f} s ({pane.queued_s:.2f} s of it waiting for the model) · " in pane.stats()
 
@@ -486,19 +497,10 @@ def test_the_first_token_time_counts_the_wait_in_the_queue(app, pool):
 
     client, _ = app
     users = [Client(client.src, verbose=False) for _ in range(2)]
-    held = threading.Event()
-
-    def hold():
-        with pool.locks["base"]:
-            held.set()
-            time.sleep(3)
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait()
-    jobs = [user.submit(**{**SEND, "left_model": "base", "right_model": "base", "message": f"Write f{i}."}, api_name="/send")
-            for i, user in enumerate(users)]
-    results = [job.result() for job in jobs]
-    holder.join()
+    with base_busy(pool, 3):
+        jobs = [user.submit(**{**SEND, "left_model": "base", "right_model": "base", "message": f"Write f{i}."}, api_name="/send")
+                for i, user in enumerate(users)]
+        results = [job.result() for job in jobs]
     for left, right, l_stats, r_stats, *_ in results:
         assert _first_token(l_stats) >= 2 and _first_token(r_stats) >= 2, (l_stats, r_stats)  # 1 s of margin for the submits
         assert "s of it waiting for the model" in l_stats
